@@ -1,0 +1,103 @@
+"""Shared test setup.
+
+Tiers: test/unit (pure, no rclpy), test/ros (a real node in a subprocess, over DDS on loopback).
+ROS traffic must stay on this machine: the environment is fixed here, before anything imports rclpy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _rclpy_available() -> bool:
+    try:
+        import rclpy  # noqa: F401
+        from vlm_ros.srv import Query  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+RCLPY_AVAILABLE = _rclpy_available()
+requires_ros = pytest.mark.skipif(
+    not RCLPY_AVAILABLE, reason="rclpy or the built vlm_ros interfaces are not importable (run scripts/setup.sh)"
+)
+
+
+class NodeProcess:
+    """A Python process started in its own process group; stopped by PID (group), never by name."""
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])),
+        )
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"process exited with {self.proc.returncode} before '{text}':\n{self.log()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"'{text}' not seen in {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_process(tmp_path):
+    """start_process(args, name) -> NodeProcess; every process is stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def start(args: list[str], name: str = "node") -> NodeProcess:
+        p = NodeProcess(args, tmp_path / f"{name}.log")
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def rclpy_context():
+    """rclpy initialised once for the test process (the client side of ROS tests)."""
+    import rclpy
+
+    rclpy.init()
+    yield
+    rclpy.shutdown()

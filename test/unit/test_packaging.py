@@ -1,0 +1,66 @@
+"""The package's two faces: the colcon install (interfaces + core under one name) and the ROS-free wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO, requires_ros
+
+
+@requires_ros
+def test_install_space_holds_generated_interfaces_and_core_under_one_name(tmp_path):
+    # Run outside the checkout with only the build's paths, so the installed copy is what gets imported.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    code = (
+        "import vlm_ros, vlm_ros.core.types as t\n"
+        "from vlm_ros.srv import Query\n"
+        "from vlm_ros.action import Query as QueryAction\n"
+        "from vlm_ros.msg import GroundedTarget, GroundedTargetArray, SceneDescription\n"
+        "assert Query.Response.MODEL_ERROR == int(t.Status.MODEL_ERROR)\n"
+        "print(t.__file__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    core_file = out.stdout.strip()
+    assert "site-packages" in core_file and not core_file.startswith(str(REPO / "vlm_ros")), core_file
+
+
+def test_status_codes_match_interface_files():
+    """vlm_ros.core.types.Status and the constants of srv/Query.srv and action/Query.action agree."""
+    from vlm_ros.core.types import Status
+
+    for rel in ("srv/Query.srv", "action/Query.action"):
+        constants = {}
+        for line in (REPO / rel).read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("uint8 ") and "=" in line:
+                name, value = line[len("uint8 "):].split("=")
+                constants[name.strip()] = int(value)
+        assert constants == {s.name: s.value for s in Status}, rel
+
+
+def test_ros_free_wheel_builds_and_imports_without_rclpy(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("vlm_ros-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "vlm_ros/core/types.py" in names
+    assert not any(n.startswith(("vlm_ros/srv", "vlm_ros/msg", "vlm_ros/action")) for n in names)
+    # Importing the core from the wheel must not need rclpy: block it and import.
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "import sys; sys.modules['rclpy'] = None\n"
+        "import vlm_ros.core.types as t; print(t.__file__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": os.environ["PATH"]},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().startswith(str(site))

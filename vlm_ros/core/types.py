@@ -1,0 +1,171 @@
+"""Typed values that flow through the core: frames in, answers with grounded targets out.
+
+Pixel boxes are always in the *source image* (the camera image as published), never in a model's
+resized input. 3-D points are in the camera optical frame (x right, y down, z forward), in metres.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(enum.IntEnum):
+    """Result codes; the values equal the constants in srv/Query.srv."""
+
+    OK = 0
+    NOT_READY = 1
+    NO_FRAME = 2
+    STALE_FRAME = 3
+    INVALID_ARGUMENT = 4
+    BUSY = 5
+    TIMEOUT = 6
+    MODEL_ERROR = 7
+
+
+class Task(str, enum.Enum):
+    DESCRIBE = "describe"  # a scene description
+    ANSWER = "answer"  # a free-form answer to a question
+    GROUND = "ground"  # boxes for the objects the instruction refers to
+
+
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned box in pixels, (x_min, y_min) top-left inclusive, (x_max, y_max) exclusive."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def __post_init__(self) -> None:
+        values = (self.x_min, self.y_min, self.x_max, self.y_max)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"box has a non-finite coordinate: {values}")
+        if self.x_max < self.x_min or self.y_max < self.y_min:
+            raise ValueError(f"box corners are inverted: {values}")
+
+    @property
+    def width(self) -> float:
+        return self.x_max - self.x_min
+
+    @property
+    def height(self) -> float:
+        return self.y_max - self.y_min
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x_min + self.x_max) / 2.0, (self.y_min + self.y_max) / 2.0
+
+    def iou(self, other: Box) -> float:
+        ix = max(0.0, min(self.x_max, other.x_max) - max(self.x_min, other.x_min))
+        iy = max(0.0, min(self.y_max, other.y_max) - max(self.y_min, other.y_min))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def clipped(self, width: int, height: int) -> Box:
+        """This box clipped to an image of the given size."""
+        return Box(
+            min(max(self.x_min, 0.0), width),
+            min(max(self.y_min, 0.0), height),
+            min(max(self.x_max, 0.0), width),
+            min(max(self.y_max, 0.0), height),
+        )
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of the (rectified) image, from CameraInfo.k."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @property
+    def valid(self) -> bool:
+        return all(math.isfinite(v) for v in (self.fx, self.fy, self.cx, self.cy)) and self.fx > 0 and self.fy > 0
+
+
+@dataclass
+class Frame:
+    """One camera image, decoded, with what is known about it.
+
+    image: (H, W, 3) uint8 RGB. depth: (H, W) float32 metres with NaN where invalid, registered to image.
+    """
+
+    image: np.ndarray
+    stamp_ns: int = 0
+    frame_id: str = ""
+    camera: str = ""
+    intrinsics: CameraIntrinsics | None = None
+    depth: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(f"frame image must be (H, W, 3) uint8 RGB, got {self.image.shape} {self.image.dtype}")
+        if self.depth is not None and self.depth.shape != self.image.shape[:2]:
+            raise ValueError(f"depth {self.depth.shape} does not match image {self.image.shape[:2]}")
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass(frozen=True)
+class Request:
+    task: Task
+    instruction: str = ""
+    max_new_tokens: int = 64
+    timeout_s: float = 10.0
+
+
+@dataclass
+class Target:
+    label: str
+    box: Box
+    score: float = 1.0
+    position: tuple[float, float, float] | None = None  # camera optical frame, metres; None = unknown
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.score):
+            raise ValueError("target score must be finite")
+        if self.position is not None and not all(math.isfinite(v) for v in self.position):
+            raise ValueError("target position must be finite (use None for unknown)")
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage of one query."""
+
+    queue_wait: float = 0.0
+    preprocess: float = 0.0
+    vision_encode: float = 0.0
+    prefill: float = 0.0
+    decode: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.queue_wait + self.preprocess + self.vision_encode + self.prefill + self.decode
+
+
+@dataclass
+class Answer:
+    status: Status
+    message: str = ""
+    text: str = ""
+    targets: list[Target] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+    generated_tokens: int = 0
