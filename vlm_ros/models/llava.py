@@ -8,22 +8,15 @@ emit `<loc_N>` location tokens over the source image, so it grounds natively.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from transformers import LlavaForConditionalGeneration
 
 from vlm_ros.core.types import Frame, Request, Task
 from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
-from vlm_ros.models.parsing import parse_loc_tokens
+from vlm_ros.models.parsing import parse_loc_tokens, strip_loc_tokens
 
 DESCRIBE_INSTRUCTION = "Describe the scene in one sentence."
-_LOC_TOKEN = re.compile(r"<loc_\d+>")
-
-
-def strip_loc_tokens(text: str) -> str:
-    """Answer text without location tokens, whitespace collapsed."""
-    return " ".join(_LOC_TOKEN.sub(" ", text).split())
 
 
 class LlavaAdapter(VlmAdapter):

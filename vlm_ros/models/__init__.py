@@ -1,0 +1,1 @@
+"""Model adapters and the pure functions they share (prompting, output parsing, coordinate mapping)."""
