@@ -99,7 +99,8 @@ class CameraIntrinsics:
 class Frame:
     """One camera image, decoded, with what is known about it.
 
-    image: (H, W, 3) uint8 RGB. depth: (H, W) float32 metres with NaN where invalid, registered to image.
+    image: (H, W, 3) uint8 RGB. depth: (Hd, Wd) float32 metres with NaN where invalid, registered to the image
+    (same field of view; it may have another resolution). intrinsics: of the colour image.
     """
 
     image: np.ndarray
@@ -112,8 +113,8 @@ class Frame:
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(f"frame image must be (H, W, 3) uint8 RGB, got {self.image.shape} {self.image.dtype}")
-        if self.depth is not None and self.depth.shape != self.image.shape[:2]:
-            raise ValueError(f"depth {self.depth.shape} does not match image {self.image.shape[:2]}")
+        if self.depth is not None and self.depth.ndim != 2:
+            raise ValueError(f"depth must be (H, W), got {self.depth.shape}")
 
     @property
     def width(self) -> int:

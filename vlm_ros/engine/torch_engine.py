@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
+from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
 
 
@@ -48,7 +49,8 @@ TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
 class TorchEngine:
     """Greedy decoding for one adapter. Not thread-safe: one query at a time (the node has one worker)."""
 
-    def __init__(self, adapter: VlmAdapter, max_cache_len: int = 1024, vision_cache_size: int = 4):
+    def __init__(self, adapter: VlmAdapter, max_cache_len: int = 512, vision_cache_size: int = 4,
+                 use_lean_decoder: bool = True):
         self.adapter = adapter
         self.model = adapter.model
         self.max_cache_len = max_cache_len
@@ -56,6 +58,8 @@ class TorchEngine:
         self._vision_cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._vision_cache_size = vision_cache_size
         self._eos = adapter.eos_token_ids
+        self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
+        self._lean: LeanDecoder | None = None
 
     # --- public -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -78,25 +82,37 @@ class TorchEngine:
         vision, cached = self._vision_features(inputs)
         t1 = time.perf_counter()
 
-        cache = self._static_cache(inputs.prompt_length + max_new_tokens)
+        needed = inputs.prompt_length + max_new_tokens
         prompt = self.adapter.forward_inputs(inputs)
-        out = self.model(**prompt, mm_encoder_outputs=vision, cache=cache, use_cache=True, logits_to_keep=1)
+        lean = self._lean_decoder(needed)
+        if lean is not None:  # prefill by the model's own forward, then our lean per-token step
+            out = self.model(**prompt, mm_encoder_outputs=vision, use_cache=True, logits_to_keep=1)
+            lean.load_prefix(out.past_key_values, inputs.prompt_length)
+            step = lean.step
+        else:  # any other decoder: the model's forward on a pre-allocated static cache
+            cache = self._static_cache(needed)
+            out = self.model(**prompt, mm_encoder_outputs=vision, cache=cache, use_cache=True, logits_to_keep=1)
+            step_kwargs = self._step_kwargs(prompt)
+
+            def step(token: torch.Tensor) -> torch.Tensor:
+                return self.model(input_ids=token, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
         next_id = int(out.logits[0, -1].argmax())
         t2 = time.perf_counter()
 
         ids: list[int] = []
         tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
         reason = StopReason.LENGTH
-        text = ""
-        extra_step_kwargs = self._step_kwargs(prompt)
-        for step in range(max_new_tokens):
+        text, stopped = "", False
+        watch_text = on_text is not None or any(stop_strings)
+        for n in range(1, max_new_tokens + 1):
             if next_id in self._eos:
                 reason = StopReason.EOS
                 break
             ids.append(next_id)
-            text, stopped = self._text(ids, stop_strings)
-            if on_text is not None:
-                on_text(text, len(ids))
+            if watch_text:  # detokenising every step costs time: only when someone needs the text so far
+                text, stopped = self._text(ids, stop_strings)
+                if on_text is not None:
+                    on_text(text, n)
             if stopped:
                 reason = StopReason.STOP_STRING
                 break
@@ -106,11 +122,12 @@ class TorchEngine:
             if deadline is not None and time.monotonic() >= deadline:
                 reason = StopReason.DEADLINE
                 break
-            if step == max_new_tokens - 1:
+            if n == max_new_tokens:
                 break
             tok.fill_(next_id)
-            out = self.model(input_ids=tok, cache=cache, use_cache=True, **extra_step_kwargs)
-            next_id = int(out.logits[0, -1].argmax())
+            next_id = int(step(tok).argmax())
+        if not watch_text:
+            text, _ = self._text(ids, ())
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
 
@@ -140,6 +157,13 @@ class TorchEngine:
         else:
             self._cache.reset()
         return self._cache
+
+    def _lean_decoder(self, needed: int) -> LeanDecoder | None:
+        if not self._lean_supported:
+            return None
+        if self._lean is None or self._lean.max_len < needed:
+            self._lean = LeanDecoder(self.model, max_len=max(self.max_cache_len, 1 << (needed - 1).bit_length()))
+        return self._lean
 
     def _step_kwargs(self, prompt: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Extra inputs every decode step needs (family hook: e.g. token types for Qwen)."""

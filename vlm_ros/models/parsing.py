@@ -240,10 +240,11 @@ def parse_loc_tokens(
 
 def strip_loc_tokens(text: str) -> str:
     """Answer text with location tokens (`<loc_N>`, `<locNNNN>`) removed and whitespace collapsed."""
-    return " ".join(_ANY_LOC.sub(" ", text).split())
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(_ANY_LOC.sub(" ", text).split()))
 
 
 _ANY_LOC = re.compile(r"<loc_?\d+>")
+_SPACE_BEFORE_PUNCT = re.compile(r" ([,.;:?!])")
 _PG_LOCS = re.compile(r"\s*((?:<loc[^<>]*>){4})")
 _PG_SEGS = re.compile(r"\s*((?:<seg[^<>]*>)*)")
 _PG_LOC = re.compile(r"<loc(\d{4})>")

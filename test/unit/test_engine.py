@@ -1,0 +1,138 @@
+"""The generation engine and the pipeline on a tiny random LLaVA (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_ros.core.types import Frame, Request, Status, Task
+from vlm_ros.engine import StopReason, TorchEngine
+from vlm_ros.models.llava import LlavaAdapter
+from vlm_ros.pipeline import Pipeline
+from vlm_ros.testing.tiny import build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    return LlavaAdapter.from_pretrained(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava")))
+
+
+def frame(seed: int = 0, stamp_ns: int = 1, h: int = 120, w: int = 160) -> Frame:
+    img = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+    return Frame(img, stamp_ns=stamp_ns, camera="front")
+
+
+def reference_tokens(adapter, inputs, n: int) -> list[int]:
+    out = adapter.model.generate(**inputs.tensors, max_new_tokens=n, do_sample=False)
+    ids = out[0, inputs.prompt_length:].tolist()
+    eos = adapter.eos_token_ids
+    return ids[: next((i for i, t in enumerate(ids) if t in eos), len(ids))]
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-decoder", "static-cache"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_engine_tokens_equal_generate(adapter, lean, seed):
+    inputs = adapter.prepare(frame(seed), Request(Task.ANSWER, "where is the red ball ?"))
+    engine = TorchEngine(adapter, use_lean_decoder=lean)
+    assert engine._lean_supported == lean  # the tiny LLaVA's Llama decoder is a supported one
+    result = engine.generate(inputs, 40)
+    assert result.token_ids == reference_tokens(adapter, inputs, 40)
+    assert len(result.token_ids) > 5  # random weights still produce a real sequence to compare
+
+
+def test_second_query_on_same_frame_reuses_vision_features(adapter):
+    engine = TorchEngine(adapter)
+    f = frame(3)
+    first = engine.generate(adapter.prepare(f, Request(Task.ANSWER, "what color is the cube ?")), 8)
+    second_inputs = adapter.prepare(f, Request(Task.ANSWER, "how many objects ?"))
+    second = engine.generate(second_inputs, 8)
+    assert not first.vision_cached and second.vision_cached and second.vision_encode_s == 0.0
+    assert second.token_ids == reference_tokens(adapter, second_inputs, 8)  # cached features give the same answer
+    other = engine.generate(adapter.prepare(frame(4, stamp_ns=2), Request(Task.ANSWER, "how many objects ?")), 8)
+    assert not other.vision_cached
+
+
+def test_streaming_callback_sees_growing_text_and_stop_string_cuts(adapter):
+    engine = TorchEngine(adapter)
+    inputs = adapter.prepare(frame(0), Request(Task.ANSWER, "where is the red ball ?"))
+    full = engine.generate(inputs, 30)
+    words = full.text.split()
+    assert len(words) >= 4
+    stop = words[3]
+    seen: list[tuple[str, int]] = []
+    cut = engine.generate(inputs, 30, stop_strings=[stop], on_text=lambda text, n: seen.append((text, n)))
+    assert cut.stop_reason == StopReason.STOP_STRING
+    assert stop not in cut.text and full.text.startswith(cut.text)
+    assert [n for _, n in seen] == list(range(1, len(seen) + 1))
+    assert all(seen[i + 1][0].startswith(seen[i][0].rstrip()) for i in range(len(seen) - 1))
+
+
+def test_token_budget_deadline_and_cancel(adapter):
+    engine = TorchEngine(adapter)
+    inputs = adapter.prepare(frame(0), Request(Task.ANSWER, "where is the red ball ?"))
+    assert engine.generate(inputs, 3).stop_reason == StopReason.LENGTH
+    assert len(engine.generate(inputs, 3).token_ids) == 3
+
+    slow_steps = []
+
+    def slow(text, n):  # each token takes 20 ms: a 50 ms deadline stops after a few tokens
+        slow_steps.append(n)
+        time.sleep(0.02)
+
+    result = engine.generate(inputs, 200, deadline=time.monotonic() + 0.05, on_text=slow)
+    assert result.stop_reason == StopReason.DEADLINE and 1 <= len(result.token_ids) < 10
+
+    cancel = threading.Event()
+    result = engine.generate(inputs, 200, cancel=cancel, on_text=lambda t, n: n == 2 and cancel.set())
+    assert result.stop_reason == StopReason.CANCELLED and len(result.token_ids) == 2
+
+
+def test_pipeline_answers_with_timings_and_timeout_status(adapter):
+    pipeline = Pipeline(adapter)
+    answer = pipeline.answer(frame(0), Request(Task.ANSWER, "where is the red ball ?", max_new_tokens=5))
+    assert answer.status == Status.OK and answer.generated_tokens == 5 and answer.text
+    assert answer.timings.prefill > 0 and answer.timings.preprocess > 0 and answer.timings.total > 0
+
+    def slow(text, n):
+        time.sleep(0.02)
+
+    late = pipeline.answer(frame(1), Request(Task.ANSWER, "where is the red ball ?", max_new_tokens=200),
+                           deadline=time.monotonic() + 0.05, on_text=slow)
+    assert late.status == Status.TIMEOUT and "partial" in late.message and 0 < late.generated_tokens < 200
+    expired = pipeline.answer(frame(1), Request(Task.ANSWER, "x"), deadline=time.monotonic() - 1)
+    assert expired.status == Status.TIMEOUT and expired.generated_tokens == 0
+
+
+def test_pipeline_turns_a_model_exception_into_model_error_and_recovers(adapter):
+    pipeline = Pipeline(adapter)
+    layer = adapter.model.model.language_model.layers[0]
+
+    def explode(module, args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    handle = layer.register_forward_pre_hook(explode)
+    try:
+        failed = pipeline.answer(frame(0), Request(Task.ANSWER, "where is the red ball ?", max_new_tokens=4))
+    finally:
+        handle.remove()
+    assert failed.status == Status.MODEL_ERROR and "illegal memory access" in failed.message
+    ok = pipeline.answer(frame(0), Request(Task.ANSWER, "where is the red ball ?", max_new_tokens=4))
+    assert ok.status == Status.OK and ok.generated_tokens == 4
+
+
+def test_pipeline_reports_out_of_memory_as_model_error(adapter):
+    pipeline = Pipeline(adapter)
+
+    def oom(module, args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = adapter.model.model.language_model.layers[0].register_forward_pre_hook(oom)
+    try:
+        failed = pipeline.answer(frame(0), Request(Task.ANSWER, "hi", max_new_tokens=4))
+    finally:
+        handle.remove()
+    assert failed.status == Status.MODEL_ERROR and "out of GPU memory" in failed.message
