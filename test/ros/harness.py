@@ -1,0 +1,104 @@
+"""Client side of the node tests: a node spinning in a background thread, camera publishing, service calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+
+from vlm_ros.core.images import encode_depth, encode_image
+from vlm_ros.ros.convert import make_header
+from vlm_ros.srv import Query
+
+
+class Harness:
+    def __init__(self, name: str = "test_client"):
+        self.node = rclpy.create_node(name)
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+        self.client = self.node.create_client(Query, "/vlm/query")
+        self._publishers: dict[str, object] = {}
+        self._camera_thread: threading.Thread | None = None
+        self._camera_stop = threading.Event()
+        self.published: list[tuple[int, str]] = []  # (stamp_ns, frame_id) of colour images sent
+
+    def close(self) -> None:
+        self.stop_camera()
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+    def wait_for_service(self, timeout: float = 30.0) -> None:
+        assert self.client.wait_for_service(timeout_sec=timeout), "/vlm/query did not appear"
+
+    def wait_until_answering(self, timeout: float = 60.0) -> None:
+        """Poll until the node is active and has a frame (model loaded, subscriptions matched)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.query(instruction="", max_new_tokens=1)
+            if last.status == Query.Response.OK:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"node not answering after {timeout} s: {last.status} {last.message}")
+
+    def query(self, timeout: float = 30.0, **fields) -> Query.Response:
+        future = self.client.call_async(Query.Request(**fields))
+        done = threading.Event()
+        future.add_done_callback(lambda f: done.set())
+        assert done.wait(timeout), f"no response within {timeout} s"
+        return future.result()
+
+    def query_async(self, **fields):
+        return self.client.call_async(Query.Request(**fields))
+
+    def publisher(self, msg_type, topic: str):
+        if topic not in self._publishers:
+            self._publishers[topic] = self.node.create_publisher(msg_type, topic, qos_profile_sensor_data)
+        return self._publishers[topic]
+
+    def publish_frame(self, rgb: np.ndarray, stamp_ns: int | None = None, frame_id: str = "front_optical_frame",
+                      depth_m: np.ndarray | None = None, k: tuple[float, float, float, float] | None = None,
+                      topic: str = "/camera/image_raw", encoding: str = "rgb8") -> tuple[int, str]:
+        stamp_ns = self.node.get_clock().now().nanoseconds if stamp_ns is None else stamp_ns
+        header = make_header(stamp_ns, frame_id)
+        h, w = rgb.shape[:2]
+        if k is not None:
+            info = CameraInfo(header=header, width=w, height=h)
+            info.k = [k[0], 0.0, k[2], 0.0, k[1], k[3], 0.0, 0.0, 1.0]
+            self.publisher(CameraInfo, "/camera/camera_info").publish(info)
+        if depth_m is not None:
+            data, step = encode_depth(depth_m, "16UC1")
+            self.publisher(Image, "/camera/depth/image_raw").publish(
+                Image(header=header, height=depth_m.shape[0], width=depth_m.shape[1], encoding="16UC1", step=step,
+                      data=data))
+        data, step = encode_image(rgb, encoding)
+        self.publisher(Image, topic).publish(Image(header=header, height=h, width=w, encoding=encoding, step=step,
+                                                   data=data))
+        self.published.append((stamp_ns, frame_id))
+        return stamp_ns, frame_id
+
+    def start_camera(self, rgb: np.ndarray, rate_hz: float = 20.0, **kwargs) -> None:
+        """Publish the same scene at a fixed rate (fresh stamps) until stop_camera()."""
+        self.stop_camera()
+        self._camera_stop.clear()
+
+        def run():
+            while not self._camera_stop.is_set():
+                self.publish_frame(rgb, **kwargs)
+                time.sleep(1.0 / rate_hz)
+
+        self._camera_thread = threading.Thread(target=run, daemon=True)
+        self._camera_thread.start()
+
+    def stop_camera(self) -> None:
+        self._camera_stop.set()
+        if self._camera_thread is not None:
+            self._camera_thread.join()
+            self._camera_thread = None

@@ -1,0 +1,203 @@
+"""Tier 2: the perception node in a subprocess, over DDS on loopback, on a tiny random LLaVA.
+
+The answers of a random model are meaningless; these tests check the node's contract: lifecycle, statuses,
+queueing, deadlines, streaming, cancel, headers. Answer quality is tested with the embedded model elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from conftest import requires_ros
+
+pytestmark = requires_ros
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from vlm_ros.testing.tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+def start_node(start_process, model, *params: str):
+    args = ["-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model}", "-p", "device:=cpu",
+            "-p", "max_new_tokens_limit:=4096"]
+    for p in params:
+        args += ["-p", p]
+    return start_process(args, "perception_node")
+
+
+@pytest.fixture
+def harness(rclpy_context):
+    from harness import Harness
+
+    h = Harness()
+    yield h
+    h.close()
+
+
+def image(seed=0, h=120, w=160):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def change_state(harness, transition_id: int) -> bool:
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    client = harness.node.create_client(ChangeState, "/vlm/change_state")
+    assert client.wait_for_service(timeout_sec=10)
+    future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+    deadline = time.monotonic() + 60
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return future.result().success
+
+
+def test_lifecycle_not_ready_then_no_frame_then_answer_with_source_header(start_process, tiny_model, harness):
+    from lifecycle_msgs.msg import Transition
+    from vlm_ros.srv import Query
+
+    node = start_node(start_process, tiny_model, "autostart:=false")
+    harness.wait_for_service()
+    resp = harness.query(instruction="what is on the table?")
+    assert resp.status == Query.Response.NOT_READY and resp.message
+
+    assert change_state(harness, Transition.TRANSITION_CONFIGURE)
+    assert harness.query(instruction="hi").status == Query.Response.NOT_READY  # configured, not active
+    assert change_state(harness, Transition.TRANSITION_ACTIVATE)
+    resp = harness.query(instruction="what is on the table?")
+    assert resp.status == Query.Response.NO_FRAME and "front" in resp.message
+
+    harness.start_camera(image(), rate_hz=20)
+    harness.wait_until_answering()
+    resp = harness.query(instruction="what is on the table?", max_new_tokens=6)
+    assert resp.status == Query.Response.OK, resp.message
+    stamp_ns = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
+    assert (stamp_ns, resp.header.frame_id) in harness.published  # the header of an image we really sent
+    assert resp.camera == "front" and resp.timings.generated_tokens == 6 and resp.timings.total > 0
+
+    assert change_state(harness, Transition.TRANSITION_DEACTIVATE)
+    assert harness.query(instruction="hi").status == Query.Response.NOT_READY
+    assert change_state(harness, Transition.TRANSITION_CLEANUP)
+    assert "cleaned up: model unloaded" in node.log()
+
+
+def test_invalid_arguments_are_refused_with_reasons(start_process, tiny_model, harness):
+    from vlm_ros.srv import Query
+
+    start_node(start_process, tiny_model, "max_instruction_bytes:=64")
+    harness.wait_for_service()
+    harness.start_camera(image(), rate_hz=20)
+    harness.wait_until_answering()
+    cases = {
+        "unknown camera": dict(instruction="hi", camera="rear"),
+        "oversized": dict(instruction="x" * 65),
+        "bidi override": dict(instruction="where is the \u202emug"),
+        "zero-width": dict(instruction="red\u200bmug"),
+        "control char": dict(instruction="red\x07mug"),
+        "negative timeout": dict(instruction="hi", timeout_s=-1.0),
+        "huge timeout": dict(instruction="hi", timeout_s=1e9),
+        "huge budget": dict(instruction="hi", max_new_tokens=100000),
+    }
+    for name, fields in cases.items():
+        resp = harness.query(**fields)
+        assert resp.status == Query.Response.INVALID_ARGUMENT, name
+        assert resp.message, name
+    assert harness.query(instruction="  where   is the mug? ", max_new_tokens=2).status == Query.Response.OK
+
+
+def test_stale_frame_then_recovery(start_process, tiny_model, harness):
+    from vlm_ros.srv import Query
+
+    start_node(start_process, tiny_model, "max_frame_age_s:=0.5")
+    harness.wait_for_service()
+    harness.start_camera(image(), rate_hz=20)
+    harness.wait_until_answering()
+    assert harness.query(instruction="hi", max_new_tokens=2).status == Query.Response.OK
+    harness.stop_camera()
+    time.sleep(1.0)
+    resp = harness.query(instruction="hi", max_new_tokens=2)
+    assert resp.status == Query.Response.STALE_FRAME and "old" in resp.message
+    harness.start_camera(image(), rate_hz=20)
+    time.sleep(0.3)
+    assert harness.query(instruction="hi", max_new_tokens=2).status == Query.Response.OK
+
+
+def test_flood_gets_busy_or_served_never_a_hang(start_process, tiny_model, harness):
+    from vlm_ros.srv import Query
+
+    start_node(start_process, tiny_model, "queue_size:=1")
+    harness.wait_for_service()
+    harness.start_camera(image(), rate_hz=20)
+    harness.wait_until_answering()
+    futures = [harness.query_async(instruction="describe it", max_new_tokens=300, timeout_s=5.0) for _ in range(12)]
+    deadline = time.monotonic() + 5.0 + 3.0  # every call returns within its timeout plus a margin
+    while not all(f.done() for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(f.done() for f in futures), "a call hung"
+    statuses = [f.result().status for f in futures]
+    assert set(statuses) <= {Query.Response.OK, Query.Response.BUSY, Query.Response.TIMEOUT}
+    assert statuses.count(Query.Response.BUSY) >= 1 and statuses.count(Query.Response.OK) >= 1
+    assert all(f.result().message for f in futures if f.result().status == Query.Response.BUSY)
+
+
+def test_tiny_deadline_returns_timeout_with_partial_answer(start_process, tiny_model, harness):
+    from vlm_ros.srv import Query
+
+    start_node(start_process, tiny_model)
+    harness.wait_for_service()
+    harness.start_camera(image(), rate_hz=20)
+    harness.wait_until_answering()
+    t0 = time.monotonic()
+    resp = harness.query(instruction="describe it", max_new_tokens=4000, timeout_s=0.3)
+    assert time.monotonic() - t0 < 0.3 + 2.0
+    assert resp.status == Query.Response.TIMEOUT and resp.message
+    assert 0 < resp.timings.generated_tokens < 4000 and resp.answer  # the partial answer comes back
+
+
+def test_action_streams_feedback_and_honours_cancel(start_process, tiny_model, harness):
+    from action_msgs.msg import GoalStatus
+    from rclpy.action import ActionClient
+    from vlm_ros.action import Query as QueryAction
+
+    start_node(start_process, tiny_model)
+    harness.wait_for_service()
+    harness.start_camera(image(), rate_hz=20)
+    harness.wait_until_answering()
+    client = ActionClient(harness.node, QueryAction, "/vlm/query")
+    assert client.wait_for_server(timeout_sec=10)
+
+    def run(goal, cancel_after: int | None = None):
+        feedback = []
+        handle_box = {}
+
+        def on_feedback(msg):
+            feedback.append((msg.feedback.generated_tokens, msg.feedback.partial_answer))
+            if cancel_after is not None and len(feedback) == cancel_after and "handle" in handle_box:
+                handle_box["handle"].cancel_goal_async()
+
+        send = client.send_goal_async(goal, feedback_callback=on_feedback)
+        t0 = time.monotonic()
+        while not send.done():
+            assert time.monotonic() - t0 < 10
+            time.sleep(0.01)
+        handle_box["handle"] = send.result()
+        assert handle_box["handle"].accepted
+        result = handle_box["handle"].get_result_async()
+        while not result.done():
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.01)
+        return result.result(), feedback
+
+    done, feedback = run(QueryAction.Goal(instruction="describe it", max_new_tokens=12))
+    assert done.status == GoalStatus.STATUS_SUCCEEDED and done.result.status == 0
+    assert [n for n, _ in feedback] == list(range(1, len(feedback) + 1)) and len(feedback) >= 1
+    assert feedback[-1][1] == done.result.answer and done.result.timings.generated_tokens == 12
+
+    cancelled, feedback = run(QueryAction.Goal(instruction="describe it", max_new_tokens=4000, timeout_s=20.0),
+                              cancel_after=3)
+    assert cancelled.status == GoalStatus.STATUS_CANCELED
+    assert 3 <= cancelled.result.timings.generated_tokens < 4000 and "cancelled" in cancelled.result.message

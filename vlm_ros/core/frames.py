@@ -1,0 +1,123 @@
+"""Newest-frame buffers, one per camera: what the image callbacks write and the query worker reads.
+
+Callbacks only decode and store; no inference. A buffer keeps the newest colour image (older ones are
+simply replaced: no backlog), a short history of depth images to pair with it by timestamp, and the latest
+intrinsics. Time going backwards (a looping bag replay) resets the buffer, so a query never answers from a
+frame "from the future".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlm_ros.core.types import CameraIntrinsics, Frame, Status
+
+
+@dataclass
+class _Image:
+    array: np.ndarray
+    stamp_ns: int
+    frame_id: str
+    received: float  # time.monotonic()
+
+
+@dataclass
+class CameraStats:
+    received: int = 0
+    depth_received: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    resets: int = 0
+    rate_hz: float = 0.0  # smoothed colour rate
+    callback_s: float = 0.0  # smoothed CPU time of the colour callback (decode + store)
+
+
+class CameraBuffer:
+    """Thread-safe newest-frame store of one camera."""
+
+    def __init__(self, name: str, depth_tolerance_ns: int = 50_000_000, depth_history: int = 8):
+        self.name = name
+        self.depth_tolerance_ns = depth_tolerance_ns
+        self.stats = CameraStats()
+        self._lock = threading.Lock()
+        self._image: _Image | None = None
+        self._depths: deque[_Image] = deque(maxlen=depth_history)
+        self._intrinsics: CameraIntrinsics | None = None
+        self._depth_intrinsics: CameraIntrinsics | None = None
+        self._depth_size: tuple[int, int] | None = None
+
+    # --- writers (subscription callbacks) ----------------------------------------------------------------
+    def put_image(self, image: np.ndarray, stamp_ns: int, frame_id: str, callback_s: float = 0.0) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._image is not None and stamp_ns < self._image.stamp_ns:
+                self._reset_locked()  # time went backwards: a replay looped or the clock was reset
+            if self._image is not None and now > self._image.received:
+                rate = 1.0 / (now - self._image.received)
+                self.stats.rate_hz = rate if self.stats.rate_hz == 0 else 0.9 * self.stats.rate_hz + 0.1 * rate
+            self.stats.callback_s = callback_s if self.stats.received == 0 else 0.9 * self.stats.callback_s + 0.1 * callback_s
+            self._image = _Image(image, stamp_ns, frame_id, now)
+            self.stats.received += 1
+
+    def put_depth(self, depth: np.ndarray, stamp_ns: int, frame_id: str) -> None:
+        with self._lock:
+            if self._depths and stamp_ns < self._depths[-1].stamp_ns:
+                self._depths.clear()
+            self._depths.append(_Image(depth, stamp_ns, frame_id, time.monotonic()))
+            self.stats.depth_received += 1
+
+    def put_intrinsics(self, intrinsics: CameraIntrinsics | None, depth: bool = False,
+                       size: tuple[int, int] | None = None) -> None:
+        with self._lock:
+            if depth:
+                self._depth_intrinsics, self._depth_size = intrinsics, size
+            else:
+                self._intrinsics = intrinsics
+
+    def drop(self, reason: str) -> None:
+        with self._lock:
+            self.stats.dropped[reason] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        self._image = None
+        self._depths.clear()
+        self.stats.resets += 1
+
+    # --- reader (query worker) ----------------------------------------------------------------------------
+    def newest_stamp_ns(self) -> int | None:
+        with self._lock:
+            return None if self._image is None else self._image.stamp_ns
+
+    def snapshot(self, now_ns: int, max_age_ns: int) -> tuple[Frame | None, Status, str]:
+        """The newest frame with its matching depth and intrinsics, or why there is none."""
+        with self._lock:
+            image = self._image
+            if image is None:
+                return None, Status.NO_FRAME, f"no frame received yet from camera '{self.name}'"
+            age = now_ns - image.stamp_ns
+            if age > max_age_ns:
+                return None, Status.STALE_FRAME, (
+                    f"newest frame of camera '{self.name}' is {age / 1e9:.2f} s old (max_frame_age_s {max_age_ns / 1e9:g})")
+            depth = min(self._depths, key=lambda d: abs(d.stamp_ns - image.stamp_ns), default=None)
+            if depth is not None and abs(depth.stamp_ns - image.stamp_ns) > self.depth_tolerance_ns:
+                depth = None
+            intrinsics = self._intrinsics or self._scaled_depth_intrinsics(image.array.shape[1], image.array.shape[0])
+        frame = Frame(image.array, image.stamp_ns, image.frame_id, self.name, intrinsics,
+                      depth.array if depth is not None else None)
+        return frame, Status.OK, ""
+
+    def _scaled_depth_intrinsics(self, width: int, height: int) -> CameraIntrinsics | None:
+        """Depth CameraInfo rescaled to the colour resolution (registered depth: same field of view)."""
+        k, size = self._depth_intrinsics, self._depth_size
+        if k is None or size is None:
+            return None
+        sx, sy = width / size[0], height / size[1]
+        return CameraIntrinsics(k.fx * sx, k.fy * sy, (k.cx + 0.5) * sx - 0.5, (k.cy + 0.5) * sy - 0.5)

@@ -1,0 +1,504 @@
+"""The perception node: cameras in; /vlm/query service and action; targets, descriptions, diagnostics out.
+
+A lifecycle node. configure loads the model, activate subscribes to the cameras, deactivate unsubscribes,
+cleanup frees the model. Queries are served in every state (NOT_READY unless active), so a caller never
+hangs. Threads:
+  - image callbacks (their own callback group, reentrant): decode, validate, store the newest frame. No inference.
+  - service/action callbacks (reentrant group): validate, enqueue into a bounded queue, wait for the answer.
+  - one worker thread: runs the ROS-free Pipeline on the freshest frame, then publishes the outputs.
+  - timers (mutually exclusive group): diagnostics, periodic description.
+"""
+
+from __future__ import annotations
+
+import gc
+import queue
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from vlm_ros.action import Query as QueryAction
+from vlm_ros.core.frames import CameraBuffer
+from vlm_ros.core.geometry import intrinsics_from_k
+from vlm_ros.core.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
+from vlm_ros.core.requests import check_limits, normalise_instruction
+from vlm_ros.core.types import Answer, Frame, Request, Status, Task
+from vlm_ros.msg import GroundedTargetArray, SceneDescription
+from vlm_ros.ros.convert import fill_result, make_header, request_from_goal, stamp_to_ns, target_to_msg
+from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
+from vlm_ros.srv import Query
+
+MAX_IMAGE_PIXELS = 40_000_000  # larger declared images are dropped before any allocation
+WAIT_MARGIN_S = 2.0
+REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them  # a caller waits at most its timeout plus this, even if the model is stuck
+
+
+@dataclass
+class Job:
+    request: Request
+    camera: str
+    deadline: float  # time.monotonic()
+    on_text: Callable[[str, int], None] | None = None
+    on_done: Callable[[Job], None] | None = None
+    enqueued: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Answer | None = None
+    header: Header | None = None
+    frame: Frame | None = None
+
+    def finish(self, answer: Answer, header: Header | None = None) -> None:
+        self.answer, self.header = answer, header
+        self.done.set()
+
+
+class PerceptionNode(LifecycleNode):
+    def __init__(self, **kwargs: Any):
+        super().__init__("vlm", **kwargs)
+        self._specs: dict[str, ParamSpec] = {}
+        for spec in NODE_PARAMS:
+            self._declare(spec)
+        for camera in self.p("cameras"):
+            for spec in camera_specs(camera):
+                self._declare(spec)
+        problems = [r for r in (s.check(self.p(n)) for n, s in self._specs.items()) if r]
+        if self.p("default_camera") not in self.p("cameras"):
+            problems.append(f"default_camera '{self.p('default_camera')}' is not in cameras {self.p('cameras')}")
+        if problems:
+            raise ValueError("invalid parameters: " + "; ".join(problems))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._sensor_group = ReentrantCallbackGroup()  # buffers are thread-safe; callbacks may overlap
+        self._query_group = ReentrantCallbackGroup()  # concurrent queries wait in parallel, never on each other
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+
+        self.buffers = {c: CameraBuffer(c, int(self.p("depth_sync_tolerance_s") * 1e9)) for c in self.p("cameras")}
+        self._camera_subscriptions: list = []
+        self._pipeline = None
+        self._backend = "none"
+        self._active = False
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=self.p("queue_size"))
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._running_job: Job | None = None
+        self.counters = {"served": 0, "failed": 0, "busy": 0, "invalid": 0}
+        self._last_timings = None
+
+        # Requests wait in the DDS reader until an executor thread takes them; the default depth of 10 would
+        # silently drop the eleventh of a burst. Every request must get an answer (BUSY at worst).
+        requests_qos = QoSProfile(depth=REQUEST_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_service(Query, self.p("service_name"), self._on_service, qos_profile=requests_qos,
+                            callback_group=self._query_group)
+        self._action_server = ActionServer(
+            self, QueryAction, self.p("action_name"), execute_callback=self._on_action,
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.ACCEPT,
+            goal_service_qos_profile=requests_qos, result_service_qos_profile=requests_qos,
+            callback_group=self._query_group)
+        self._targets_pub = self.create_publisher(GroundedTargetArray, "~/targets", 10)
+        self._description_pub = self.create_publisher(SceneDescription, "~/description", 10)
+        self._annotated_pub = self.create_publisher(Image, "~/annotated", qos_profile_sensor_data)
+        self._markers_pub = self.create_publisher(MarkerArray, "~/markers", 10)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(self.p("diagnostics_period_s"), self._publish_diagnostics, callback_group=self._timer_group)
+        self._description_timer = None
+        self.get_logger().info(f"node created; cameras {self.p('cameras')}, service {self.p('service_name')}")
+
+    # --- parameters -----------------------------------------------------------------------------------------
+    def _declare(self, spec: ParamSpec) -> None:
+        self._specs[spec.name] = spec
+        self.declare_parameter(spec.name, spec.default, spec.descriptor())
+
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            spec = self._specs.get(param.name)
+            reason = spec.check(param.value) if spec else ""
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._pipeline, self._backend = self._load_pipeline()
+        except Exception as exc:  # a clear reason in the log, and the node stays unconfigured
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="vlm_worker", daemon=True)
+        self._worker.start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for camera in self.p("cameras"):
+            self._subscribe(camera)
+        rate = self.p("description_rate_hz")
+        if rate > 0:
+            self._description_timer = self.create_timer(1.0 / rate, self._describe_periodically,
+                                                        callback_group=self._timer_group)
+        self._active = True
+        self.get_logger().info("active: serving queries")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        for sub in self._camera_subscriptions:
+            self.destroy_subscription(sub)
+        self._camera_subscriptions.clear()
+        if self._description_timer is not None:
+            self.destroy_timer(self._description_timer)
+            self._description_timer = None
+        for buffer in self.buffers.values():
+            buffer.reset()
+        self.get_logger().info("inactive: queries get NOT_READY")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._pipeline = None
+        self._backend = "none"
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+        self.get_logger().info("cleaned up: model unloaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._stop_worker()
+        self._pipeline = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load_pipeline(self):
+        import torch
+
+        from vlm_ros.models.registry import load_adapter
+        from vlm_ros.pipeline import Pipeline
+
+        device = self.p("device")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype_name = self.p("dtype")
+        if dtype_name == "auto":
+            dtype_name = "float16" if device.startswith("cuda") else "float32"
+        backend = self.p("backend")
+        if backend in ("tensorrt", "onnxruntime"):
+            raise RuntimeError(f"backend '{backend}' is not available in this build; use 'torch' or 'auto'")
+        if backend == "auto":
+            self.get_logger().info("backend auto: TensorRT engines are not supported in this build; using torch")
+        model = self.p("model") or "the embedded default model"
+        self.get_logger().info(f"loading {model} (family {self.p('family')}) on {device} as {dtype_name} ...")
+        t0 = time.monotonic()
+        adapter = load_adapter(self.p("model"), self.p("family"), device, getattr(torch, dtype_name))
+        self.get_logger().info(f"loaded {adapter.family} model in {time.monotonic() - t0:.1f} s")
+        return Pipeline(adapter), f"torch ({device}, {dtype_name})"
+
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+
+    # --- cameras ------------------------------------------------------------------------------------------
+    def _subscribe(self, camera: str) -> None:
+        topics = {key: self.p(f"cameras.{camera}.{key}") for key in
+                  ("image_topic", "compressed_topic", "camera_info_topic", "depth_topic", "depth_info_topic")}
+        buffer = self.buffers[camera]
+        subscribe = self._camera_subscriptions.append
+        qos, group = qos_profile_sensor_data, self._sensor_group
+        if topics["image_topic"]:
+            subscribe(self.create_subscription(Image, topics["image_topic"], lambda m: self._on_image(m, buffer), qos,
+                                               callback_group=group))
+        if topics["compressed_topic"]:
+            subscribe(self.create_subscription(CompressedImage, topics["compressed_topic"],
+                                               lambda m: self._on_compressed(m, buffer), qos, callback_group=group))
+        if topics["camera_info_topic"]:
+            subscribe(self.create_subscription(CameraInfo, topics["camera_info_topic"],
+                                               lambda m: self._on_info(m, buffer, False), qos, callback_group=group))
+        if topics["depth_topic"]:
+            subscribe(self.create_subscription(Image, topics["depth_topic"], lambda m: self._on_depth(m, buffer), qos,
+                                               callback_group=group))
+        if topics["depth_info_topic"]:
+            subscribe(self.create_subscription(CameraInfo, topics["depth_info_topic"],
+                                               lambda m: self._on_info(m, buffer, True), qos, callback_group=group))
+
+    def _drop(self, buffer: CameraBuffer, reason: str, exc: Exception) -> None:
+        buffer.drop(reason)
+        self.get_logger().warning(f"camera '{buffer.name}': dropped {reason}: {exc}", throttle_duration_sec=5.0)
+
+    def _on_image(self, msg: Image, buffer: CameraBuffer) -> None:
+        t0 = time.perf_counter()
+        try:
+            rgb = decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data, bool(msg.is_bigendian),
+                               max_pixels=MAX_IMAGE_PIXELS)
+        except ImageDecodeError as exc:
+            return self._drop(buffer, "invalid image", exc)
+        buffer.put_image(rgb, stamp_to_ns(msg.header.stamp), msg.header.frame_id, time.perf_counter() - t0)
+
+    def _on_compressed(self, msg: CompressedImage, buffer: CameraBuffer) -> None:
+        t0 = time.perf_counter()
+        try:
+            rgb = decode_compressed(msg.format, bytes(msg.data), max_pixels=MAX_IMAGE_PIXELS)
+        except ImageDecodeError as exc:
+            return self._drop(buffer, "invalid compressed image", exc)
+        buffer.put_image(rgb, stamp_to_ns(msg.header.stamp), msg.header.frame_id, time.perf_counter() - t0)
+
+    def _on_depth(self, msg: Image, buffer: CameraBuffer) -> None:
+        try:
+            depth = decode_depth(msg.encoding, msg.width, msg.height, msg.step, msg.data, bool(msg.is_bigendian),
+                                 max_pixels=MAX_IMAGE_PIXELS)
+        except ImageDecodeError as exc:
+            return self._drop(buffer, "invalid depth", exc)
+        buffer.put_depth(depth, stamp_to_ns(msg.header.stamp), msg.header.frame_id)
+
+    def _on_info(self, msg: CameraInfo, buffer: CameraBuffer, depth: bool) -> None:
+        intrinsics = intrinsics_from_k(msg.k)
+        if intrinsics is None:
+            buffer.drop("invalid camera_info")
+            self.get_logger().warning(f"camera '{buffer.name}': CameraInfo has an invalid focal length; "
+                                      "no 3-D targets from it", throttle_duration_sec=10.0)
+        buffer.put_intrinsics(intrinsics, depth=depth, size=(msg.width, msg.height))
+
+    # --- queries ------------------------------------------------------------------------------------------
+    def _on_service(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        answer, header, camera = self._run_query(request)
+        return fill_result(response, answer, header, camera)
+
+    def _on_action(self, goal_handle) -> QueryAction.Result:
+        def feedback(text: str, n: int) -> None:
+            goal_handle.publish_feedback(QueryAction.Feedback(partial_answer=text, generated_tokens=n))
+
+        answer, header, camera = self._run_query(goal_handle.request, feedback, lambda: goal_handle.is_cancel_requested)
+        result = fill_result(QueryAction.Result(), answer, header, camera)
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        else:
+            goal_handle.succeed()
+        return result
+
+    def _run_query(self, goal, on_text=None, cancelled: Callable[[], bool] = lambda: False):
+        """Validate, enqueue and wait: always returns (Answer, header or None, camera), within the timeout."""
+        camera = goal.camera or self.p("default_camera")
+        answer = self._refusal(goal, camera)
+        if answer is not None:
+            return answer, None, camera
+        instruction, _ = normalise_instruction(goal.instruction, self.p("max_instruction_bytes"))
+        goal.instruction = instruction
+        request = request_from_goal(goal, self.p("default_timeout_s"), self.p("default_max_new_tokens"))
+        job = Job(request, camera, time.monotonic() + request.timeout_s, on_text=on_text)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.counters["busy"] += 1
+            return Answer(Status.BUSY, f"{self._queue.maxsize} queries are waiting (queue_size); try again"), None, camera
+        wait_until = job.deadline + WAIT_MARGIN_S
+        while not job.done.wait(0.05):
+            if cancelled():
+                job.cancel.set()
+            if time.monotonic() > wait_until:
+                job.cancel.set()
+                return Answer(Status.TIMEOUT, "no answer within the timeout (the model is still busy)"), None, camera
+        return job.answer, job.header, camera
+
+    def _refusal(self, goal, camera: str) -> Answer | None:
+        """An immediate answer for a query that cannot run, or None."""
+        if not self._active or self._pipeline is None:
+            return Answer(Status.NOT_READY, "node is not active (lifecycle state: configure and activate it)")
+        _, error = normalise_instruction(goal.instruction, self.p("max_instruction_bytes"))
+        error = error or check_limits(goal.timeout_s, goal.max_new_tokens, self.p("max_timeout_s"),
+                                      self.p("max_new_tokens_limit"))
+        if not error and camera not in self.buffers:
+            error = f"unknown camera '{camera}'; cameras: {', '.join(self.buffers)}"
+        if error:
+            self.counters["invalid"] += 1
+            return Answer(Status.INVALID_ARGUMENT, error)
+        if self.buffers[camera].newest_stamp_ns() is None:
+            return Answer(Status.NO_FRAME, f"no frame received yet from camera '{camera}'")
+        return None
+
+    def _describe_periodically(self) -> None:
+        if not self._active:
+            return
+        request = Request(Task.DESCRIBE, "", self.p("default_max_new_tokens"), self.p("default_timeout_s"))
+        job = Job(request, self.p("default_camera"), time.monotonic() + request.timeout_s,
+                  on_done=self._publish_description)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            pass  # queries come first; the next period tries again
+
+    # --- worker -------------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._running_job = job
+            try:
+                self._serve(job)
+            except Exception as exc:  # never let the worker die; the caller gets a status
+                self.get_logger().error(f"query failed: {type(exc).__name__}: {exc}")
+                job.finish(Answer(Status.MODEL_ERROR, f"internal error: {type(exc).__name__}: {exc}"[:300]))
+            finally:
+                self._running_job = None
+            if job.on_done is not None and job.answer is not None:
+                job.on_done(job)
+
+    def _serve(self, job: Job) -> None:
+        queue_wait = time.monotonic() - job.enqueued
+        if job.cancel.is_set():
+            return job.finish(Answer(Status.TIMEOUT, "abandoned by the caller before it started"))
+        pipeline = self._pipeline
+        if not self._active or pipeline is None:
+            return job.finish(Answer(Status.NOT_READY, "node was deactivated while the query waited"))
+        now_ns = self.get_clock().now().nanoseconds
+        frame, status, message = self.buffers[job.camera].snapshot(now_ns, int(self.p("max_frame_age_s") * 1e9))
+        if frame is None:
+            return job.finish(Answer(status, message))
+        answer = pipeline.answer(frame, job.request, deadline=job.deadline, on_text=job.on_text, cancel=job.cancel,
+                                 queue_wait=queue_wait)
+        header = make_header(frame.stamp_ns, frame.frame_id)
+        job.frame = frame
+        job.finish(answer, header)
+        self.counters["served" if answer.status in (Status.OK, Status.TIMEOUT) else "failed"] += 1
+        self._last_timings = answer.timings
+        if answer.status == Status.MODEL_ERROR:
+            self.get_logger().error(f"query failed: {answer.message}")
+        self._publish_outputs(job, answer, header, frame)
+
+    # --- outputs ------------------------------------------------------------------------------------------
+    def _publish_outputs(self, job: Job, answer: Answer, header: Header, frame: Frame) -> None:
+        targets = [target_to_msg(t) for t in answer.targets]
+        self._targets_pub.publish(GroundedTargetArray(header=header, camera=job.camera,
+                                                      instruction=job.request.instruction, targets=targets))
+        if self.p("publish_annotated") and self._annotated_pub.get_subscription_count() > 0:
+            self._annotated_pub.publish(self._annotated(frame, answer, header))
+        if self.p("publish_markers") and self._markers_pub.get_subscription_count() > 0:
+            self._markers_pub.publish(self._markers(answer, header))
+
+    def _publish_description(self, job: Job) -> None:
+        if job.answer.status == Status.OK and job.header is not None:
+            self._description_pub.publish(SceneDescription(
+                header=job.header, camera=job.camera, text=job.answer.text,
+                targets=[target_to_msg(t) for t in job.answer.targets]))
+
+    @staticmethod
+    def _annotated(frame: Frame, answer: Answer, header: Header) -> Image:
+        image = np.ascontiguousarray(frame.image.copy())
+        for t in answer.targets:
+            p1, p2 = (int(t.box.x_min), int(t.box.y_min)), (int(t.box.x_max) - 1, int(t.box.y_max) - 1)
+            cv2.rectangle(image, p1, p2, (255, 64, 0), 2)
+            cv2.putText(image, t.label[:40], (p1[0], max(12, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 64, 0), 1)
+        h, w = image.shape[:2]
+        return Image(header=header, height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
+                     data=image.tobytes())
+
+    @staticmethod
+    def _markers(answer: Answer, header: Header) -> MarkerArray:
+        markers = [Marker(header=header, ns="vlm_targets", action=Marker.DELETEALL)]
+        for i, t in enumerate(t for t in answer.targets if t.position is not None):
+            sphere = Marker(header=header, ns="vlm_targets", id=2 * i, type=Marker.SPHERE, action=Marker.ADD)
+            sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z = t.position
+            sphere.pose.orientation.w = 1.0
+            sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.05
+            sphere.color.r, sphere.color.g, sphere.color.a = 1.0, 0.3, 0.9
+            text = Marker(header=header, ns="vlm_targets", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
+                          action=Marker.ADD, text=t.label)
+            text.pose = sphere.pose
+            text.pose.position.y -= 0.06
+            text.scale.z = 0.04
+            text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+            markers += [sphere, text]
+        return MarkerArray(markers=markers)
+
+    def _publish_diagnostics(self) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        max_age_ns = self.p("max_frame_age_s") * 1e9
+        statuses = []
+        for name, buffer in self.buffers.items():
+            stamp, stats = buffer.newest_stamp_ns(), buffer.stats
+            if not self._active:
+                level, message = DiagnosticStatus.OK, "not subscribed (node inactive)"
+            elif stamp is None:
+                level, message = DiagnosticStatus.WARN, "no frame received yet"
+            elif now_ns - stamp > max_age_ns:
+                level, message = DiagnosticStatus.ERROR, f"stale: newest frame {(now_ns - stamp) / 1e9:.1f} s old"
+            else:
+                level, message = DiagnosticStatus.OK, "receiving"
+            values = {"rate_hz": f"{stats.rate_hz:.1f}", "frame_age_s": "" if stamp is None else f"{(now_ns - stamp) / 1e9:.3f}",
+                      "received": stats.received, "depth_received": stats.depth_received, "resets": stats.resets,
+                      "callback_ms": f"{stats.callback_s * 1e3:.2f}",
+                      **{f"dropped: {reason}": n for reason, n in stats.dropped.items()}}
+            statuses.append(self._status(f"vlm: camera {name}", level, message, values))
+        state = "active" if self._active else ("configured" if self._pipeline is not None else "unconfigured")
+        level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
+        timings = self._last_timings
+        values = {"state": state, "backend": self._backend, "model": self.p("model") or "embedded default",
+                  "family": getattr(getattr(self._pipeline, "adapter", None), "family", ""),
+                  "queue_depth": self._queue.qsize(), "running": self._running_job is not None,
+                  **self.counters,
+                  "dropped_model_outputs": getattr(self._pipeline, "dropped_outputs", 0),
+                  "last_total_s": f"{timings.total:.3f}" if timings else "",
+                  "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
+                  "last_decode_s": f"{timings.decode:.3f}" if timings else "",
+                  "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"}
+        statuses.append(self._status("vlm: model", level, state, values))
+        self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                                      status=statuses))
+
+    def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
+        return DiagnosticStatus(level=level, name=name, message=message, hardware_id=self.get_fully_qualified_name(),
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    try:
+        node = PerceptionNode()
+    except ValueError as exc:
+        rclpy.logging.get_logger("vlm").fatal(str(exc))
+        rclpy.try_shutdown()
+        raise SystemExit(2)
+    executor = MultiThreadedExecutor(num_threads=node.p("queue_size") + 4)
+    executor.add_node(node)
+    if node.p("autostart"):
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._active = False
+        node._stop_worker()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

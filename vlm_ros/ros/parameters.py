@@ -1,0 +1,93 @@
+"""The node's parameters: name, default, description and allowed values, in one table.
+
+config/perception.yaml holds the same defaults for users to copy and edit; a test checks that both agree.
+Per-camera parameters `cameras.<name>.<key>` are declared for each name listed in `cameras`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+FAMILIES = ("auto", "embedded", "llava", "florence2", "qwen2_5_vl", "idefics3", "paligemma", "blip2", "instructblip")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(name=self.name, description=self.description)
+        if isinstance(self.default, bool):
+            d.type = ParameterType.PARAMETER_BOOL
+        elif isinstance(self.default, int) and self.range:
+            d.type = ParameterType.PARAMETER_INTEGER
+            d.integer_range = [IntegerRange(from_value=int(self.range[0]), to_value=int(self.range[1]), step=1)]
+        elif isinstance(self.default, float) and self.range:
+            d.type = ParameterType.PARAMETER_DOUBLE
+            d.floating_point_range = [FloatingPointRange(from_value=float(self.range[0]), to_value=float(self.range[1]))]
+        if self.choices:
+            d.additional_constraints = "one of: " + ", ".join(self.choices)
+        return d
+
+    def check(self, value: Any) -> str:
+        """Reason the value is refused, or "" (ranges are also enforced by rclpy through the descriptor)."""
+        if self.choices and value not in self.choices and not (self.name == "device" and str(value).startswith("cuda:")):
+            return f"{self.name} must be one of {', '.join(self.choices)}; got '{value}'"
+        if self.range and not (self.range[0] <= value <= self.range[1]):
+            return f"{self.name} must be in [{self.range[0]}, {self.range[1]}]; got {value}"
+        return ""
+
+
+NODE_PARAMS = [
+    ParamSpec("model", "", "local model directory (or id in the local HF cache); '' = the embedded default model"),
+    ParamSpec("family", "auto", "model adapter; auto = from the model's config", choices=FAMILIES),
+    ParamSpec("backend", "auto", "inference backend; auto = TensorRT if present, else torch (CUDA, else CPU)",
+              choices=("auto", "tensorrt", "torch", "onnxruntime")),
+    ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N", choices=("auto", "cpu", "cuda")),
+    ParamSpec("dtype", "auto", "auto = float16 on CUDA, float32 on CPU", choices=("auto", "float32", "float16", "bfloat16")),
+    ParamSpec("autostart", True, "configure and activate on start"),
+    ParamSpec("cameras", ["front"], "camera names; each has cameras.<name>.* parameters"),
+    ParamSpec("default_camera", "front", "camera used when a query names none"),
+    ParamSpec("max_frame_age_s", 2.0, "a query on an older newest frame gets STALE_FRAME", range=(0.01, 3600.0)),
+    ParamSpec("depth_sync_tolerance_s", 0.05, "depth pairs with colour within this stamp difference", range=(0.0, 1.0)),
+    ParamSpec("service_name", "/vlm/query", "name of the Query service"),
+    ParamSpec("action_name", "/vlm/query", "name of the Query action"),
+    ParamSpec("queue_size", 4, "pending queries beyond the running one; more get BUSY", range=(1, 64)),
+    ParamSpec("default_timeout_s", 10.0, "timeout when a query gives 0", range=(0.05, 600.0)),
+    ParamSpec("max_timeout_s", 120.0, "largest timeout a query may ask for", range=(0.05, 3600.0)),
+    ParamSpec("default_max_new_tokens", 64, "token budget when a query gives 0", range=(1, 4096)),
+    ParamSpec("max_new_tokens_limit", 512, "largest token budget a query may ask for", range=(1, 4096)),
+    ParamSpec("max_instruction_bytes", 1024, "longest instruction accepted (UTF-8 bytes)", range=(1, 65536)),
+    ParamSpec("description_rate_hz", 0.0, "periodic ~/description of the default camera; 0 = off", range=(0.0, 10.0)),
+    ParamSpec("publish_annotated", True, "publish ~/annotated (source image with boxes and labels)"),
+    ParamSpec("publish_markers", True, "publish ~/markers (MarkerArray of 3-D targets)"),
+    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.1, 60.0)),
+]
+
+CAMERA_PARAMS = [
+    ParamSpec("image_topic", "", "sensor_msgs/Image topic; '' = none"),
+    ParamSpec("compressed_topic", "", "sensor_msgs/CompressedImage topic (jpeg/png); '' = none"),
+    ParamSpec("camera_info_topic", "", "CameraInfo of the colour image; '' = none"),
+    ParamSpec("depth_topic", "", "depth Image (16UC1 mm / 32FC1 m) registered to colour; '' = none"),
+    ParamSpec("depth_info_topic", "", "CameraInfo of the depth image; '' = none"),
+]
+# The default camera's topics (relative names, remappable at launch).
+FRONT_CAMERA_TOPICS = {
+    "image_topic": "camera/image_raw",
+    "compressed_topic": "",
+    "camera_info_topic": "camera/camera_info",
+    "depth_topic": "camera/depth/image_raw",
+    "depth_info_topic": "camera/depth/camera_info",
+}
+
+
+def camera_specs(camera: str) -> list[ParamSpec]:
+    defaults = FRONT_CAMERA_TOPICS if camera == "front" else {}
+    return [ParamSpec(f"cameras.{camera}.{p.name}", defaults.get(p.name, p.default), p.description) for p in CAMERA_PARAMS]
