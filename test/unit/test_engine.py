@@ -33,11 +33,12 @@ def reference_tokens(adapter, inputs, n: int) -> list[int]:
     return ids[: next((i for i, t in enumerate(ids) if t in eos), len(ids))]
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean-decoder", "static-cache"])
+@pytest.mark.parametrize("lean,static", [(True, False), (True, True), (False, None)],
+                         ids=["lean-sliced", "lean-static-step", "hf-static-cache"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_engine_tokens_equal_generate(adapter, lean, seed):
+def test_engine_tokens_equal_generate(adapter, lean, static, seed):
     inputs = adapter.prepare(frame(seed), Request(Task.ANSWER, "where is the red ball ?"))
-    engine = TorchEngine(adapter, use_lean_decoder=lean)
+    engine = TorchEngine(adapter, use_lean_decoder=lean, static_step=static)
     assert engine._lean_supported == lean  # the tiny LLaVA's Llama decoder is a supported one
     result = engine.generate(inputs, 40)
     assert result.token_ids == reference_tokens(adapter, inputs, 40)

@@ -50,7 +50,7 @@ class TorchEngine:
     """Greedy decoding for one adapter. Not thread-safe: one query at a time (the node has one worker)."""
 
     def __init__(self, adapter: VlmAdapter, max_cache_len: int = 512, vision_cache_size: int = 4,
-                 use_lean_decoder: bool = True):
+                 use_lean_decoder: bool = True, static_step: bool | None = None):
         self.adapter = adapter
         self.model = adapter.model
         self.max_cache_len = max_cache_len
@@ -60,6 +60,7 @@ class TorchEngine:
         self._eos = adapter.eos_token_ids
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
+        self._static_step = static_step  # None: static (CUDA-graph) step on CUDA, sliced step on CPU
 
     # --- public -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -72,11 +73,12 @@ class TorchEngine:
         stop_strings: Sequence[str] = (),
         on_text: TextCallback | None = None,
         cancel: threading.Event | None = None,
+        ignore_eos: bool = False,  # benchmarks: always generate max_new_tokens
     ) -> GenerationResult:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if not self.adapter.supports_static_cache:
-            return self._generate_hf(inputs, max_new_tokens, deadline, stop_strings, on_text, cancel)
+            return self._generate_hf(inputs, max_new_tokens, deadline, stop_strings, on_text, cancel, ignore_eos)
 
         t0 = time.perf_counter()
         vision, cached = self._vision_features(inputs)
@@ -87,7 +89,7 @@ class TorchEngine:
         lean = self._lean_decoder(needed)
         if lean is not None:  # prefill by the model's own forward, then our lean per-token step
             out = self.model(**prompt, mm_encoder_outputs=vision, use_cache=True, logits_to_keep=1)
-            lean.load_prefix(out.past_key_values, inputs.prompt_length)
+            lean.load_prefix(out.cache, inputs.prompt_length)
             step = lean.step
         else:  # any other decoder: the model's forward on a pre-allocated static cache
             cache = self._static_cache(needed)
@@ -105,7 +107,7 @@ class TorchEngine:
         text, stopped = "", False
         watch_text = on_text is not None or any(stop_strings)
         for n in range(1, max_new_tokens + 1):
-            if next_id in self._eos:
+            if next_id in self._eos and not ignore_eos:
                 reason = StopReason.EOS
                 break
             ids.append(next_id)
@@ -162,7 +164,8 @@ class TorchEngine:
         if not self._lean_supported:
             return None
         if self._lean is None or self._lean.max_len < needed:
-            self._lean = LeanDecoder(self.model, max_len=max(self.max_cache_len, 1 << (needed - 1).bit_length()))
+            self._lean = LeanDecoder(self.model, max_len=max(self.max_cache_len, 1 << (needed - 1).bit_length()),
+                                     static=self._static_step)
         return self._lean
 
     def _step_kwargs(self, prompt: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -177,7 +180,8 @@ class TorchEngine:
                 return text[:i].rstrip(), True
         return text, False
 
-    def _generate_hf(self, inputs, max_new_tokens, deadline, stop_strings, on_text, cancel) -> GenerationResult:
+    def _generate_hf(self, inputs, max_new_tokens, deadline, stop_strings, on_text, cancel,
+                     ignore_eos=False) -> GenerationResult:
         """transformers' generate() with the same streaming, stop, cancel and deadline behaviour."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -209,6 +213,7 @@ class TorchEngine:
 
         t0 = time.perf_counter()
         out = self.model.generate(**inputs.tensors, max_new_tokens=max_new_tokens, do_sample=False,
+                                  min_new_tokens=max_new_tokens if ignore_eos else None,
                                   stopping_criteria=StoppingCriteriaList([_Watch()]))
         t2 = time.perf_counter()
         ids = out[0, prompt_len:].tolist()

@@ -1,0 +1,147 @@
+"""Engine benchmark: time to first token and decode speed of our engine vs transformers' generate().
+
+    python -m vlm_ros.tools.benchmark_engine                      # the embedded default model, CPU
+    python -m vlm_ros.tools.benchmark_engine --model tiny-llava   # a tiny random LLaVA
+    python -m vlm_ros.tools.benchmark_engine --model /models/x --device cuda --dtype bfloat16 --json out.json
+
+Same model, same frame, same prompt, same run: our engine (lean decoder; CUDA graph on GPU), generate()
+with the dynamic cache (eager), and generate() with the static cache. Greedy, batch 1, a fixed number of
+new tokens (EOS ignored). Prints a table with ratios; timings are medians over --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from vlm_ros.core.types import Frame, Request, Task
+from vlm_ros.engine import TorchEngine
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2) -> dict:
+    """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines."""
+    device = adapter.device
+    request = Request(Task.ANSWER, instruction, max_new_tokens=tokens)
+    inputs = adapter.prepare(frame, request)
+    engine = TorchEngine(adapter)
+    results: dict[str, dict] = {}
+
+    def engine_run(n: int, cached: bool):
+        if not cached:
+            engine.clear_vision_cache()
+        return engine.generate(inputs, n, ignore_eos=True)
+
+    for _ in range(warmup):
+        engine_run(tokens, False)
+    vision = statistics.median(engine_run(1, False).vision_encode_s for _ in range(repeats))
+    t1 = _median_time(lambda: engine_run(1, False), repeats, device)
+    tn = _median_time(lambda: engine_run(tokens, False), repeats, device)
+    t1_cached = _median_time(lambda: engine_run(1, True), repeats, device)
+    results["engine"] = {"ttft_s": t1, "ttft_cached_frame_s": t1_cached, "vision_encode_s": vision,
+                         "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
+
+    model = adapter.model
+    for name, extra in (("generate (dynamic cache)", {}), ("generate (static cache)", {"cache_implementation": "static"})):
+        def gen(n: int, extra=extra):
+            with torch.inference_mode():
+                return model.generate(**inputs.tensors, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
+
+        try:
+            for _ in range(warmup):
+                gen(tokens)
+            t1 = _median_time(lambda: gen(1), repeats, device)
+            tn = _median_time(lambda: gen(tokens), repeats, device)
+            results[name] = {"ttft_s": t1, "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
+        except Exception as exc:  # report, don't hide: some families refuse a static cache
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    return results
+
+
+def format_table(results: dict, baseline: str = "generate (dynamic cache)") -> str:
+    base = results.get(baseline, {})
+    lines = [f"{'':28s} {'TTFT ms':>9s} {'decode tok/s':>13s} {'decode x':>9s} {'TTFT x':>7s}"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"{name:28s} error: {r['error']}")
+            continue
+        dx = r["decode_tok_s"] / base["decode_tok_s"] if "decode_tok_s" in base else float("nan")
+        tx = base["ttft_s"] / r["ttft_s"] if "ttft_s" in base else float("nan")
+        lines.append(f"{name:28s} {r['ttft_s'] * 1e3:9.1f} {r['decode_tok_s']:13.1f} {dx:9.2f} {tx:7.2f}")
+    engine = results.get("engine", {})
+    if "ttft_cached_frame_s" in engine:
+        lines.append(f"engine, same frame again: TTFT {engine['ttft_cached_frame_s'] * 1e3:.1f} ms "
+                     f"(vision encode {engine['vision_encode_s'] * 1e3:.1f} ms skipped)")
+    return "\n".join(lines)
+
+
+def load(model: str, device: str, dtype: torch.dtype):
+    from vlm_ros.models.llava import LlavaAdapter
+    from vlm_ros.models.registry import load_adapter
+
+    if model == "tiny-llava":
+        from vlm_ros.testing.tiny import build_tiny_llava
+
+        path = build_tiny_llava(tempfile.mkdtemp(prefix="tiny_llava_"))
+        return LlavaAdapter.from_pretrained(path, device=device, dtype=dtype)
+    return load_adapter(model if model != "embedded" else "", "auto", device, dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded", help="'embedded', 'tiny-llava' or a local model directory")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per query")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--instruction", default="where is the red ball?")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    adapter = load(args.model, args.device, getattr(torch, args.dtype))
+    image = (np.random.default_rng(0).random((args.height, args.width, 3)) * 255).astype(np.uint8)
+    results = benchmark(adapter, Frame(image, stamp_ns=1, camera="bench"), args.instruction, args.tokens, args.repeats)
+    where = machine_name(adapter.device)
+    print(f"model {args.model} ({adapter.family}), {args.dtype}, {args.tokens} new tokens, batch 1, on {where}")
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "device": where, "dtype": args.dtype, "tokens": args.tokens,
+                       "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
