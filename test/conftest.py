@@ -101,3 +101,32 @@ def rclpy_context():
     rclpy.init()
     yield
     rclpy.shutdown()
+
+
+@pytest.fixture
+def bag_player(rclpy_context):
+    """bag_player(path, *, start=True, until=None, **BagPlayer kwargs) -> BagPlayer.
+
+    Each player gets its own node; with start=True it plays in a background thread (player.wait() /
+    player.stop() end it and re-raise its error). Every player is stopped and its node destroyed at teardown.
+    """
+    import rclpy
+
+    from vlm_ros.tools.replay import BagPlayer
+
+    made = []
+
+    def make(path, *, start=True, until=None, **kwargs):
+        node = rclpy.create_node(f"test_bag_player_{len(made)}")
+        player = BagPlayer(node, path, **kwargs)
+        made.append((node, player))
+        if start:
+            player.start(until)
+        return player
+
+    yield make
+    for node, player in made:
+        try:
+            player.stop()
+        finally:
+            node.destroy_node()
