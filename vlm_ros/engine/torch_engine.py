@@ -20,6 +20,7 @@ import torch
 from transformers import StaticCache
 
 from vlm_ros.engine.lean_decoder import LeanDecoder
+from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
 
 
@@ -50,7 +51,8 @@ class TorchEngine:
     """Greedy decoding for one adapter. Not thread-safe: one query at a time (the node has one worker)."""
 
     def __init__(self, adapter: VlmAdapter, max_cache_len: int = 512, vision_cache_size: int = 4,
-                 use_lean_decoder: bool = True, static_step: bool | None = None):
+                 use_lean_decoder: bool = True, static_step: bool | None = None,
+                 graph_vision: bool | None = None):
         self.adapter = adapter
         self.model = adapter.model
         self.max_cache_len = max_cache_len
@@ -61,6 +63,9 @@ class TorchEngine:
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
         self._static_step = static_step  # None: static (CUDA-graph) step on CUDA, sliced step on CPU
+        on_cuda = adapter.device.type == "cuda"
+        self._encode = (GraphedVisionEncoder(adapter) if (on_cuda if graph_vision is None else graph_vision)
+                        else adapter.encode_vision)
 
     # --- public -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -82,6 +87,7 @@ class TorchEngine:
 
         t0 = time.perf_counter()
         vision, cached = self._vision_features(inputs)
+        self._sync()
         t1 = time.perf_counter()
 
         needed = inputs.prompt_length + max_new_tokens
@@ -98,7 +104,7 @@ class TorchEngine:
 
             def step(token: torch.Tensor) -> torch.Tensor:
                 return self.model(input_ids=token, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
-        next_id = int(out.logits[0, -1].argmax())
+        next_id = int(out.logits[0, -1].argmax())  # the host copy waits for the prefill
         t2 = time.perf_counter()
 
         ids: list[int] = []
@@ -133,6 +139,10 @@ class TorchEngine:
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
 
+    def _sync(self) -> None:
+        if self.adapter.device.type == "cuda":
+            torch.cuda.synchronize(self.adapter.device)
+
     def clear_vision_cache(self) -> None:
         self._vision_cache.clear()
 
@@ -142,7 +152,7 @@ class TorchEngine:
         if key is not None and key in self._vision_cache:
             self._vision_cache.move_to_end(key)
             return self._vision_cache[key], True
-        features = self.adapter.encode_vision(inputs)
+        features = self._encode(inputs)
         if key is not None:
             self._vision_cache[key] = features
             while len(self._vision_cache) > self._vision_cache_size:

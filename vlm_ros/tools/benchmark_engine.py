@@ -48,7 +48,26 @@ def machine_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2) -> dict:
+def copy_bandwidth(device: torch.device, gib: float = 2.0) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write), the ceiling for batch-1 decode."""
+    n = int(gib * 2**30) // 4
+    a, b = torch.empty(n, device=device), torch.empty(n, device=device)
+    b.copy_(a)
+    t = _median_time(lambda: b.copy_(a), 5, device)
+    return 2 * n * 4 / t
+
+
+def decoder_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights read per decode step: everything except the vision tower and unused embeddings."""
+    skip = ("vision", "visual", "multi_modal_projector")
+    total = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not any(s in n for s in skip))
+    embed = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embed
+    return total - (0 if tied else embed.numel() * embed.element_size())  # one embedding row only is read
+
+
+def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2,
+              static_baseline: bool = True) -> dict:
     """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines."""
     device = adapter.device
     request = Request(Task.ANSWER, instruction, max_new_tokens=tokens)
@@ -71,7 +90,13 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
                          "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
 
     model = adapter.model
-    for name, extra in (("generate (dynamic cache)", {}), ("generate (static cache)", {"cache_implementation": "static"})):
+    if device.type == "cuda":  # the vision encoder alone: eager vs captured in a CUDA graph
+        eager = _median_time(lambda: adapter.encode_vision(inputs), repeats, device)
+        results["engine"]["vision_encode_eager_s"] = eager
+    baselines = [("generate (dynamic cache)", {})]
+    if static_baseline:
+        baselines.append(("generate (static cache)", {"cache_implementation": "static"}))
+    for name, extra in baselines:
         def gen(n: int, extra=extra):
             with torch.inference_mode():
                 return model.generate(**inputs.tensors, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
@@ -107,7 +132,10 @@ def format_table(results: dict, baseline: str = "generate (dynamic cache)") -> s
 def load(model: str, device: str, dtype: torch.dtype):
     from vlm_ros.models.llava import LlavaAdapter
     from vlm_ros.models.registry import load_adapter
+    from vlm_ros.testing.sizes import CONFIGS
 
+    if model in CONFIGS:
+        return CONFIGS[model](device, dtype)
     if model == "tiny-llava":
         from vlm_ros.testing.tiny import build_tiny_llava
 
@@ -118,7 +146,11 @@ def load(model: str, device: str, dtype: torch.dtype):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="embedded", help="'embedded', 'tiny-llava' or a local model directory")
+    parser.add_argument("--model", default="embedded",
+                        help="'embedded', 'tiny-llava', a real-size random config (so400m-qwen2-0.5b, qwen2.5-vl-3b) "
+                             "or a local model directory")
+    parser.add_argument("--skip-static", action="store_true", help="skip generate() with the static cache "
+                        "(on CUDA it compiles for about a minute first)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per query")
@@ -132,10 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     adapter = load(args.model, args.device, getattr(torch, args.dtype))
     image = (np.random.default_rng(0).random((args.height, args.width, 3)) * 255).astype(np.uint8)
-    results = benchmark(adapter, Frame(image, stamp_ns=1, camera="bench"), args.instruction, args.tokens, args.repeats)
+    results = benchmark(adapter, Frame(image, stamp_ns=1, camera="bench"), args.instruction, args.tokens, args.repeats,
+                        static_baseline=not args.skip_static)
     where = machine_name(adapter.device)
-    print(f"model {args.model} ({adapter.family}), {args.dtype}, {args.tokens} new tokens, batch 1, on {where}")
+    prompt = adapter.prepare(Frame(image, 1), Request(Task.ANSWER, args.instruction)).prompt_length
+    print(f"model {args.model} ({adapter.family}), {args.dtype}, prompt {prompt} tokens, {args.tokens} new tokens, "
+          f"batch 1, on {where}")
     print(format_table(results))
+    if adapter.device.type == "cuda":
+        bandwidth = copy_bandwidth(adapter.device)
+        weights = decoder_weight_bytes(adapter.model)
+        bound = bandwidth / weights
+        results["bandwidth_Bps"], results["decode_bound_tok_s"] = bandwidth, bound
+        engine = results["engine"]
+        print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; decoder weights {weights / 1e9:.2f} GB -> bound "
+              f"{bound:.0f} tok/s; engine at {engine['decode_tok_s'] / bound:.0%} of it")
+        print(f"vision encode: eager {engine['vision_encode_eager_s'] * 1e3:.2f} ms, CUDA graph "
+              f"{engine['vision_encode_s'] * 1e3:.2f} ms; peak GPU memory "
+              f"{torch.cuda.max_memory_allocated(adapter.device) / 2**30:.2f} GiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "device": where, "dtype": args.dtype, "tokens": args.tokens,

@@ -1,0 +1,92 @@
+"""Real-size model configurations with random weights, for GPU benchmarks (timings do not depend on weights).
+
+- `so400m_qwen2_0_5b`: a LLaVA-style model with a SigLIP-so400m/14 encoder at 384 px (729 image tokens) and a
+  Qwen2-0.5B-size decoder.
+- `qwen2_5_vl_3b`: the Qwen2.5-VL-3B architecture (built through the Qwen2.5-VL adapter when it is importable).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlm_ros.testing.tiny import build_tokenizer
+
+QWEN_VOCAB = 151936
+
+
+def so400m_qwen2_0_5b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+    """(LlavaAdapter, processor) with random weights, built directly on the device."""
+    from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config,
+                              SiglipImageProcessorPil, SiglipVisionConfig)
+
+    from vlm_ros.models.llava import LlavaAdapter
+
+    tokenizer = build_tokenizer(["<image>"])
+    vision = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                                image_size=384, patch_size=14)
+    text = Qwen2Config(vocab_size=QWEN_VOCAB, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                       tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="full", vision_feature_layer=-1, image_seq_length=729)
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlavaForConditionalGeneration(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = LlavaProcessor(image_processor=SiglipImageProcessorPil(size={"height": 384, "width": 384}),
+                               tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="full",
+                               num_additional_image_tokens=0)
+    return LlavaAdapter(model, processor)
+
+
+CONFIGS = {"so400m-qwen2-0.5b": so400m_qwen2_0_5b}
+
+
+def qwen2_5_vl_3b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+    """A Qwen25VLAdapter over the Qwen2.5-VL-3B architecture with random weights, built on the device."""
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlm_ros.models.qwen2_5_vl import ImageOnlyQwen2_5_VLProcessor, Qwen25VLAdapter
+    from vlm_ros.testing.tiny_qwen2_5_vl import CHAT_TEMPLATE, EXTRA_WORDS, SPECIAL
+
+    tokenizer = build_tokenizer(SPECIAL, EXTRA_WORDS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in [*SPECIAL, "<|endoftext|>"]}
+    image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                             chat_template=CHAT_TEMPLATE)
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31]),
+        text_config=dict(vocab_size=QWEN_VOCAB, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = Qwen25VLAdapter.model_class(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return Qwen25VLAdapter(model, processor)
+
+
+CONFIGS["qwen2.5-vl-3b"] = qwen2_5_vl_3b
