@@ -21,7 +21,7 @@ _SUPPORTED_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen2_5_VLDecode
 
 
 def _language_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    for path in ("model.language_model", "language_model", "model"):
+    for path in ("model.language_model", "language_model", "model.text_model", "model"):
         mod = model
         for name in path.split("."):
             mod = getattr(mod, name, None)
@@ -51,7 +51,7 @@ class LeanDecoder:
         )
 
     def __init__(self, model: torch.nn.Module, max_len: int, static: bool | None = None,
-                 cuda_graph: bool | None = None):
+                 cuda_graph: bool | None = None, compile: bool = False):
         lm = _language_model(model)
         self.model, self.lm, self.lm_head = model, lm, model.lm_head
         self.layers = list(lm.layers)
@@ -77,6 +77,9 @@ class LeanDecoder:
         self._rope_pos = torch.zeros((1,), dtype=torch.long, device=p.device)
         self._positions = torch.arange(max_len, device=p.device)
         self._graph: torch.cuda.CUDAGraph | None = None
+        # torch.compile fuses the step's many small element-wise kernels (norms, rotary, residuals); the fused
+        # step is then captured like the plain one. Compiling takes tens of seconds on first use.
+        self._static_fn = torch.compile(self._static_step, dynamic=False) if compile and self.static else self._static_step
         self._logits: torch.Tensor | None = None
 
     def load_prefix(self, cache, length: int) -> None:
@@ -102,7 +105,7 @@ class LeanDecoder:
             self._pos.fill_(pos)
             self._rope_pos.fill_(pos + self.offset)
             if not self.cuda_graph:
-                logits = self._static_step()
+                logits = self._static_fn()
             else:
                 if self._graph is None:
                     self._capture()
@@ -169,8 +172,8 @@ class LeanDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._static_step()
+                self._static_fn()
         torch.cuda.current_stream().wait_stream(stream)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph):
-            self._logits = self._static_step()
+            self._logits = self._static_fn()

@@ -52,7 +52,7 @@ class TorchEngine:
 
     def __init__(self, adapter: VlmAdapter, max_cache_len: int = 512, vision_cache_size: int = 4,
                  use_lean_decoder: bool = True, static_step: bool | None = None,
-                 graph_vision: bool | None = None):
+                 graph_vision: bool | None = None, compile_decoder: bool = False):
         self.adapter = adapter
         self.model = adapter.model
         self.max_cache_len = max_cache_len
@@ -63,6 +63,7 @@ class TorchEngine:
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
         self._static_step = static_step  # None: static (CUDA-graph) step on CUDA, sliced step on CPU
+        self._compile_decoder = compile_decoder
         on_cuda = adapter.device.type == "cuda"
         self._encode = (GraphedVisionEncoder(adapter) if (on_cuda if graph_vision is None else graph_vision)
                         else adapter.encode_vision)
@@ -164,10 +165,9 @@ class TorchEngine:
             # Grow (rare: a long prompt or a large token budget); allocation happens once per size.
             self.max_cache_len = 1 << (needed - 1).bit_length()
             self._cache = None
-        if self._cache is None:
-            self._cache = StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
-        else:
-            self._cache.reset()
+        # A fresh cache per query: some models (PaliGemma) treat a reset-but-allocated cache as "not the first
+        # iteration" and build the wrong prefill mask. Only models without the lean decoder take this path.
+        self._cache = StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
         return self._cache
 
     def _lean_decoder(self, needed: int) -> LeanDecoder | None:
@@ -175,7 +175,7 @@ class TorchEngine:
             return None
         if self._lean is None or self._lean.max_len < needed:
             self._lean = LeanDecoder(self.model, max_len=max(self.max_cache_len, 1 << (needed - 1).bit_length()),
-                                     static=self._static_step)
+                                     static=self._static_step, compile=self._compile_decoder)
         return self._lean
 
     def _step_kwargs(self, prompt: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -223,7 +223,7 @@ class TorchEngine:
 
         t0 = time.perf_counter()
         out = self.model.generate(**inputs.tensors, max_new_tokens=max_new_tokens, do_sample=False,
-                                  min_new_tokens=max_new_tokens if ignore_eos else None,
+                                  **({"min_new_tokens": max_new_tokens} if ignore_eos else {}),
                                   stopping_criteria=StoppingCriteriaList([_Watch()]))
         t2 = time.perf_counter()
         ids = out[0, prompt_len:].tolist()

@@ -17,7 +17,7 @@ from vlm_ros.models.base import ModelInputs, VlmAdapter
 class GraphedVisionEncoder:
     def __init__(self, adapter: VlmAdapter):
         self.adapter = adapter
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any]] = {}
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], Any] | None] = {}
 
     def _vision_tensors(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
         names = self.adapter.vision_input_names
@@ -27,7 +27,12 @@ class GraphedVisionEncoder:
         tensors = self._vision_tensors(inputs)
         key = tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(tensors.items()))
         if key not in self._graphs:
-            self._graphs[key] = self._capture(inputs, tensors)
+            try:
+                self._graphs[key] = self._capture(inputs, tensors)
+            except RuntimeError:  # encoders with host-side work per image (e.g. Qwen's window index) cannot be captured
+                self._graphs[key] = None
+        if self._graphs[key] is None:
+            return self.adapter.encode_vision(inputs)
         graph, static, output = self._graphs[key]
         for k, v in tensors.items():
             static[k].copy_(v)

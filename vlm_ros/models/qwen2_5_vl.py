@@ -1,0 +1,129 @@
+"""Qwen2.5-VL: chat-template prompts, JSON `bbox_2d` grounding in pixels of the smart-resized input.
+
+The processor resizes each image to a size whose sides are multiples of patch_size * merge_size (28 for the
+released checkpoints), keeping the pixel count within [min_pixels, max_pixels] ("smart_resize"), then cuts it
+into 14-px patches: `image_grid_thw` = (1, H/14, W/14). Qwen2.5-VL's grounding output is absolute pixel
+coordinates of that resized input (Qwen2.5-VL technical report, sec. 2.2.1; the Qwen2.5-VL cookbook
+"spatial_understanding"), so boxes map back to the source image by the per-axis scale of that resize.
+
+The language model uses 3-D rotary positions (M-RoPE): the prefill needs `image_grid_thw` and
+`mm_token_type_ids` besides the vision features, and every later token's position is offset by the
+`rope_deltas` the model stores at prefill; the model's forward applies that offset itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+from vlm_ros.core.types import Frame, Request, Task
+from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
+from vlm_ros.models.paligemma import object_phrases
+from vlm_ros.models.parsing import ResizeTransform, parse_qwen_json
+
+__all__ = ["ImageOnlyQwen2_5_VLProcessor", "Qwen25VLAdapter", "grounding_instruction", "DESCRIBE_INSTRUCTION"]
+
+log = logging.getLogger(__name__)
+
+DESCRIBE_INSTRUCTION = "Describe this image."
+
+
+def grounding_instruction(instruction: str) -> str:
+    """The user turn for a grounding request, phrased like the Qwen2.5-VL cookbook's detection prompts."""
+    phrases = object_phrases(instruction)
+    if not phrases:
+        raise ValueError(f"no object named in grounding instruction {instruction!r}")
+    if len(phrases) == 1:
+        return f"Locate every {phrases[0]} in the image, output the bbox coordinates in JSON format."
+    categories = ", ".join(phrases)
+    return f'Locate every instance that belongs to the following categories: "{categories}". ' \
+           "Report bbox coordinates in JSON format."
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2_5_VLProcessor without its video processor.
+
+    The video processor needs torchvision, which is not always importable beside the installed torch; the node
+    only ever sends still images, and image processing, tokenizer and chat template are the checkpoint's own.
+    Loads the same files as the full processor (`from_pretrained` of a downloaded checkpoint directory).
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        # ProcessorMixin pairs positional sub-processors with this signature's attributes, so the video slot
+        # (None) is dropped rather than type-checked.
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen25VLAdapter(VlmAdapter):
+    family = "qwen2_5_vl"
+    model_class = Qwen2_5_VLForConditionalGeneration
+    vision_input_names = ("pixel_values",)  # image_grid_thw also feeds the prefill's 3-D positions: kept there
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
+                        local_files_only: bool = True) -> Qwen25VLAdapter:
+        kwargs: dict[str, Any] = {"local_files_only": local_files_only}
+        model = cls.model_class.from_pretrained(path, dtype=dtype or torch.float32, **kwargs).to(device)
+        processor = load_processor(path, **kwargs)
+        return cls(model, processor)
+
+    # --- prompt -----------------------------------------------------------------------------------------
+    def user_text(self, request: Request) -> str:
+        instruction = " ".join(request.instruction.split())
+        if request.task == Task.GROUND and object_phrases(instruction):
+            return grounding_instruction(instruction)
+        if request.task == Task.ANSWER and instruction:
+            return instruction
+        return DESCRIBE_INSTRUCTION
+
+    def prompt(self, request: Request) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.user_text(request)}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    # --- geometry ---------------------------------------------------------------------------------------
+    def input_size(self, tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(width, height) of the resized image the model saw, from the patch grid."""
+        patch = int(self.processor.image_processor.patch_size)
+        _, grid_h, grid_w = (int(v) for v in tensors["image_grid_thw"][0])  # (T, H/patch, W/patch)
+        return grid_w * patch, grid_h * patch
+
+    def input_transform(self, frame: Frame, tensors: dict[str, torch.Tensor]) -> ResizeTransform:
+        w, h = self.input_size(tensors)
+        return ResizeTransform.resize(frame.width, frame.height, w, h)
+
+    # --- engine hooks -----------------------------------------------------------------------------------
+    def encode_vision(self, inputs: ModelInputs) -> dict[str, Any]:
+        t = inputs.tensors
+        return {"image": self.model.get_image_features(t["pixel_values"], t["image_grid_thw"], return_dict=True)}
+
+    def forward_inputs(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
+        # input_ids, attention_mask, image_grid_thw and mm_token_type_ids: without the token types transformers
+        # silently falls back to 1-D positions (wrong for the image tokens and everything after them).
+        if "mm_token_type_ids" not in inputs.tensors:
+            raise ValueError("Qwen2.5-VL inputs lack mm_token_type_ids: the processor is not a Qwen2.5-VL processor")
+        return {k: v for k, v in inputs.tensors.items() if k not in self.vision_input_names}
+
+    # --- output -----------------------------------------------------------------------------------------
+    def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
+        text = raw_text.strip()
+        if request.task != Task.GROUND and "bbox_2d" not in text:
+            return ParsedAnswer(text=text)
+        t = inputs.transform
+        in_w, in_h = t.src_w * t.scale_x, t.src_h * t.scale_y  # the resized input's size
+        result = parse_qwen_json(text, in_w, in_h)
+        return ParsedAnswer(text, self.boxes_from(result, t, frame), result.dropped)
+
+
+def load_processor(path: str | Path, **kwargs: Any) -> Qwen2_5_VLProcessor:
+    """The checkpoint's processor; without its video half where that cannot be built (no torchvision)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, **kwargs)
+    except (ImportError, ValueError, TypeError, OSError) as exc:  # the video processor needs torchvision
+        log.info("full Qwen2.5-VL processor unavailable (%s); loading the image-only processor", exc)
+        return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path, **kwargs)
