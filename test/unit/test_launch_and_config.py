@@ -10,7 +10,7 @@ from conftest import REPO, requires_ros
 
 
 def yaml_params() -> dict:
-    return yaml.safe_load((REPO / "config" / "perception.yaml").read_text())["vlm"]["ros__parameters"]
+    return yaml.safe_load((REPO / "config" / "perception.yaml").read_text())["/**/vlm"]["ros__parameters"]
 
 
 @requires_ros
@@ -43,12 +43,20 @@ LAUNCH_AVAILABLE = all(importlib.util.find_spec(m) for m in ("launch", "launch_r
 @pytest.mark.skipif(not LAUNCH_AVAILABLE, reason="launch/launch_ros are not installed here (no PyPI wheels); "
                     "the launch file is checked by hand with upstream sources, see README")
 def test_launch_file_declares_arguments_and_one_lifecycle_node():
-    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from launch import LaunchContext
+    from launch.actions import OpaqueFunction
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
     from launch_ros.actions import LifecycleNode
 
-    source = PythonLaunchDescriptionSource(str(REPO / "launch" / "perception.launch.py"))
-    description = source.get_launch_description(None)
+    description = get_launch_description_from_python_launch_file(str(REPO / "launch" / "perception.launch.py"))
     names = {a.name for a in description.get_launch_arguments()}
-    assert {"params_file", "namespace", "model", "image_topic", "camera_info_topic", "depth_topic"} <= names
-    nodes = [e for e in description.entities if isinstance(e, LifecycleNode)]
+    assert {"params_file", "namespace", "model", "image_topic", "compressed_topic", "camera_info_topic",
+            "depth_topic"} <= names
+    context = LaunchContext()
+    for argument in description.get_launch_arguments():
+        argument.execute(context)  # the defaults
+    entities = []
+    for entity in description.entities:
+        entities += (entity.execute(context) or []) if isinstance(entity, OpaqueFunction) else [entity]
+    nodes = [e for e in entities if isinstance(e, LifecycleNode)]
     assert len(nodes) == 1 and nodes[0].node_executable == "perception_node"

@@ -90,7 +90,8 @@ class VlmAdapter(ABC):
 
     def process(self, image: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
         """Run the processor on one RGB image and prompt (override for processors with other signatures)."""
-        return dict(self.processor(images=[image], text=[prompt], return_tensors="pt"))
+        # channels_last: for images only a few pixels tall the processor's layout guess is wrong
+        return dict(self.processor(images=[image], text=[prompt], return_tensors="pt", input_data_format="channels_last"))
 
     # --- shared -----------------------------------------------------------------------------------------
     def prepare(self, frame: Frame, request: Request) -> ModelInputs:

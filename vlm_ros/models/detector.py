@@ -228,7 +228,8 @@ class OpenVocabularyDetector:
 
     # --- families ---------------------------------------------------------------------------------------
     def _inputs(self, frame: Frame, text: Any, **text_kwargs: Any) -> dict[str, torch.Tensor]:
-        tensors = self.processor(images=[frame.image], text=text, return_tensors="pt", truncation=True, **text_kwargs)
+        tensors = self.processor(images=[frame.image], text=text, return_tensors="pt", truncation=True,
+                                 input_data_format="channels_last", **text_kwargs)
         dtype = next(self.model.parameters()).dtype
         return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
                 for k, v in tensors.items()}

@@ -129,7 +129,8 @@ class Idefics3Adapter(VlmAdapter):
         return f"<|im_start|>User:{image_token}{self.user_text(request)}<end_of_utterance>\nAssistant:"
 
     def process(self, image, prompt: str) -> dict[str, torch.Tensor]:
-        tensors = dict(self.processor(images=[image], text=[prompt], return_tensors="pt"))
+        tensors = dict(self.processor(images=[image], text=[prompt], return_tensors="pt",
+                                      input_data_format="channels_last"))
         tensors.pop("mm_token_type_ids", None)  # not a model input of this family (1-D positions)
         return tensors
 

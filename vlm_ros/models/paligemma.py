@@ -81,7 +81,8 @@ class PaliGemmaAdapter(VlmAdapter):
     def process(self, image, prompt: str) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # the processor's numpy use in its training-labels path warns
             warnings.simplefilter("ignore", DeprecationWarning)
-            tensors = dict(self.processor(images=[image], text=[prompt], return_tensors="pt"))
+            tensors = dict(self.processor(images=[image], text=[prompt], return_tensors="pt",
+                                          input_data_format="channels_last"))
         tensors.pop("labels", None)  # the processor's training labels: not a model input for inference
         return tensors
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import queue
 import resource
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,8 @@ class PerceptionNode(LifecycleNode):
         for param in params:
             spec = self._specs.get(param.name)
             reason = spec.check(param.value) if spec else ""
+            if param.name == "default_camera" and param.value not in self.p("cameras"):
+                reason = f"default_camera must be one of cameras {self.p('cameras')}; got '{param.value}'"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
@@ -493,6 +496,9 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C in a terminal reaches the node twice (from the terminal and from ros2 launch): a second
+        # SIGINT must not cut the cleanup short with a KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node._active = False
         node._stop_worker()
         executor.shutdown()

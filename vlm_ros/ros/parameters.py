@@ -21,9 +21,10 @@ class ParamSpec:
     description: str
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
+    startup: bool = False  # read only at start: refused at run time instead of silently ignored
 
     def descriptor(self) -> ParameterDescriptor:
-        d = ParameterDescriptor(name=self.name, description=self.description)
+        d = ParameterDescriptor(name=self.name, description=self.description, read_only=self.startup)
         if isinstance(self.default, bool):
             d.type = ParameterType.PARAMETER_BOOL
         elif isinstance(self.default, int) and self.range:
@@ -52,14 +53,15 @@ NODE_PARAMS = [
               choices=("auto", "tensorrt", "torch", "onnxruntime")),
     ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N", choices=("auto", "cpu", "cuda")),
     ParamSpec("dtype", "auto", "auto = float16 on CUDA, float32 on CPU", choices=("auto", "float32", "float16", "bfloat16")),
-    ParamSpec("autostart", True, "configure and activate on start"),
-    ParamSpec("cameras", ["front"], "camera names; each has cameras.<name>.* parameters"),
+    ParamSpec("autostart", True, "configure and activate on start", startup=True),
+    ParamSpec("cameras", ["front"], "camera names; each has cameras.<name>.* parameters", startup=True),
     ParamSpec("default_camera", "front", "camera used when a query names none"),
     ParamSpec("max_frame_age_s", 2.0, "a query on an older newest frame gets STALE_FRAME", range=(0.01, 3600.0)),
-    ParamSpec("depth_sync_tolerance_s", 0.05, "depth pairs with colour within this stamp difference", range=(0.0, 1.0)),
-    ParamSpec("service_name", "/vlm/query", "name of the Query service"),
-    ParamSpec("action_name", "/vlm/query", "name of the Query action"),
-    ParamSpec("queue_size", 4, "pending queries beyond the running one; more get BUSY", range=(1, 64)),
+    ParamSpec("depth_sync_tolerance_s", 0.05, "depth pairs with colour within this stamp difference", range=(0.0, 1.0),
+              startup=True),
+    ParamSpec("service_name", "~/query", "name of the Query service", startup=True),
+    ParamSpec("action_name", "~/query", "name of the Query action", startup=True),
+    ParamSpec("queue_size", 4, "pending queries beyond the running one; more get BUSY", range=(1, 64), startup=True),
     ParamSpec("default_timeout_s", 10.0, "timeout when a query gives 0", range=(0.05, 600.0)),
     ParamSpec("max_timeout_s", 120.0, "largest timeout a query may ask for", range=(0.05, 3600.0)),
     ParamSpec("default_max_new_tokens", 64, "token budget when a query gives 0", range=(1, 4096)),
@@ -68,7 +70,7 @@ NODE_PARAMS = [
     ParamSpec("description_rate_hz", 0.0, "periodic ~/description of the default camera; 0 = off", range=(0.0, 10.0)),
     ParamSpec("publish_annotated", True, "publish ~/annotated (source image with boxes and labels)"),
     ParamSpec("publish_markers", True, "publish ~/markers (MarkerArray of 3-D targets)"),
-    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.1, 60.0)),
+    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics", range=(0.1, 60.0), startup=True),
 ]
 
 CAMERA_PARAMS = [
@@ -90,4 +92,5 @@ FRONT_CAMERA_TOPICS = {
 
 def camera_specs(camera: str) -> list[ParamSpec]:
     defaults = FRONT_CAMERA_TOPICS if camera == "front" else {}
-    return [ParamSpec(f"cameras.{camera}.{p.name}", defaults.get(p.name, p.default), p.description) for p in CAMERA_PARAMS]
+    return [ParamSpec(f"cameras.{camera}.{p.name}", defaults.get(p.name, p.default), p.description + " (used at activate)")
+            for p in CAMERA_PARAMS]

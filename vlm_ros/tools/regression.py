@@ -1,0 +1,276 @@
+"""Regression harness: replay a bag into the perception node, ask the sidecar's questions at their times,
+compare answers and targets with the truth, report accuracy and latency, and fail below thresholds.
+
+    python -m vlm_ros.tools.regression test/bags/scenes_small --start-node --min-accuracy 0.6
+    python -m vlm_ros.tools.regression my.bag --service /robot1/vlm/query     # against a running node
+
+With --start-node the node runs in a subprocess (its own process group) with use_sim_time and its camera
+topics taken from the bag's sidecar; otherwise a node must already be running with use_sim_time.
+Questions are sent when the replayed /clock reaches their time, without waiting for earlier answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlm_ros.core.types import Box
+from vlm_ros.models.parsing import strip_loc_tokens
+from vlm_ros.tools.bags import GroundTruth, InstructionTruth, load_groundtruth
+
+NODE_TOPIC_PARAMS = {"image": "image_topic", "compressed": "compressed_topic", "camera_info": "camera_info_topic",
+                     "depth": "depth_topic", "depth_info": "depth_info_topic"}
+
+
+@dataclass
+class Outcome:
+    truth: InstructionTruth
+    status: int = -1
+    message: str = "no response"
+    answer: str = ""
+    correct: bool = False
+    latency_s: float = float("nan")
+    ious: list[float] = field(default_factory=list)
+    position_errors_m: list[float] = field(default_factory=list)
+    targets: list[tuple[str, Box, tuple[float, float, float] | None]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome]
+
+    def accuracy(self, kinds: set[str] | None = None) -> float:
+        chosen = [o for o in self.outcomes if kinds is None or o.truth.kind in kinds]
+        return sum(o.correct for o in chosen) / len(chosen) if chosen else float("nan")
+
+    @property
+    def grounding_accuracy(self) -> float:
+        return self.accuracy({"ground", "list"})
+
+    def latency(self, q: float) -> float:
+        values = sorted(o.latency_s for o in self.outcomes if o.status >= 0)
+        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+    def summary(self) -> str:
+        kinds = sorted({o.truth.kind for o in self.outcomes})
+        lines = [f"{'kind':10s} {'n':>3s} {'accuracy':>9s}"]
+        for kind in kinds:
+            n = sum(o.truth.kind == kind for o in self.outcomes)
+            lines.append(f"{kind:10s} {n:3d} {self.accuracy({kind}):9.2f}")
+        errors = [e for o in self.outcomes for e in o.position_errors_m]
+        lines.append(f"overall accuracy {self.accuracy():.2f} over {len(self.outcomes)} questions; grounding "
+                     f"(IoU >= 0.5) {self.grounding_accuracy:.2f}")
+        if errors:
+            lines.append(f"3-D error of matched targets: median {statistics.median(errors) * 100:.1f} cm, "
+                         f"max {max(errors) * 100:.1f} cm over {len(errors)} targets")
+        lines.append(f"latency p50 {self.latency(0.5) * 1e3:.0f} ms, p95 {self.latency(0.95) * 1e3:.0f} ms")
+        return "\n".join(lines)
+
+
+def normalise(text: str) -> str:
+    return " ".join(strip_loc_tokens(text).lower().replace(",", " ").replace(".", " ").replace("?", " ").split())
+
+
+def score(outcome: Outcome, gt: GroundTruth) -> None:
+    """Fill `correct`, IoUs and 3-D errors of an outcome whose response fields are set."""
+    truth = outcome.truth
+    if outcome.status != 0:
+        return
+    if truth.kind in ("ground", "list"):
+        unmatched = list(range(len(outcome.targets)))
+        for expected in truth.targets:
+            best, best_iou = None, 0.0
+            for i in unmatched:
+                iou = expected.box.iou(outcome.targets[i][1])
+                if iou > best_iou:
+                    best, best_iou = i, iou
+            outcome.ious.append(best_iou)
+            if best is not None and best_iou >= 0.5:
+                unmatched.remove(best)
+                position = outcome.targets[best][2]
+                if position is not None:
+                    outcome.position_errors_m.append(sum((a - b) ** 2 for a, b in zip(position, expected.position)) ** 0.5)
+        matched = all(iou >= 0.5 for iou in outcome.ious)
+        outcome.correct = matched and (bool(truth.targets) or not outcome.targets)
+    else:
+        outcome.correct = normalise(outcome.answer) == normalise(truth.answer)
+
+
+class NodeProcess:
+    """The perception node in its own process group, configured for the bag's topics and sim time."""
+
+    def __init__(self, gt: GroundTruth, model: str, params: list[str], log_path: Path):
+        args = [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", "use_sim_time:=true",
+                "-p", f"model:={model or chr(39) * 2}"]
+        for role, param in NODE_TOPIC_PARAMS.items():
+            topic = gt.topics.get(role) or "''"  # '' = YAML empty string: no such stream in the bag
+            args += ["-p", f"cameras.{gt.camera}.{param}:={topic}"]
+        if gt.camera != "front":
+            args += ["-p", f"cameras:=['{gt.camera}']", "-p", f"default_camera:={gt.camera}"]
+        for p in params:
+            args += ["-p", p]
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, timeout_s: float = 10.0,
+        annotated_dir: Path | None = None, remap: dict[str, str] | None = None,
+        on_outcome=None) -> Report:
+    """Replay the bag and ask its questions. rclpy must be initialised; a node must serve `service`."""
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from vlm_ros.srv import Query
+    from vlm_ros.tools.replay import BagPlayer
+
+    gt = load_groundtruth(bag)
+    node = rclpy.create_node("vlm_regression", parameter_overrides=[Parameter("use_sim_time", value=True)])
+    player_node = rclpy.create_node("vlm_regression_player")
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    saved: list[Path] = []
+    try:
+        client = node.create_client(Query, service)
+        if not client.wait_for_service(timeout_sec=60.0):
+            raise RuntimeError(f"service {service} did not appear within 60 s")
+        if annotated_dir is not None:
+            annotated_dir.mkdir(parents=True, exist_ok=True)
+            node.create_subscription(Image, service.rsplit("/", 1)[0] + "/annotated",
+                                     lambda m: saved.append(_save_image(m, annotated_dir)), qos_profile_sensor_data)
+        player = BagPlayer(player_node, bag, rate=rate, remap=remap, wait_for_subscribers=1, wait_timeout=60.0)
+        player.start()
+        pending: list[tuple[Outcome, float, object]] = []
+        for truth in sorted(gt.instructions, key=lambda t: t.ask_at_ns):
+            while node.get_clock().now().nanoseconds < truth.ask_at_ns:
+                if not player._thread.is_alive():
+                    break
+                time.sleep(0.002)
+            request = Query.Request(instruction=truth.instruction, ground=truth.ground, timeout_s=float(timeout_s))
+            pending.append((Outcome(truth), time.monotonic(), client.call_async(request)))
+        outcomes = []
+        for outcome, sent, future in pending:
+            deadline = sent + timeout_s + 5.0
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if future.done():
+                _fill(outcome, future.result(), sent, gt)
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        player.wait(timeout=60.0)
+        time.sleep(0.3)  # let the last annotated images arrive
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        player_node.destroy_node()
+    return Report(outcomes)
+
+
+def _fill(outcome: Outcome, resp, sent: float, gt: GroundTruth) -> None:
+    outcome.latency_s = time.monotonic() - sent
+    outcome.status, outcome.message, outcome.answer = resp.status, resp.message, resp.answer
+    stamp = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
+    scene = gt.scenes[outcome.truth.scene_index]
+    for t in resp.targets:
+        position = (t.position.x, t.position.y, t.position.z) if t.position_valid else None
+        outcome.targets.append((t.label, Box(t.x_min, t.y_min, t.x_max, t.y_max), position))
+    if outcome.status == 0 and not scene.start_ns <= stamp < scene.end_ns:
+        outcome.message = "answered from a frame of another scene"
+        outcome.status = -2
+    score(outcome, gt)
+
+
+def _save_image(msg, folder: Path) -> Path:
+    import cv2
+    import numpy as np
+
+    rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+    path = folder / f"annotated_{msg.header.stamp.sec}_{msg.header.stamp.nanosec:09d}.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def print_outcome(o: Outcome) -> None:
+    mark = "ok " if o.correct else "BAD"
+    print(f"[{mark}] {o.truth.instruction!r} -> {o.answer!r} (expected {strip_loc_tokens(o.truth.answer)!r}), "
+          f"{o.latency_s * 1e3:.0f} ms" + ("" if o.status == 0 else f", status {o.status}: {o.message}"))
+    for label, box, position in o.targets:
+        where = f", 3-D ({position[0]:+.2f}, {position[1]:+.2f}, {position[2]:.2f}) m" if position else ""
+        print(f"        target {label!r}: box ({box.x_min:.0f}, {box.y_min:.0f}, {box.x_max:.0f}, {box.y_max:.0f}) px{where}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bag")
+    parser.add_argument("--service", default="/vlm/query")
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-question timeout_s sent to the node")
+    parser.add_argument("--start-node", action="store_true", help="run the node in a subprocess for the bag")
+    parser.add_argument("--model", default="", help="with --start-node: model directory ('' = embedded default)")
+    parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE")
+    parser.add_argument("--annotated-dir", type=Path, help="save the node's annotated images here")
+    parser.add_argument("--min-accuracy", type=float, default=0.0)
+    parser.add_argument("--min-grounding", type=float, default=0.0)
+    parser.add_argument("--max-p95-latency", type=float, default=float("inf"), help="seconds")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    import rclpy
+
+    gt = load_groundtruth(args.bag)
+    node = None
+    if args.start_node:
+        if args.annotated_dir:
+            args.annotated_dir.mkdir(parents=True, exist_ok=True)
+        node = NodeProcess(gt, args.model, args.node_param,
+                           args.annotated_dir / "node.log" if args.annotated_dir else Path(os.devnull))
+    rclpy.init()
+    try:
+        report = run(args.bag, service=args.service, rate=args.rate, timeout_s=args.timeout,
+                     annotated_dir=args.annotated_dir, on_outcome=None if args.quiet else print_outcome)
+    finally:
+        rclpy.try_shutdown()
+        if node is not None:
+            node.stop()
+    print(report.summary())
+    if args.annotated_dir:
+        print(f"annotated images: {args.annotated_dir}")
+    failures = []
+    if not report.accuracy() >= args.min_accuracy:
+        failures.append(f"accuracy {report.accuracy():.2f} < {args.min_accuracy}")
+    if not report.grounding_accuracy >= args.min_grounding:
+        failures.append(f"grounding accuracy {report.grounding_accuracy:.2f} < {args.min_grounding}")
+    if not report.latency(0.95) <= args.max_p95_latency:
+        failures.append(f"p95 latency {report.latency(0.95):.2f} s > {args.max_p95_latency} s")
+    for f in failures:
+        print(f"FAIL: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
