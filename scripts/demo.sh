@@ -8,8 +8,4 @@ source "$here/env.sh"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((1 + $$ % 100))}"
 cd "$here/.."
-if ! python -c "import vlm_ros.tools.demo" 2>/dev/null; then
-  echo "demo: not yet — the perception node and bag replay are still being built (see README.md, Status)."
-  exit 0
-fi
 exec python -m vlm_ros.tools.demo "$@"

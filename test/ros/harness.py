@@ -28,13 +28,14 @@ class Harness:
         self._camera_thread: threading.Thread | None = None
         self._camera_stop = threading.Event()
         self.published: list[tuple[int, str]] = []  # (stamp_ns, frame_id) of colour images sent
+        self.published_at: list[float] = []  # time.monotonic() of each
 
     def close(self) -> None:
         self.stop_camera()
         self.executor.shutdown()
         self.node.destroy_node()
 
-    def wait_for_service(self, timeout: float = 30.0) -> None:
+    def wait_for_service(self, timeout: float = 60.0) -> None:
         assert self.client.wait_for_service(timeout_sec=timeout), "/vlm/query did not appear"
 
     def wait_until_answering(self, timeout: float = 60.0) -> None:
@@ -82,6 +83,7 @@ class Harness:
         self.publisher(Image, topic).publish(Image(header=header, height=h, width=w, encoding=encoding, step=step,
                                                    data=data))
         self.published.append((stamp_ns, frame_id))
+        self.published_at.append(time.monotonic())
         return stamp_ns, frame_id
 
     def start_camera(self, rgb: np.ndarray, rate_hz: float = 20.0, **kwargs) -> None:

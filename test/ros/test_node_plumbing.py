@@ -201,3 +201,40 @@ def test_action_streams_feedback_and_honours_cancel(start_process, tiny_model, h
                               cancel_after=3)
     assert cancelled.status == GoalStatus.STATUS_CANCELED
     assert 3 <= cancelled.result.timings.generated_tokens < 4000 and "cancelled" in cancelled.result.message
+
+
+def test_image_callbacks_keep_their_rate_while_a_slow_query_runs(start_process, tiny_model, harness):
+    """Inference runs on the worker thread: frames keep arriving at the camera rate during a long answer."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vlm_ros.srv import Query
+
+    start_node(start_process, tiny_model, "diagnostics_period_s:=0.25")
+    harness.wait_for_service()
+    received: list[tuple[float, int]] = []
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name == "vlm: camera front":
+                values = {kv.key: kv.value for kv in status.values}
+                received.append((time.monotonic(), int(values["received"])))
+
+    harness.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    rate = 30.0
+    harness.start_camera(image(h=480, w=640), rate_hz=rate)
+    harness.wait_until_answering()
+    time.sleep(0.5)
+    future = harness.query_async(instruction="describe it", max_new_tokens=4000, timeout_s=4.0)
+    started = time.monotonic()
+    while not future.done() and time.monotonic() - started < 10:
+        time.sleep(0.05)
+    finished = time.monotonic()
+    assert future.done() and future.result().status in (Query.Response.OK, Query.Response.TIMEOUT)
+    assert finished - started > 2.0, "the query was not slow enough to show anything"
+    during = [(t, n) for t, n in received if started + 0.3 <= t <= finished - 0.1]
+    assert len(during) >= 2
+    (t0, n0), (t1, n1) = during[0], during[-1]
+    measured = (n1 - n0) / (t1 - t0)
+    sent = sum(t0 <= t <= t1 for t in harness.published_at) / (t1 - t0)  # what the camera really achieved
+    print(f"image callbacks during a {finished - started:.1f} s query: {measured:.1f} Hz (camera sent {sent:.1f} Hz)")
+    assert sent >= 0.5 * rate, "the test's own camera could not keep its rate"
+    assert measured >= 0.8 * sent
