@@ -1,0 +1,109 @@
+"""Newest-frame buffers and query validation: the ROS-free halves of the node's callbacks and services."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlm_ros.core.frames import CameraBuffer
+from vlm_ros.core.requests import check_limits, normalise_instruction
+from vlm_ros.core.types import CameraIntrinsics, Status
+
+S = 1_000_000_000
+
+
+def rgb(value: int = 0, h: int = 4, w: int = 6) -> np.ndarray:
+    return np.full((h, w, 3), value, np.uint8)
+
+
+def test_snapshot_reports_no_frame_then_the_newest_frame_only():
+    buf = CameraBuffer("front")
+    frame, status, message = buf.snapshot(now_ns=10 * S, max_age_ns=S)
+    assert frame is None and status == Status.NO_FRAME and "front" in message
+    for i in range(5):
+        buf.put_image(rgb(i), stamp_ns=(9 * S) + i, frame_id="cam")
+    frame, status, _ = buf.snapshot(now_ns=9 * S + 10, max_age_ns=S)
+    assert status == Status.OK and frame.stamp_ns == 9 * S + 4 and frame.image[0, 0, 0] == 4  # no backlog
+    assert frame.frame_id == "cam" and frame.camera == "front" and buf.stats.received == 5
+
+
+def test_stale_frame_is_refused_with_its_age():
+    buf = CameraBuffer("front")
+    buf.put_image(rgb(), stamp_ns=5 * S, frame_id="cam")
+    frame, status, message = buf.snapshot(now_ns=8 * S, max_age_ns=2 * S)
+    assert frame is None and status == Status.STALE_FRAME and "3.00 s old" in message
+
+
+def test_depth_pairs_with_the_closest_stamp_within_tolerance_only():
+    buf = CameraBuffer("front", depth_tolerance_ns=50_000_000)
+    for t in (1.00, 1.10, 1.20):
+        buf.put_depth(np.full((2, 3), t, np.float32), int(t * S), "depth")
+    buf.put_image(rgb(), int(1.12 * S), "cam")
+    frame, _, _ = buf.snapshot(int(1.2 * S), S)
+    assert frame.depth[0, 0] == pytest.approx(1.10)  # 20 ms away: paired
+    buf.put_image(rgb(), int(1.40 * S), "cam")
+    frame, _, _ = buf.snapshot(int(1.4 * S), S)
+    assert frame.depth is None  # nearest depth is 200 ms away: not paired
+
+
+def test_time_going_backwards_resets_the_buffer():
+    buf = CameraBuffer("front")
+    buf.put_depth(np.ones((2, 3), np.float32), 10 * S, "depth")
+    buf.put_image(rgb(1), 10 * S, "cam")
+    buf.put_image(rgb(2), 2 * S, "cam")  # a replay looped: the clock jumped back
+    frame, status, _ = buf.snapshot(2 * S, S)
+    assert status == Status.OK and frame.stamp_ns == 2 * S and frame.depth is None  # the "future" depth is gone
+    assert buf.stats.resets == 1
+
+
+def test_intrinsics_come_from_colour_info_else_from_depth_info_rescaled():
+    buf = CameraBuffer("front")
+    buf.put_image(rgb(h=480, w=640), S, "cam")
+    buf.put_intrinsics(CameraIntrinsics(300.0, 300.0, 159.5, 119.5), depth=True, size=(320, 240))
+    frame, _, _ = buf.snapshot(S, S)
+    k = frame.intrinsics
+    assert (k.fx, k.fy) == (600.0, 600.0) and (k.cx, k.cy) == pytest.approx((319.5, 239.5))
+    buf.put_intrinsics(CameraIntrinsics(500.0, 501.0, 320.0, 240.0))
+    assert buf.snapshot(S, S)[0].intrinsics == CameraIntrinsics(500.0, 501.0, 320.0, 240.0)
+
+
+def test_drops_are_counted_by_reason():
+    buf = CameraBuffer("front")
+    buf.drop("invalid image")
+    buf.drop("invalid image")
+    buf.drop("invalid depth")
+    assert buf.stats.dropped == {"invalid image": 2, "invalid depth": 1}
+
+
+@pytest.mark.parametrize("text,normalised", [
+    ("  where   is the\tred mug? ", "where is the red mug?"),
+    ("", ""),
+    ("cafe\u0301", "caf\u00e9"),  # NFC
+    ("où est la tasse rouge ?", "où est la tasse rouge ?"),
+])
+def test_instructions_are_normalised(text, normalised):
+    assert normalise_instruction(text, 1024) == (normalised, "")
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("x" * 1025, "1025 bytes"),
+    ("é" * 600, "1200 bytes"),
+    ("red\u202emug", "U+202E"),  # bidi override
+    ("red\u200bmug", "U+200B"),  # zero-width space
+    ("red\ufeffmug", "U+FEFF"),
+    ("red\x00mug", "U+0000"),
+    ("red\x1b[31mmug", "U+001B"),  # terminal escape
+    ("\ud800", "U+D800"),  # lone surrogate
+])
+def test_oversized_and_invisible_instructions_are_refused(text, reason):
+    normalised, error = normalise_instruction(text, 1024)
+    assert normalised == "" and reason in error
+
+
+@pytest.mark.parametrize("timeout,tokens,ok", [
+    (0.0, 0, True), (5.0, 100, True), (120.0, 512, True),
+    (-1.0, 0, False), (121.0, 0, False), (float("nan"), 0, False), (float("inf"), 0, False),
+    (1.0, -1, False), (1.0, 513, False),
+])
+def test_query_limits(timeout, tokens, ok):
+    assert (check_limits(timeout, tokens, max_timeout_s=120.0, max_tokens=512) == "") is ok
