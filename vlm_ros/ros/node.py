@@ -104,8 +104,8 @@ class PerceptionNode(LifecycleNode):
         # Requests wait in the DDS reader until an executor thread takes them; the default depth of 10 would
         # silently drop the eleventh of a burst. Every request must get an answer (BUSY at worst).
         requests_qos = QoSProfile(depth=REQUEST_QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_service(Query, self.p("service_name"), self._on_service, qos_profile=requests_qos,
-                            callback_group=self._query_group)
+        service = self.create_service(Query, self.p("service_name"), self._on_service, qos_profile=requests_qos,
+                                      callback_group=self._query_group)
         self._action_server = ActionServer(
             self, QueryAction, self.p("action_name"), execute_callback=self._on_action,
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.ACCEPT,
@@ -118,7 +118,7 @@ class PerceptionNode(LifecycleNode):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(self.p("diagnostics_period_s"), self._publish_diagnostics, callback_group=self._timer_group)
         self._description_timer = None
-        self.get_logger().info(f"node created; cameras {self.p('cameras')}, service {self.p('service_name')}")
+        self.get_logger().info(f"node created; cameras {self.p('cameras')}, service and action {service.srv_name}")
 
     # --- parameters -----------------------------------------------------------------------------------------
     def _declare(self, spec: ParamSpec) -> None:
