@@ -7,6 +7,7 @@ the model's text back into targets in source-image pixels. Generation itself is 
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +122,13 @@ class VlmAdapter(ABC):
     def decode_text(self, token_ids: list[int]) -> str:
         """Generated ids -> text. Special tokens are dropped, except location tokens (`<loc...>`), which carry boxes."""
         text = self.tokenizer.decode(token_ids, skip_special_tokens=False)
-        for tok in self.tokenizer.all_special_tokens:
-            if not tok.startswith("<loc"):
-                text = text.replace(tok, "")
+        for tok in self._stripped_tokens:
+            text = text.replace(tok, "")
         return text.strip()
+
+    @functools.cached_property
+    def _stripped_tokens(self) -> tuple[str, ...]:
+        return tuple(t for t in self.tokenizer.all_special_tokens if not t.startswith("<loc"))
 
     @staticmethod
     def boxes_from(result: ParseResult, transform: ResizeTransform | None, frame: Frame) -> list[tuple[str, Box]]:

@@ -52,6 +52,11 @@ class Report:
         return sum(o.correct for o in chosen) / len(chosen) if chosen else float("nan")
 
     @property
+    def answered(self) -> float:
+        """Fraction of questions answered OK from a frame of their own scene."""
+        return sum(o.status == 0 for o in self.outcomes) / len(self.outcomes) if self.outcomes else float("nan")
+
+    @property
     def grounding_accuracy(self) -> float:
         return self.accuracy({"ground", "list"})
 
@@ -66,6 +71,7 @@ class Report:
             n = sum(o.truth.kind == kind for o in self.outcomes)
             lines.append(f"{kind:10s} {n:3d} {self.accuracy({kind}):9.2f}")
         errors = [e for o in self.outcomes for e in o.position_errors_m]
+        lines.append(f"answered OK from the right scene: {self.answered:.2f}")
         lines.append(f"overall accuracy {self.accuracy():.2f} over {len(self.outcomes)} questions; grounding "
                      f"(IoU >= 0.5) {self.grounding_accuracy:.2f}")
         if errors:
@@ -234,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="with --start-node: model directory ('' = embedded default)")
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE")
     parser.add_argument("--annotated-dir", type=Path, help="save the node's annotated images here")
+    parser.add_argument("--min-answered", type=float, default=0.0,
+                        help="fraction of questions that must be answered OK from a frame of their own scene")
     parser.add_argument("--min-accuracy", type=float, default=0.0)
     parser.add_argument("--min-grounding", type=float, default=0.0)
     parser.add_argument("--max-p95-latency", type=float, default=float("inf"), help="seconds")
@@ -261,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.annotated_dir:
         print(f"annotated images: {args.annotated_dir}")
     failures = []
+    if not report.answered >= args.min_answered:
+        failures.append(f"answered {report.answered:.2f} < {args.min_answered}")
     if not report.accuracy() >= args.min_accuracy:
         failures.append(f"accuracy {report.accuracy():.2f} < {args.min_accuracy}")
     if not report.grounding_accuracy >= args.min_grounding:
