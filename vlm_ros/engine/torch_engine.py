@@ -56,7 +56,6 @@ class TorchEngine:
         self.adapter = adapter
         self.model = adapter.model
         self.max_cache_len = max_cache_len
-        self._cache: StaticCache | None = None
         self._vision_cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._vision_cache_size = vision_cache_size
         self._eos = adapter.eos_token_ids
@@ -160,22 +159,21 @@ class TorchEngine:
                 self._vision_cache.popitem(last=False)
         return features, False
 
+    def _buffer_len(self, needed: int) -> int:
+        """KV buffer length: at least max_cache_len, grown in powers of two (few re-allocations, few graphs)."""
+        return max(self.max_cache_len, 1 << (needed - 1).bit_length())
+
     def _static_cache(self, needed: int) -> StaticCache:
-        if needed > self.max_cache_len:
-            # Grow (rare: a long prompt or a large token budget); allocation happens once per size.
-            self.max_cache_len = 1 << (needed - 1).bit_length()
-            self._cache = None
         # A fresh cache per query: some models (PaliGemma) treat a reset-but-allocated cache as "not the first
         # iteration" and build the wrong prefill mask. Only models without the lean decoder take this path.
-        self._cache = StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
-        return self._cache
+        return StaticCache(config=self.model.config, max_cache_len=self._buffer_len(needed))
 
     def _lean_decoder(self, needed: int) -> LeanDecoder | None:
         if not self._lean_supported:
             return None
         if self._lean is None or self._lean.max_len < needed:
-            self._lean = LeanDecoder(self.model, max_len=max(self.max_cache_len, 1 << (needed - 1).bit_length()),
-                                     static=self._static_step, compile=self._compile_decoder)
+            self._lean = LeanDecoder(self.model, max_len=self._buffer_len(needed), static=self._static_step,
+                                     compile=self._compile_decoder)
         return self._lean
 
     def _step_kwargs(self, prompt: dict[str, torch.Tensor]) -> dict[str, Any]:
