@@ -66,33 +66,42 @@ def decoder_weight_bytes(model: torch.nn.Module) -> int:
     return total - (0 if tied else embed.numel() * embed.element_size())  # one embedding row only is read
 
 
-def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2,
-              static_baseline: bool = True) -> dict:
-    """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines."""
-    device = adapter.device
-    request = Request(Task.ANSWER, instruction, max_new_tokens=tokens)
-    inputs = adapter.prepare(frame, request)
-    engine = TorchEngine(adapter)
-    results: dict[str, dict] = {}
-
-    def engine_run(n: int, cached: bool):
+def _engine_figures(engine: TorchEngine, inputs, tokens: int, repeats: int, warmup: int, device) -> dict:
+    def run(n: int, cached: bool):
         if not cached:
             engine.clear_vision_cache()
         return engine.generate(inputs, n, ignore_eos=True)
 
     for _ in range(warmup):
-        engine_run(tokens, False)
-    vision = statistics.median(engine_run(1, False).vision_encode_s for _ in range(repeats))
-    t1 = _median_time(lambda: engine_run(1, False), repeats, device)
-    tn = _median_time(lambda: engine_run(tokens, False), repeats, device)
-    t1_cached = _median_time(lambda: engine_run(1, True), repeats, device)
-    results["engine"] = {"ttft_s": t1, "ttft_cached_frame_s": t1_cached, "vision_encode_s": vision,
-                         "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
+        run(tokens, False)
+    vision = statistics.median(run(1, False).vision_encode_s for _ in range(repeats))
+    t1 = _median_time(lambda: run(1, False), repeats, device)
+    tn = _median_time(lambda: run(tokens, False), repeats, device)
+    t1_cached = _median_time(lambda: run(1, True), repeats, device)
+    return {"ttft_s": t1, "ttft_cached_frame_s": t1_cached, "vision_encode_s": vision,
+            "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
 
+
+def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2,
+              static_baseline: bool = True, compile_decoder: bool = False) -> dict:
+    """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines."""
+    device = adapter.device
+    request = Request(Task.ANSWER, instruction, max_new_tokens=tokens)
+    inputs = adapter.prepare(frame, request)
+    results: dict[str, dict] = {}
+    first = {"compile_decoder": True} if compile_decoder else {}
+    for engine_kwargs in (first, {"static_step": False, "graph_vision": False}):  # the second only if the first fails
+        engine = TorchEngine(adapter, **engine_kwargs)
+        try:
+            results["engine"] = _engine_figures(engine, inputs, tokens, repeats, warmup, device)
+            results["engine"]["options"] = engine_kwargs or "default"
+            break
+        except Exception as exc:
+            results[f"engine {engine_kwargs or 'default'}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    if device.type == "cuda" and "engine" in results:  # the vision encoder alone, eager (vs the engine's graph)
+        with torch.inference_mode():
+            results["engine"]["vision_encode_eager_s"] = _median_time(lambda: adapter.encode_vision(inputs), repeats, device)
     model = adapter.model
-    if device.type == "cuda":  # the vision encoder alone: eager vs captured in a CUDA graph
-        eager = _median_time(lambda: adapter.encode_vision(inputs), repeats, device)
-        results["engine"]["vision_encode_eager_s"] = eager
     baselines = [("generate (dynamic cache)", {})]
     if static_baseline:
         baselines.append(("generate (static cache)", {"cache_implementation": "static"}))
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded",
                         help="'embedded', 'tiny-llava', a real-size random config (so400m-qwen2-0.5b, qwen2.5-vl-3b) "
                              "or a local model directory")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step")
     parser.add_argument("--skip-static", action="store_true", help="skip generate() with the static cache "
                         "(on CUDA it compiles for about a minute first)")
     parser.add_argument("--device", default="cpu")
@@ -165,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     adapter = load(args.model, args.device, getattr(torch, args.dtype))
     image = (np.random.default_rng(0).random((args.height, args.width, 3)) * 255).astype(np.uint8)
     results = benchmark(adapter, Frame(image, stamp_ns=1, camera="bench"), args.instruction, args.tokens, args.repeats,
-                        static_baseline=not args.skip_static)
+                        static_baseline=not args.skip_static, compile_decoder=args.compile)
     where = machine_name(adapter.device)
     prompt = adapter.prepare(Frame(image, 1), Request(Task.ANSWER, args.instruction)).prompt_length
     print(f"model {args.model} ({adapter.family}), {args.dtype}, prompt {prompt} tokens, {args.tokens} new tokens, "
           f"batch 1, on {where}")
     print(format_table(results))
-    if adapter.device.type == "cuda":
+    if adapter.device.type == "cuda" and "engine" in results:
         bandwidth = copy_bandwidth(adapter.device)
         weights = decoder_weight_bytes(adapter.model)
         bound = bandwidth / weights

@@ -1,0 +1,193 @@
+"""Node benchmark over DDS on loopback: image ingest and end-to-end /vlm/query latency.
+
+    python -m vlm_ros.tools.benchmark_node [--model DIR] [--json out.json]
+
+1. Ingest: frames published at increasing rates (640x480 and 1920x1080; rgb8 Image and jpeg CompressedImage)
+   for a few seconds each; the node's diagnostics say how many it received and the CPU time of its callback.
+   Reported: the highest rate received without loss (>= 95% delivered), callback ms per frame.
+2. Queries: sequential /vlm/query calls on a 640x480 camera at 30 Hz: latency p50/p95/p99, tokens, and the age
+   of the frame used (call time - stamp of the image the answer used).
+The node runs in a subprocess on this machine with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+
+RESOLUTIONS = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+class Bench:
+    def __init__(self, model: str):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from vlm_ros.srv import Query
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model or chr(39) * 2}",
+             "-p", "cameras.front.compressed_topic:=camera/image_raw/compressed", "-p", "diagnostics_period_s:=0.2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        rclpy.init()
+        self.node = rclpy.create_node("vlm_benchmark")
+        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor.add_node(self.node)
+        threading.Thread(target=self.executor.spin, daemon=True).start()
+        self.raw = self.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        self.jpeg = self.node.create_publisher(CompressedImage, "/camera/image_raw/compressed", qos_profile_sensor_data)
+        self.Image, self.CompressedImage = Image, CompressedImage
+        self.camera: dict[str, str] = {}
+        self.model: dict[str, str] = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.client = self.node.create_client(Query, "/vlm/query")
+        self.Query = Query
+        if not self.client.wait_for_service(timeout_sec=60):
+            raise RuntimeError("the node did not start")
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name == "vlm: camera front":
+                self.camera = values
+            elif status.name == "vlm: model":
+                self.model = values
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def _message(self, image: np.ndarray, encoding: str):
+        from vlm_ros.ros.convert import make_header
+
+        header = make_header(self.node.get_clock().now().nanoseconds, "camera_optical_frame")
+        if encoding == "jpeg":
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            return self.jpeg, self.CompressedImage(header=header, format="jpeg", data=data.tobytes())
+        h, w = image.shape[:2]
+        return self.raw, self.Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3,
+                                    data=image.tobytes())
+
+    def received(self) -> int:
+        time.sleep(0.5)  # two diagnostics periods: the count is current
+        return int(self.camera.get("received", 0))
+
+    def ingest(self, resolution: str, encoding: str, rate: float, seconds: float = 3.0) -> dict:
+        h, w = RESOLUTIONS[resolution]
+        image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+        publisher, msg = self._message(image, encoding)
+        before = self.received()
+        sent, start = 0, time.monotonic()
+        while (now := time.monotonic()) - start < seconds:
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            publisher.publish(msg)
+            sent += 1
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        elapsed = time.monotonic() - start
+        got = self.received() - before
+        return {"resolution": resolution, "encoding": encoding, "target_hz": rate, "sent_hz": sent / elapsed,
+                "received_hz": got / elapsed, "delivered": got / max(sent, 1),
+                "callback_ms": float(self.camera.get("callback_ms", "nan"))}
+
+    def queries(self, n: int, tokens: int) -> dict:
+        h, w = RESOLUTIONS["640x480"]
+        image = (np.random.default_rng(1).random((h, w, 3)) * 255).astype(np.uint8)
+        stop = threading.Event()
+
+        def camera():
+            publisher, msg = self._message(image, "rgb8")
+            while not stop.is_set():
+                msg.header.stamp = self.node.get_clock().now().to_msg()
+                publisher.publish(msg)
+                time.sleep(1 / 30)
+
+        threading.Thread(target=camera, daemon=True).start()
+        latencies, ages, generated = [], [], []
+        try:
+            time.sleep(1.0)
+            for _ in range(n + 2):
+                sent_ns = self.node.get_clock().now().nanoseconds
+                t0 = time.monotonic()
+                future = self.client.call_async(self.Query.Request(instruction="describe the scene",
+                                                                   max_new_tokens=tokens))
+                while not future.done():
+                    time.sleep(0.0005)
+                resp = future.result()
+                if resp.status != 0:
+                    raise RuntimeError(f"query failed: {resp.status} {resp.message}")
+                latencies.append(time.monotonic() - t0)
+                ages.append((sent_ns - (resp.header.stamp.sec * 10**9 + resp.header.stamp.nanosec)) / 1e9)
+                generated.append(resp.timings.generated_tokens)
+        finally:
+            stop.set()
+        latencies, ages, generated = latencies[2:], ages[2:], generated[2:]  # two warm-up queries
+        return {"n": n, "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
+                "p99_s": percentile(latencies, 0.99), "tokens_mean": statistics.mean(generated),
+                "frame_age_p50_s": percentile(ages, 0.5), "frame_age_max_s": max(ages),
+                "node_rss_mb": float(self.model.get("rss_mb", "nan"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="", help="model directory ('' = the embedded default model)")
+    parser.add_argument("--rates", default="15,30,60,120", help="ingest rates to try, Hz")
+    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    bench = Bench(args.model)
+    results: dict = {"ingest": [], "machine": f"{os.cpu_count()} CPUs"}
+    try:
+        for resolution in RESOLUTIONS:
+            for encoding in ("rgb8", "jpeg"):
+                for rate in (float(r) for r in args.rates.split(",")):
+                    r = bench.ingest(resolution, encoding, rate)
+                    results["ingest"].append(r)
+                    print(f"ingest {resolution} {encoding:4s} target {rate:5.0f} Hz: sent {r['sent_hz']:6.1f}, "
+                          f"received {r['received_hz']:6.1f} Hz ({r['delivered']:.0%}), callback {r['callback_ms']:.2f} ms")
+                    if r["delivered"] < 0.95:
+                        break
+        q = bench.queries(args.queries, args.tokens)
+        results["queries"] = q
+        print(f"/vlm/query over DDS, 640x480 camera at 30 Hz, {q['tokens_mean']:.1f} tokens: p50 {q['p50_s'] * 1e3:.0f} ms, "
+              f"p95 {q['p95_s'] * 1e3:.0f} ms, p99 {q['p99_s'] * 1e3:.0f} ms; frame age p50 {q['frame_age_p50_s'] * 1e3:.0f} ms, "
+              f"max {q['frame_age_max_s'] * 1e3:.0f} ms; node peak RSS {q['node_rss_mb']:.0f} MB")
+    finally:
+        bench.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
