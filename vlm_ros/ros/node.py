@@ -47,7 +47,12 @@ from vlm_ros.srv import Query
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared images are dropped before any allocation
 WAIT_MARGIN_S = 2.0
-REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them  # a caller waits at most its timeout plus this, even if the model is stuck
+REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them
+# Camera subscriptions: the sensor-data profile, except that reliability follows the publishers where rclpy
+# can (BEST_AVAILABLE, Iron and newer): reliable drivers and bag players then deliver every fragment of a large
+# image instead of losing frames; best-effort publishers still match. Humble falls back to best effort.
+CAMERA_QOS = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
+                        reliability=getattr(ReliabilityPolicy, "BEST_AVAILABLE", ReliabilityPolicy.BEST_EFFORT))  # a caller waits at most its timeout plus this, even if the model is stuck
 
 
 @dataclass
@@ -231,7 +236,7 @@ class PerceptionNode(LifecycleNode):
                   ("image_topic", "compressed_topic", "camera_info_topic", "depth_topic", "depth_info_topic")}
         buffer = self.buffers[camera]
         subscribe = self._camera_subscriptions.append
-        qos, group = qos_profile_sensor_data, self._sensor_group
+        qos, group = CAMERA_QOS, self._sensor_group
         if topics["image_topic"]:
             subscribe(self.create_subscription(Image, topics["image_topic"], lambda m: self._on_image(m, buffer), qos,
                                                callback_group=group))

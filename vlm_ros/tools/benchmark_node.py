@@ -65,6 +65,17 @@ class Bench:
         self.Query = Query
         if not self.client.wait_for_service(timeout_sec=60):
             raise RuntimeError("the node did not start")
+        deadline = time.monotonic() + 120
+        while self._call(self.Query.Request()).status == self.Query.Response.NOT_READY:  # model still loading
+            if time.monotonic() > deadline:
+                raise RuntimeError("the node did not become active")
+            time.sleep(0.2)
+
+    def _call(self, request):
+        future = self.client.call_async(request)
+        while not future.done():
+            time.sleep(0.0005)
+        return future.result()
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -137,11 +148,7 @@ class Bench:
             for _ in range(n + 2):
                 sent_ns = self.node.get_clock().now().nanoseconds
                 t0 = time.monotonic()
-                future = self.client.call_async(self.Query.Request(instruction="describe the scene",
-                                                                   max_new_tokens=tokens))
-                while not future.done():
-                    time.sleep(0.0005)
-                resp = future.result()
+                resp = self._call(self.Query.Request(instruction="describe the scene", max_new_tokens=tokens))
                 if resp.status != 0:
                     raise RuntimeError(f"query failed: {resp.status} {resp.message}")
                 latencies.append(time.monotonic() - t0)

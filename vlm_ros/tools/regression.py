@@ -177,14 +177,18 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
                     break
                 time.sleep(0.002)
             request = Query.Request(instruction=truth.instruction, ground=truth.ground, timeout_s=float(timeout_s))
-            pending.append((Outcome(truth), time.monotonic(), client.call_async(request)))
+            outcome = Outcome(truth)
+            future = client.call_async(request)
+            sent = time.monotonic()
+            future.add_done_callback(lambda f, o=outcome, t=sent: setattr(o, "latency_s", time.monotonic() - t))
+            pending.append((outcome, sent, future))
         outcomes = []
         for outcome, sent, future in pending:
             deadline = sent + timeout_s + 5.0
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.005)
             if future.done():
-                _fill(outcome, future.result(), sent, gt)
+                _fill(outcome, future.result(), gt)
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -197,8 +201,7 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
     return Report(outcomes)
 
 
-def _fill(outcome: Outcome, resp, sent: float, gt: GroundTruth) -> None:
-    outcome.latency_s = time.monotonic() - sent
+def _fill(outcome: Outcome, resp, gt: GroundTruth) -> None:
     outcome.status, outcome.message, outcome.answer = resp.status, resp.message, resp.answer
     stamp = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
     scene = gt.scenes[outcome.truth.scene_index]
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             args.annotated_dir.mkdir(parents=True, exist_ok=True)
         node = NodeProcess(gt, args.model, args.node_param,
                            args.annotated_dir / "node.log" if args.annotated_dir else Path(os.devnull))
-    rclpy.init()
+    rclpy.init(args=[])  # our own arguments are not ROS arguments
     try:
         report = run(args.bag, service=args.service, rate=args.rate, timeout_s=args.timeout,
                      annotated_dir=args.annotated_dir, on_outcome=None if args.quiet else print_outcome)
