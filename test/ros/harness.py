@@ -8,7 +8,9 @@ import time
 import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+CAMERA_PUBLISHER_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 from sensor_msgs.msg import CameraInfo, Image
 
 from vlm_ros.core.images import encode_depth, encode_image
@@ -61,7 +63,8 @@ class Harness:
 
     def publisher(self, msg_type, topic: str):
         if topic not in self._publishers:
-            self._publishers[topic] = self.node.create_publisher(msg_type, topic, qos_profile_sensor_data)
+            # reliable, like most camera drivers and `ros2 bag play`: large frames are not lost in transport
+            self._publishers[topic] = self.node.create_publisher(msg_type, topic, CAMERA_PUBLISHER_QOS)
         return self._publishers[topic]
 
     def publish_frame(self, rgb: np.ndarray, stamp_ns: int | None = None, frame_id: str = "front_optical_frame",
