@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-from vlm_ros.core.types import Frame, Request, Task
+from vlm_ros.core.types import Request, Task
 from vlm_ros.engine import TorchEngine
 from vlm_ros.models.idefics3 import DESCRIBE_INSTRUCTION, Idefics3Adapter, idefics3_input_size
 from vlm_ros.testing.tiny_idefics3 import LONGEST_EDGE, TILE, build_tiny_idefics3
+from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 REQUESTS = [Request(Task.DESCRIBE), Request(Task.ANSWER, "what color is the mug?"),
             Request(Task.GROUND, "where is the red mug?")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are latency-bound: one intra-op thread is faster, and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module", params=["idefics3", "smolvlm"], ids=["smolvlm-idefics3", "smolvlm2"])
@@ -32,16 +23,6 @@ def adapter(request, tmp_path_factory):
     adapter = Idefics3Adapter.from_pretrained(path)
     assert adapter.model.config.model_type == request.param
     return adapter
-
-
-def frame(seed: int = 0, h: int = 120, w: int = 160, stamp_ns: int = 1) -> Frame:
-    return Frame(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8), stamp_ns=stamp_ns)
-
-
-def reference_tokens(adapter, inputs, n: int) -> list[int]:
-    out = adapter.model.generate(**inputs.tensors, do_sample=False, max_new_tokens=n)
-    ids = out[0, inputs.prompt_length:].tolist()
-    return ids[: next((i for i, t in enumerate(ids) if t in adapter.eos_token_ids), len(ids))]
 
 
 # --- generation through the engine ---------------------------------------------------------------------

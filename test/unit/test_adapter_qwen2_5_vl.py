@@ -5,28 +5,19 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from vlm_ros.core.types import Frame, Request, Task
+from vlm_ros.core.types import Request, Task
 from vlm_ros.engine import TorchEngine
 from vlm_ros.models.qwen2_5_vl import DESCRIBE_INSTRUCTION, Qwen25VLAdapter, grounding_instruction
 from vlm_ros.testing.tiny_qwen2_5_vl import build_tiny_qwen2_5_vl
+from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 REQUESTS = [Request(Task.DESCRIBE), Request(Task.ANSWER, "what color is the mug?"),
             Request(Task.GROUND, "where is the red mug?")]
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are latency-bound: one intra-op thread is faster, and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -36,17 +27,6 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(model_dir):
     return Qwen25VLAdapter.from_pretrained(model_dir)
-
-
-def frame(seed: int = 0, h: int = 120, w: int = 160, stamp_ns: int = 1) -> Frame:
-    return Frame(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8), stamp_ns=stamp_ns)
-
-
-def reference_tokens(adapter, inputs, n: int) -> list[int]:
-    """transformers' greedy generate() on the same inputs, prompt removed, cut at the first end token."""
-    out = adapter.model.generate(**inputs.tensors, do_sample=False, max_new_tokens=n)
-    ids = out[0, inputs.prompt_length:].tolist()
-    return ids[: next((i for i, t in enumerate(ids) if t in adapter.eos_token_ids), len(ids))]
 
 
 # --- generation through the engine ---------------------------------------------------------------------

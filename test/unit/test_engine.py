@@ -5,32 +5,20 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
-from vlm_ros.core.types import Frame, Request, Status, Task
+from vlm_ros.core.types import Request, Status, Task
 from vlm_ros.engine import StopReason, TorchEngine
 from vlm_ros.models.llava import LlavaAdapter
 from vlm_ros.pipeline import Pipeline
 from vlm_ros.testing.tiny import build_tiny_llava
+from model_checks import frame, reference_tokens
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     return LlavaAdapter.from_pretrained(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava")))
-
-
-def frame(seed: int = 0, stamp_ns: int = 1, h: int = 120, w: int = 160) -> Frame:
-    img = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
-    return Frame(img, stamp_ns=stamp_ns, camera="front")
-
-
-def reference_tokens(adapter, inputs, n: int) -> list[int]:
-    out = adapter.model.generate(**inputs.tensors, max_new_tokens=n, do_sample=False)
-    ids = out[0, inputs.prompt_length:].tolist()
-    eos = adapter.eos_token_ids
-    return ids[: next((i for i, t in enumerate(ids) if t in eos), len(ids))]
 
 
 @pytest.mark.parametrize("lean,static", [(True, False), (True, True), (False, None)],

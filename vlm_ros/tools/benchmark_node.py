@@ -118,7 +118,7 @@ class Bench:
         publisher, msg = self._message(image, encoding)
         before = self.received()
         sent, start = 0, time.monotonic()
-        while (now := time.monotonic()) - start < seconds:
+        while time.monotonic() - start < seconds:
             msg.header.stamp = self.node.get_clock().now().to_msg()
             publisher.publish(msg)
             sent += 1
