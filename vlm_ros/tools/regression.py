@@ -6,7 +6,7 @@ compare answers and targets with the truth, report accuracy and latency, and fai
 
 With --start-node the node runs in a subprocess (its own process group) with use_sim_time and its camera
 topics taken from the bag's sidecar; otherwise a node must already be running with use_sim_time.
-Questions are sent when the replayed /clock reaches their time, without waiting for earlier answers.
+Questions are sent when the player has published the bag up to their time, without waiting for earlier answers.
 """
 
 from __future__ import annotations
@@ -145,7 +145,6 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
     """Replay the bag and ask its questions. rclpy must be initialised; a node must serve `service`."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
@@ -153,7 +152,7 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
     from vlm_ros.tools.replay import BagPlayer
 
     gt = load_groundtruth(bag)
-    node = rclpy.create_node("vlm_regression", parameter_overrides=[Parameter("use_sim_time", value=True)])
+    node = rclpy.create_node("vlm_regression")
     player_node = rclpy.create_node("vlm_regression_player")
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
@@ -172,22 +171,23 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
         player.start()
         pending: list[tuple[Outcome, float, object]] = []
         for truth in sorted(gt.instructions, key=lambda t: t.ask_at_ns):
-            while node.get_clock().now().nanoseconds < truth.ask_at_ns:
-                if not player._thread.is_alive():
-                    break
+            # The player's own progress, not a subscribed /clock: that would lag when this process is busy.
+            while (player.stats.bag_time_ns or 0) < truth.ask_at_ns and player._thread.is_alive():
                 time.sleep(0.002)
             request = Query.Request(instruction=truth.instruction, ground=truth.ground, timeout_s=float(timeout_s))
-            outcome = Outcome(truth)
+            outcome, answered = Outcome(truth), threading.Event()
             future = client.call_async(request)
             sent = time.monotonic()
-            future.add_done_callback(lambda f, o=outcome, t=sent: setattr(o, "latency_s", time.monotonic() - t))
-            pending.append((outcome, sent, future))
+
+            def on_done(f, o=outcome, t=sent, event=answered):
+                o.latency_s = time.monotonic() - t
+                event.set()
+
+            future.add_done_callback(on_done)
+            pending.append((outcome, sent, future, answered))
         outcomes = []
-        for outcome, sent, future in pending:
-            deadline = sent + timeout_s + 5.0
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.005)
-            if future.done():
+        for outcome, sent, future, answered in pending:
+            if answered.wait(max(0.0, sent + timeout_s + 5.0 - time.monotonic())):
                 _fill(outcome, future.result(), gt)
             outcomes.append(outcome)
             if on_outcome is not None:

@@ -162,6 +162,7 @@ class PlayStats:
     loops: int = 0  # complete passes through the bag
     first_publish: float | None = None  # time.monotonic() of the first and last data message
     last_publish: float | None = None
+    bag_time_ns: int | None = None  # bag timestamp of the newest message published (data or /clock)
     skipped: dict[str, str] = field(default_factory=dict)  # bag topic -> why it is not published
 
     @property
@@ -363,11 +364,13 @@ class BagPlayer:
             if pub is self._clock_pub:
                 pub.publish(msg)
                 self.stats.clock_published += 1
+                self.stats.bag_time_ns = m.timestamp_ns
                 continue
             if synth:
                 self._publish_clock(m.timestamp_ns)
             pub.publish(msg)
             now = time.monotonic()
+            self.stats.bag_time_ns = m.timestamp_ns
             self.stats.published[out] = self.stats.published.get(out, 0) + 1
             if self.stats.first_publish is None:
                 self.stats.first_publish = now
