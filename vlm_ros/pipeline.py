@@ -14,14 +14,14 @@ import torch
 
 from vlm_ros.core.geometry import target_position
 from vlm_ros.core.types import Answer, Frame, Request, Status, Target, Timings
-from vlm_ros.engine import StopReason, TorchEngine
+from vlm_ros.engine import Engine, StopReason, TorchEngine
 from vlm_ros.models.base import VlmAdapter
 
 MAX_TARGETS = 100
 
 
 class Pipeline:
-    def __init__(self, adapter: VlmAdapter, engine: TorchEngine | None = None):
+    def __init__(self, adapter: VlmAdapter, engine: Engine | None = None):
         self.adapter = adapter
         self.engine = engine or TorchEngine(adapter)
         self.dropped_outputs = 0  # model output entries refused by the parsers, since start

@@ -8,43 +8,19 @@ decode step. It produces the same tokens as `generate(do_sample=False)`; tests c
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import StaticCache
 
+from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback
 from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
-
-
-class StopReason(str, enum.Enum):
-    EOS = "eos"
-    LENGTH = "length"  # the token budget was used up
-    STOP_STRING = "stop_string"
-    DEADLINE = "deadline"
-    CANCELLED = "cancelled"
-
-
-@dataclass
-class GenerationResult:
-    token_ids: list[int]
-    text: str
-    stop_reason: StopReason
-    vision_encode_s: float = 0.0  # 0 when the frame's features came from the cache
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    vision_cached: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
 
 
 class TorchEngine:

@@ -201,28 +201,10 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _load_pipeline(self):
-        import torch
+        from vlm_ros.backends import BackendSettings, build_pipeline
 
-        from vlm_ros.models.registry import load_adapter
-        from vlm_ros.pipeline import Pipeline
-
-        device = self.p("device")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype_name = self.p("dtype")
-        if dtype_name == "auto":
-            dtype_name = "float16" if device.startswith("cuda") else "float32"
-        backend = self.p("backend")
-        if backend in ("tensorrt", "onnxruntime"):
-            raise RuntimeError(f"backend '{backend}' is not available in this build; use 'torch' or 'auto'")
-        if backend == "auto":
-            self.get_logger().info("backend auto: TensorRT engines are not supported in this build; using torch")
-        model = self.p("model") or "the embedded default model"
-        self.get_logger().info(f"loading {model} (family {self.p('family')}) on {device} as {dtype_name} ...")
-        t0 = time.monotonic()
-        adapter = load_adapter(self.p("model"), self.p("family"), device, getattr(torch, dtype_name))
-        self.get_logger().info(f"loaded {adapter.family} model in {time.monotonic() - t0:.1f} s")
-        return Pipeline(adapter), f"torch ({device}, {dtype_name})"
+        settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
+        return build_pipeline(settings, self.get_logger().info)
 
     def _stop_worker(self) -> None:
         self._stop.set()

@@ -1,0 +1,49 @@
+"""What every generation engine returns, and the interface the pipeline calls (torch, ONNX Runtime, TensorRT, remote)."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vlm_ros.models.base import ModelInputs
+
+
+class StopReason(str, enum.Enum):
+    EOS = "eos"
+    LENGTH = "length"  # the token budget was used up
+    STOP_STRING = "stop_string"
+    DEADLINE = "deadline"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    text: str
+    stop_reason: StopReason
+    vision_encode_s: float = 0.0  # 0 when the frame's features came from the cache
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    vision_cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
+
+
+class Engine(Protocol):
+    """Greedy generation for one prepared query; streams text, honours the deadline and cancel."""
+
+    def generate(
+        self,
+        inputs: ModelInputs,
+        max_new_tokens: int,
+        *,
+        deadline: float | None = None,  # time.monotonic() value
+        stop_strings: Sequence[str] = (),
+        on_text: TextCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult: ...
