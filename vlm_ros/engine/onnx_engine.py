@@ -1,0 +1,57 @@
+"""The exported graphs on onnxruntime: a GraphRunner, and OnnxEngine (GraphEngine over it).
+
+Arrays stay numpy between the graphs (the KV cache goes out of one step and into the next unchanged).
+The CPU wheel is what requirements.txt installs; a CUDA build of onnxruntime is used when asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vlm_ros.engine.graph_engine import GraphEngine
+from vlm_ros.export import names
+from vlm_ros.export.onnx_export import GraphShapes
+
+
+class OrtRunner:
+    """vision.onnx, prefill.onnx and decode.onnx of one export directory, as onnxruntime sessions."""
+
+    def __init__(self, directory: str | Path, shapes: GraphShapes, threads: int = 0,
+                 providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per core)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = providers or ["CPUExecutionProvider"]
+        self.sessions = {graph: ort.InferenceSession(str(directory / file), options, providers=providers)
+                         for graph, file in names.GRAPH_FILES.items()}
+        self.image_tokens = shapes.image_tokens
+        self._past = names.past_names(shapes.layers)
+        self._outputs = [names.LOGITS, *names.present_names(shapes.layers)]
+        self.name = f"onnxruntime ({', '.join(p.removesuffix('ExecutionProvider').lower() for p in providers)})"
+
+    def encode(self, pixel_values) -> np.ndarray:
+        pixels = pixel_values.detach().to("cpu").float().numpy()
+        return self.sessions["vision"].run([names.IMAGE_FEATURES], {names.PIXEL_VALUES: pixels})[0]  # (N, E)
+
+    def prefill(self, input_ids, image_features: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        ids = input_ids.detach().to("cpu").numpy().astype(np.int64)
+        out = self.sessions["prefill"].run(self._outputs, {names.INPUT_IDS: ids, names.IMAGE_FEATURES: image_features})
+        return out[0][0], out[1:]  # logits (V,), presents (1, KVH, S, D) x 2L
+
+    def step(self, token_id: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {names.INPUT_IDS: np.array([[token_id]], dtype=np.int64), **dict(zip(self._past, state))}
+        out = self.sessions["decode"].run(self._outputs, feeds)
+        return out[0][0], out[1:]
+
+
+class OnnxEngine(GraphEngine):
+    """Greedy generation on onnxruntime for an adapter whose model was exported into `directory`."""
+
+    def __init__(self, adapter, directory: str | Path, shapes: GraphShapes, threads: int = 0,
+                 providers: list[str] | None = None, vision_cache_size: int = 4):
+        super().__init__(adapter, OrtRunner(directory, shapes, threads, providers), vision_cache_size)

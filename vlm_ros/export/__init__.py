@@ -1,0 +1,1 @@
+"""ONNX export, engine manifests and the TensorRT engine build."""
