@@ -22,5 +22,7 @@ setup(
         "tokenizers",
         "safetensors",
     ],
-    extras_require={"test": ["pytest", "hypothesis"], "bags": ["rosbags"]},
+    extras_require={"test": ["pytest", "hypothesis"], "bags": ["rosbags"],
+                    "onnx": ["onnx", "onnxscript", "onnxruntime"]},  # TensorRT: from JetPack or NVIDIA's wheels
+    entry_points={"console_scripts": ["vlm-ros-build-engines = vlm_ros.export.build_engines:main"]},
 )

@@ -53,17 +53,86 @@ def torch_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     return Pipeline(adapter), f"torch ({device}, {dtype})"
 
 
+def _model_dir(settings: BackendSettings):
+    from pathlib import Path
+
+    from vlm_ros.models.registry import default_model_dir
+
+    return Path(settings.model) if settings.model else default_model_dir()
+
+
+def _engine_settings(settings: BackendSettings) -> tuple:
+    """(engines root, engine_policy) from the backend-specific parameters."""
+    from vlm_ros.export.manifest import engines_dir
+
+    return engines_dir(settings.extra.get("engines_dir", "")), settings.extra.get("engine_policy", "rebuild")
+
+
+def onnxruntime_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
+    """The model exported to ONNX (once, cached under engines_dir) and run by onnxruntime; float32 graphs."""
+    import onnxruntime as ort
+
+    from vlm_ros.engine.onnx_engine import OnnxEngine
+    from vlm_ros.export.onnx_export import ensure_export
+    from vlm_ros.models.registry import load_adapter
+
+    providers = ["CPUExecutionProvider"]
+    if settings.device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"backend onnxruntime with device {settings.device}: this onnxruntime has no CUDA "
+                               f"provider (has {ort.get_available_providers()}); use device cpu or auto")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if settings.dtype not in ("auto", "float32"):
+        log(f"backend onnxruntime: the exported graphs are float32; dtype {settings.dtype} is not used")
+    model_dir = _model_dir(settings)
+    root, policy = _engine_settings(settings)
+    log(f"loading {model_dir} (family {settings.family}) for onnxruntime ...")
+    adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
+    directory, shapes = ensure_export(adapter, model_dir, root, policy, log)
+    engine = OnnxEngine(adapter, directory, shapes, providers=providers)
+    return Pipeline(adapter, engine), f"{engine.runner.name}, float32, {directory.name}"
+
+
+def tensorrt_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
+    """TensorRT engines built from the ONNX export (cached under engines_dir, keyed by GPU and TensorRT)."""
+    from vlm_ros.engine.tensorrt_engine import tensorrt_pipeline as build
+
+    return build(settings, _model_dir(settings), *_engine_settings(settings), log)
+
+
+def auto_backend() -> tuple[str, str]:
+    """(backend, reason) for backend auto: TensorRT where importable and CUDA works, else torch."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return "torch", "TensorRT is not installed"
+    if not torch.cuda.is_available():
+        return "torch", "no CUDA device for TensorRT"
+    return "tensorrt", "TensorRT and CUDA present"
+
+
 BACKENDS: dict[str, Callable[[BackendSettings, Log], tuple[Pipeline, str]]] = {
     "torch": torch_pipeline,
+    "onnxruntime": onnxruntime_pipeline,
+    "tensorrt": tensorrt_pipeline,
 }
 
 
 def build_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     """The Pipeline for `settings`; raises with a clear message when the backend cannot run here."""
     name = settings.backend
-    if name == "auto":
-        log("backend auto: TensorRT engines are not supported in this build; using torch")
-        name = "torch"
+    if name == "auto":  # a fallback is logged and shown in the description (diagnostics)
+        name, reason = auto_backend()
+        if name == "tensorrt":
+            try:
+                return tensorrt_pipeline(settings, log)
+            except Exception as exc:  # noqa: BLE001 -- any failure falls back, logged and shown in diagnostics
+                reason = f"TensorRT failed: {type(exc).__name__}: {exc}"[:200]
+        log(f"backend auto: {reason}; falling back to torch")
+        pipeline, description = torch_pipeline(settings, log)
+        return pipeline, f"{description} [auto fallback: {reason}]"
     if name not in BACKENDS:
         raise RuntimeError(f"backend '{name}' is not available in this build; choose one of {sorted(BACKENDS)}")
     return BACKENDS[name](settings, log)

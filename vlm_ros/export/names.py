@@ -15,6 +15,7 @@ VISION_FILE = "vision.onnx"
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"
 GRAPH_FILES = {"vision": VISION_FILE, "prefill": PREFILL_FILE, "decode": DECODE_FILE}
+ENGINE_FILES = {graph: file.replace(".onnx", ".engine") for graph, file in GRAPH_FILES.items()}  # TensorRT
 MANIFEST_FILE = "manifest.json"
 
 PIXEL_VALUES = "pixel_values"

@@ -204,3 +204,27 @@ def export_model(adapter, directory: str | Path, log=print) -> ExportResult:
                               do_constant_folding=True)
             log(f"exported {file} ({(directory / file).stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t:.1f} s")
     return ExportResult(directory, shapes, time.monotonic() - t0)
+
+
+def export_key(model_dir: str | Path, family: str) -> dict:
+    """What an export depends on: the model's content, the family adapter, this exporter's version and opset."""
+    from vlm_ros.export.manifest import model_hash
+
+    return {"model_sha256": model_hash(model_dir), "family": family, "export_version": EXPORT_VERSION,
+            "opset": OPSET}
+
+
+def ensure_export(adapter, model_dir: str | Path, root: Path, policy: str, log=print) -> tuple[Path, GraphShapes]:
+    """The export folder of `adapter`'s model under `root`, reused, built or refused per `policy` (manifest.py)."""
+    from vlm_ros.export.manifest import ensure, folder_name
+
+    check_exportable(adapter)
+    directory = root / folder_name(model_dir, adapter.family, "onnx")
+
+    def build(tmp: Path) -> dict:
+        result = export_model(adapter, tmp, log)
+        return {"shapes": result.shapes.to_dict(), "model_dir": str(Path(model_dir).resolve()),
+                "torch": torch.__version__, "files": sorted(names.GRAPH_FILES.values())}
+
+    manifest = ensure(directory, "onnx", export_key(model_dir, adapter.family), policy, build, log)
+    return directory, GraphShapes.from_dict(manifest.info["shapes"])

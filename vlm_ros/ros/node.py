@@ -204,6 +204,8 @@ class PerceptionNode(LifecycleNode):
         from vlm_ros.backends import BackendSettings, build_pipeline
 
         settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
+        settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
+                                                       "dla_core")})
         return build_pipeline(settings, self.get_logger().info)
 
     def _stop_worker(self) -> None:

@@ -53,6 +53,15 @@ NODE_PARAMS = [
               choices=("auto", "tensorrt", "torch", "onnxruntime")),
     ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N", choices=("auto", "cpu", "cuda")),
     ParamSpec("dtype", "auto", "auto = float16 on CUDA, float32 on CPU", choices=("auto", "float32", "float16", "bfloat16")),
+    ParamSpec("engines_dir", "", "exported graphs and TensorRT engines (absolute path); '' = the checkout's "
+              "engines/ if writable, else ~/.cache/vlm_ros/engines"),
+    ParamSpec("engine_policy", "rebuild", "onnxruntime/tensorrt cache: reuse (build missing, refuse stale), rebuild "
+              "(build missing or stale), refuse (build nothing at start)", choices=("reuse", "rebuild", "refuse")),
+    ParamSpec("precision", "fp16", "TensorRT precision; int8/fp8 need a Q/DQ-quantised graph and a GPU that has them",
+              choices=("fp16", "fp32", "int8", "fp8")),
+    ParamSpec("engine_max_tokens", 1024, "TensorRT shape profile: most prompt + generated tokens", range=(64, 32768)),
+    ParamSpec("dla_core", -1, "Jetson: build TensorRT engines for this DLA core (GPU fallback); -1 = GPU only",
+              range=(-1, 7)),
     ParamSpec("autostart", True, "configure and activate on start", startup=True),
     ParamSpec("cameras", ["front"], "camera names; each has cameras.<name>.* parameters", startup=True),
     ParamSpec("default_camera", "front", "camera used when a query names none"),

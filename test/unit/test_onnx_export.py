@@ -1,0 +1,181 @@
+"""ONNX export + onnxruntime parity with torch, on the embedded model (whatever weights ship) and a tiny LLaVA.
+
+Logits of the exported prefill and decode graphs match the torch model's own forward, and OnnxEngine's greedy
+tokens equal TorchEngine's over a generated answer. Also: the backend `onnxruntime` end to end through the
+Pipeline, the export cache reused on a second start, the `build_engines --onnx-only` command, and the refusal
+of families that have no export.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_ros.backends import BackendSettings, build_pipeline
+from vlm_ros.core.types import Request, Status, Task
+from vlm_ros.engine import StopReason, TorchEngine
+from vlm_ros.engine.onnx_engine import OnnxEngine
+from vlm_ros.export import names
+from vlm_ros.export.onnx_export import UnsupportedModelError, check_exportable, export_model
+from vlm_ros.models.registry import default_model_dir, load_adapter
+from vlm_ros.testing.tiny import build_tiny_llava
+from model_checks import frame
+
+pytest.importorskip("onnxruntime")
+
+QUESTIONS = ["where is the red ball ?", "what color is the cube ?", ""]  # "" = describe
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="module", params=["embedded", "tiny_llava"])
+def exported(request, tiny_dir, tmp_path_factory):
+    adapter = load_adapter("" if request.param == "embedded" else tiny_dir)
+    result = export_model(adapter, tmp_path_factory.mktemp(f"onnx_{request.param}"), log=lambda m: None)
+    return adapter, OnnxEngine(adapter, result.directory, result.shapes, threads=1)
+
+
+def request_for(q: str) -> Request:
+    return Request(Task.ANSWER, q) if q else Request(Task.DESCRIBE, "")
+
+
+def test_export_writes_the_three_graphs_with_the_shared_tensor_names(exported):
+    import onnx
+
+    adapter, engine = exported
+    layers = engine.runner._past.__len__() // 2
+    directory = engine.runner.sessions  # sessions were built from the files: check their declared I/O
+    io = {g: ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]) for g, s in directory.items()}
+    assert io["vision"] == ([names.PIXEL_VALUES], [names.IMAGE_FEATURES])
+    assert io["prefill"] == ([names.INPUT_IDS, names.IMAGE_FEATURES], [names.LOGITS, *names.present_names(layers)])
+    assert io["decode"] == ([names.INPUT_IDS, *names.past_names(layers)], [names.LOGITS, *names.present_names(layers)])
+    assert layers == len(adapter.model.model.language_model.layers)
+    assert onnx is not None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prefill_and_decode_logits_match_the_torch_forward(exported, seed):
+    adapter, engine = exported
+    inputs = adapter.prepare(frame(seed), request_for(QUESTIONS[seed]))
+    runner = engine.runner
+    features = runner.encode(inputs.tensors["pixel_values"])
+    logits, state = runner.prefill(inputs.tensors["input_ids"], features)
+    ids = inputs.tensors["input_ids"]
+    for _ in range(4):  # the prefill, then three decode steps, each against a full torch forward
+        with torch.inference_mode():
+            ref = adapter.model(input_ids=ids, pixel_values=inputs.tensors["pixel_values"]).logits[0, -1].numpy()
+        assert np.abs(logits - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+        token = int(logits.argmax())
+        assert token == int(ref.argmax())
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        logits, state = runner.step(token, state)
+    assert state[0].shape[2] == ids.shape[1]  # the cache grew by one per step
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_tokens_equal_the_torch_engine(exported, seed):
+    adapter, engine = exported
+    inputs = adapter.prepare(frame(seed), request_for(QUESTIONS[seed]))
+    want = TorchEngine(adapter).generate(inputs, 40, ignore_eos=True)
+    got = engine.generate(inputs, 40, ignore_eos=True)
+    assert got.token_ids == want.token_ids and got.text == want.text
+    assert len(got.token_ids) == 40
+    natural = engine.generate(inputs, 40)  # with EOS: the same answer TorchEngine gives
+    assert natural.token_ids == TorchEngine(adapter).generate(inputs, 40).token_ids
+
+
+def test_stop_string_deadline_cancel_and_vision_cache(exported):
+    adapter, engine = exported
+    f = frame(0)
+    inputs = adapter.prepare(f, request_for(QUESTIONS[0]))
+    engine.clear_vision_cache()
+    full = engine.generate(inputs, 30, ignore_eos=True)
+    assert not full.vision_cached
+    again = engine.generate(adapter.prepare(f, request_for(QUESTIONS[1])), 5)
+    assert again.vision_cached and again.vision_encode_s == 0.0
+    stop = full.text.split()[2]
+    seen = []
+    cut = engine.generate(inputs, 30, stop_strings=[stop], on_text=lambda t, n: seen.append(n), ignore_eos=True)
+    assert cut.stop_reason == StopReason.STOP_STRING and stop not in cut.text and full.text.startswith(cut.text)
+    assert seen == list(range(1, len(seen) + 1))
+
+    def slow(text, n):
+        time.sleep(0.02)
+
+    late = engine.generate(inputs, 200, deadline=time.monotonic() + 0.05, on_text=slow, ignore_eos=True)
+    assert late.stop_reason == StopReason.DEADLINE and 1 <= len(late.token_ids) < 10
+    cancel = threading.Event()
+    stopped = engine.generate(inputs, 200, cancel=cancel, on_text=lambda t, n: n == 2 and cancel.set(),
+                              ignore_eos=True)
+    assert stopped.stop_reason == StopReason.CANCELLED and len(stopped.token_ids) == 2
+
+
+def test_a_prompt_without_the_exported_image_token_count_is_refused(exported):
+    adapter, engine = exported
+    inputs = adapter.prepare(frame(0), request_for(QUESTIONS[0]))
+    ids = inputs.tensors["input_ids"]
+    inputs.tensors["input_ids"] = ids[:, ids[0] != adapter.model.config.image_token_id][:, :5]
+    with pytest.raises(ValueError, match="image tokens"):
+        engine.generate(inputs, 3)
+
+
+def test_families_without_an_export_are_refused_with_the_reason():
+    class Other:
+        family = "qwen2_5_vl"
+
+    with pytest.raises(UnsupportedModelError, match="qwen2_5_vl.*not supported"):
+        check_exportable(Other())
+
+
+def test_backend_onnxruntime_answers_through_the_pipeline_and_reuses_its_export(tiny_dir, tmp_path):
+    logs: list[str] = []
+    settings = BackendSettings(backend="onnxruntime", model=str(tiny_dir),
+                               extra={"engines_dir": str(tmp_path), "engine_policy": "rebuild"})
+    pipeline, description = build_pipeline(settings, logs.append)
+    assert description.startswith("onnxruntime (cpu), float32") and "tiny_llava" in description
+    assert any("building" in m for m in logs) and (tmp_path / description.split(", ")[-1] / "manifest.json").is_file()
+    answer = pipeline.answer(frame(0), Request(Task.ANSWER, "where is the red ball ?", max_new_tokens=6))
+    assert answer.status == Status.OK and answer.generated_tokens >= 1 and answer.timings.prefill > 0
+    torch_answer = build_pipeline(BackendSettings(backend="torch", model=str(tiny_dir)), logs.append)[0].answer(
+        frame(0), Request(Task.ANSWER, "where is the red ball ?", max_new_tokens=6))
+    assert answer.text == torch_answer.text
+
+    logs.clear()
+    build_pipeline(BackendSettings(backend="onnxruntime", model=str(tiny_dir),
+                                   extra={"engines_dir": str(tmp_path), "engine_policy": "refuse"}), logs.append)
+    assert any(m.startswith("reusing onnx cache") for m in logs) and not any("building" in m for m in logs)
+
+
+def test_backend_auto_without_tensorrt_falls_back_to_torch_and_says_so(tiny_dir):
+    pytest.importorskip("torch")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available():
+        pytest.skip("TensorRT and CUDA are present here: auto does not fall back")
+    logs: list[str] = []
+    _, description = build_pipeline(BackendSettings(backend="auto", model=str(tiny_dir)), logs.append)
+    assert description.startswith("torch (") and "[auto fallback:" in description
+    assert any("falling back to torch" in m for m in logs)
+
+
+def test_build_engines_onnx_only_command(tiny_dir, tmp_path, capsys):
+    from vlm_ros.export.build_engines import main
+
+    assert main(["--model", str(tiny_dir), "--engines-dir", str(tmp_path), "--onnx-only"]) == 0
+    out = capsys.readouterr().out
+    assert "exported prefill.onnx" in out and "ready:" in out
+    assert main(["--model", str(tiny_dir), "--engines-dir", str(tmp_path), "--onnx-only", "--policy", "refuse"]) == 0
+    assert "reusing onnx cache" in capsys.readouterr().out
+    assert main(["--model", str(tiny_dir), "--engines-dir", "relative/dir", "--onnx-only"]) == 1
+    assert "absolute path" in capsys.readouterr().out
+
+
+def test_embedded_weights_dir_is_the_default_model():
+    assert (default_model_dir() / "config.json").is_file()
