@@ -24,6 +24,7 @@ def harness(rclpy_context):
 
 def test_node_answers_with_backend_onnxruntime_and_reuses_the_export(start_process, tmp_path, harness):
     from vlm_ros.srv import Query
+
     from vlm_ros.testing.tiny import build_tiny_llava
 
     model = build_tiny_llava(tmp_path / "tiny_llava")

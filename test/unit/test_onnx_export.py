@@ -14,16 +14,20 @@ import time
 import numpy as np
 import pytest
 import torch
+from model_checks import frame
 
 from vlm_ros.backends import BackendSettings, build_pipeline
 from vlm_ros.core.types import Request, Status, Task
 from vlm_ros.engine import StopReason, TorchEngine
 from vlm_ros.engine.onnx_engine import OnnxEngine
 from vlm_ros.export import names
-from vlm_ros.export.onnx_export import UnsupportedModelError, check_exportable, export_model
+from vlm_ros.export.onnx_export import (
+    UnsupportedModelError,
+    check_exportable,
+    export_model,
+)
 from vlm_ros.models.registry import default_model_dir, load_adapter
 from vlm_ros.testing.tiny import build_tiny_llava
-from model_checks import frame
 
 pytest.importorskip("onnxruntime")
 
