@@ -32,6 +32,7 @@ __all__ = [
     "image_processor_transform",
     "polygons_to_boxes",
     "strip_florence_markup",
+    "task_prompt",
 ]
 
 CAPTION = "<CAPTION>"
@@ -138,6 +139,21 @@ def strip_florence_markup(text: str) -> str:
     return " ".join(_MARKUP.sub(" ", text).split())
 
 
+def task_prompt(request: Request, describe_task: str = CAPTION, answer_task: str = MORE_DETAILED_CAPTION
+                ) -> tuple[str, str]:
+    """(task token, text input) for a request; the text input is empty for tasks without one."""
+    if request.task == Task.DESCRIBE:
+        return describe_task, ""
+    if request.task == Task.ANSWER:
+        return answer_task, ""
+    phrases = extract_object_phrases(request.instruction)
+    if not phrases:
+        return OBJECT_DETECTION, ""
+    if len(phrases) == 1:
+        return OPEN_VOCABULARY_DETECTION, phrases[0]
+    return PHRASE_GROUNDING, ", ".join(phrases)
+
+
 # ------------------------------------------------------------------------------------------------
 # the adapter
 
@@ -157,16 +173,7 @@ class Florence2Adapter(VlmAdapter):
 
     def task_prompt(self, request: Request) -> tuple[str, str]:
         """(task token, text input) for a request; the text input is empty for tasks without one."""
-        if request.task == Task.DESCRIBE:
-            return self.describe_task, ""
-        if request.task == Task.ANSWER:
-            return self.answer_task, ""
-        phrases = extract_object_phrases(request.instruction)
-        if not phrases:
-            return OBJECT_DETECTION, ""
-        if len(phrases) == 1:
-            return OPEN_VOCABULARY_DETECTION, phrases[0]
-        return PHRASE_GROUNDING, ", ".join(phrases)
+        return task_prompt(request, self.describe_task, self.answer_task)
 
     def prompt(self, request: Request) -> str:
         task, text = self.task_prompt(request)
@@ -187,10 +194,18 @@ class Florence2Adapter(VlmAdapter):
         return text.strip()
 
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
+        input_h, input_w = (int(v) for v in inputs.tensors["pixel_values"].shape[-2:])
+        return self.parse_text(raw_text, (input_w, input_h), inputs.transform, frame, request)
+
+    @classmethod
+    def parse_text(cls, raw_text: str, input_size: tuple[int, int], transform: ResizeTransform, frame: Frame,
+                   request: Request) -> ParsedAnswer:
+        """The model's text -> answer and source-pixel boxes; input_size (w, h) and `transform` (source -> input)
+        describe the model input (no model needed: used by the remote backend too)."""
         if request.task != Task.GROUND:
             return ParsedAnswer(strip_florence_markup(raw_text))
         # bins are over the model input: parse in input pixels, then undo the processor's transform
-        input_h, input_w = (int(v) for v in inputs.tensors["pixel_values"].shape[-2:])
-        result = parse_loc_tokens(polygons_to_boxes(raw_text), input_w, input_h, bins=self.loc_bins)
-        boxes = self.boxes_from(result, inputs.transform, frame)
+        input_w, input_h = input_size
+        result = parse_loc_tokens(polygons_to_boxes(raw_text), input_w, input_h, bins=cls.loc_bins)
+        boxes = cls.boxes_from(result, transform, frame)
         return ParsedAnswer(strip_florence_markup(raw_text), boxes, result.dropped)

@@ -24,8 +24,13 @@ class LlavaAdapter(VlmAdapter):
     model_class = LlavaForConditionalGeneration
     can_ground = False
 
+    @staticmethod
+    def instruction(request: Request) -> str:
+        """The user turn's text (no model needed: the remote backend phrases requests the same way)."""
+        return request.instruction.strip() if request.task != Task.DESCRIBE else DESCRIBE_INSTRUCTION
+
     def prompt(self, request: Request) -> str:
-        instruction = request.instruction.strip() if request.task != Task.DESCRIBE else DESCRIBE_INSTRUCTION
+        instruction = self.instruction(request)
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -52,14 +57,23 @@ class EmbeddedAdapter(LlavaAdapter):
         config = json.loads((Path(path) / "embedded_config.json").read_text())["config"]
         return cls(base.model, base.processor, loc_bins=int(config["loc_bins"]))
 
-    def prompt(self, request: Request) -> str:
-        from vlm_ros.embedded.model import build_prompt
+    @staticmethod
+    def instruction(request: Request) -> str:
         from vlm_ros.embedded.tasks import DEFAULT_DESCRIBE_INSTRUCTION
 
-        instruction = request.instruction if request.task != Task.DESCRIBE else DEFAULT_DESCRIBE_INSTRUCTION
-        return build_prompt(instruction)
+        return request.instruction if request.task != Task.DESCRIBE else DEFAULT_DESCRIBE_INSTRUCTION
+
+    def prompt(self, request: Request) -> str:
+        from vlm_ros.embedded.model import build_prompt
+
+        return build_prompt(self.instruction(request))
 
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
+        return self.parse_text(raw_text, frame, self.loc_bins)
+
+    @classmethod
+    def parse_text(cls, raw_text: str, frame: Frame, loc_bins: int) -> ParsedAnswer:
+        """The model's text -> answer and source-pixel boxes (no model needed: used by the remote backend too)."""
         # The model was trained on boxes normalised by the source image size: no input transform to undo.
-        result = parse_loc_tokens(raw_text, frame.width, frame.height, bins=self.loc_bins)
-        return ParsedAnswer(strip_loc_tokens(raw_text), self.boxes_from(result, None, frame), result.dropped)
+        result = parse_loc_tokens(raw_text, frame.width, frame.height, bins=loc_bins)
+        return ParsedAnswer(strip_loc_tokens(raw_text), cls.boxes_from(result, None, frame), result.dropped)

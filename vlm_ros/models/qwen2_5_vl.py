@@ -72,7 +72,9 @@ class Qwen25VLAdapter(VlmAdapter):
         return cls(model, processor)
 
     # --- prompt -----------------------------------------------------------------------------------------
-    def user_text(self, request: Request) -> str:
+    @staticmethod
+    def user_text(request: Request) -> str:
+        """The user turn's text (no model needed: the remote backend phrases requests the same way)."""
         instruction = " ".join(request.instruction.split())
         if request.task == Task.GROUND and object_phrases(instruction):
             return grounding_instruction(instruction)
@@ -109,13 +111,18 @@ class Qwen25VLAdapter(VlmAdapter):
 
     # --- output -----------------------------------------------------------------------------------------
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
+        return self.parse_text(raw_text, inputs.transform, frame, request)
+
+    @classmethod
+    def parse_text(cls, raw_text: str, transform: ResizeTransform, frame: Frame, request: Request) -> ParsedAnswer:
+        """The model's text -> answer and source-pixel boxes; `transform`: source -> smart-resized input."""
         text = raw_text.strip()
         if request.task != Task.GROUND and "bbox_2d" not in text:
             return ParsedAnswer(text=text)
-        t = inputs.transform
+        t = transform
         in_w, in_h = t.src_w * t.scale_x, t.src_h * t.scale_y  # the resized input's size
         result = parse_qwen_json(text, in_w, in_h)
-        return ParsedAnswer(text, self.boxes_from(result, t, frame), result.dropped)
+        return ParsedAnswer(text, cls.boxes_from(result, t, frame), result.dropped)
 
 
 def load_processor(path: str | Path, **kwargs: Any) -> Qwen2_5_VLProcessor:
