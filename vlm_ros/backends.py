@@ -113,7 +113,23 @@ def auto_backend() -> tuple[str, str]:
     return "tensorrt", "TensorRT and CUDA present"
 
 
+def remote_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
+    """An OpenAI-compatible server (vLLM, SGLang, ...) runs the model; `remote.*` parameters in settings.extra."""
+    from vlm_ros.engine.remote import RemoteConfig, RemoteEngine
+    from vlm_ros.models.remote import RemoteAdapter
+
+    params = {k.removeprefix("remote."): v for k, v in settings.extra.items() if k.startswith("remote.")}
+    adapter = RemoteAdapter(params.pop("family", "embedded"), params.pop("image_format", "jpeg"),
+                            int(params.pop("jpeg_quality", 90)), int(params.pop("max_image_side", 0)))
+    engine = RemoteEngine(RemoteConfig.from_params(params))
+    if not engine.config.verify_tls:
+        log("remote: TLS certificate verification is OFF (remote.verify_tls false)")
+    log(engine.probe())
+    return Pipeline(adapter, engine), f"{engine.describe()}, family {adapter.family}"
+
+
 BACKENDS: dict[str, Callable[[BackendSettings, Log], tuple[Pipeline, str]]] = {
+    "remote": remote_pipeline,
     "torch": torch_pipeline,
     "onnxruntime": onnxruntime_pipeline,
     "tensorrt": tensorrt_pipeline,

@@ -14,7 +14,7 @@ import torch
 
 from vlm_ros.core.geometry import target_position
 from vlm_ros.core.types import Answer, Frame, Request, Status, Target, Timings
-from vlm_ros.engine import Engine, StopReason, TorchEngine
+from vlm_ros.engine import Engine, EngineError, StopReason, TorchEngine
 from vlm_ros.models.base import VlmAdapter
 
 MAX_TARGETS = 100
@@ -50,6 +50,8 @@ class Pipeline:
             timings.vision_encode, timings.prefill, timings.decode = (
                 result.vision_encode_s, result.prefill_s, result.decode_s)
             parsed = self.adapter.parse(result.text, inputs, frame, request)
+        except EngineError as exc:
+            return Answer(Status.MODEL_ERROR, str(exc)[:300], timings=timings)
         except torch.cuda.OutOfMemoryError as exc:
             return Answer(Status.MODEL_ERROR, f"model ran out of GPU memory: {exc}".strip()[:300], timings=timings)
         except Exception as exc:  # the model is third-party code: report, and keep serving

@@ -1,6 +1,6 @@
 """Generation engines: batch-1 greedy decoding with streaming, stop strings, token budget and deadline."""
 
-from vlm_ros.engine.base import Engine, GenerationResult, StopReason
+from vlm_ros.engine.base import Engine, EngineError, GenerationResult, StopReason
 from vlm_ros.engine.torch_engine import TorchEngine
 
-__all__ = ["Engine", "GenerationResult", "StopReason", "TorchEngine"]
+__all__ = ["Engine", "EngineError", "GenerationResult", "StopReason", "TorchEngine"]

@@ -34,6 +34,10 @@ class GenerationResult:
 TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
 
 
+class EngineError(RuntimeError):
+    """A failure the engine explains itself (server down, bad answer...): the pipeline reports its message as is."""
+
+
 class Engine(Protocol):
     """Greedy generation for one prepared query; streams text, honours the deadline and cancel."""
 

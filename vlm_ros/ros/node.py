@@ -206,6 +206,7 @@ class PerceptionNode(LifecycleNode):
         settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
         settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
                                                        "dla_core")})
+        settings.extra.update({k: self.p(k) for k in self._specs if k.startswith("remote.")})
         return build_pipeline(settings, self.get_logger().info)
 
     def _stop_worker(self) -> None:
@@ -458,6 +459,9 @@ class PerceptionNode(LifecycleNode):
                   "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
                   "last_decode_s": f"{timings.decode:.3f}" if timings else "",
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"}
+        engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)
+        if engine_diagnostics is not None:  # e.g. the remote engine: server, last latency, last error
+            values.update(engine_diagnostics())
         statuses.append(self._status("vlm: model", level, state, values))
         self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                       status=statuses))
