@@ -51,16 +51,15 @@ class EmbeddedConfig:
     image_size: int = 128
     patch_size: int = 16
     vision_hidden: int = 160
-    vision_layers: int = 1
+    vision_layers: int = 2
     vision_heads: int = 5
     text_hidden: int = 192
     text_layers: int = 6
     text_heads: int = 6
     max_positions: int = 256
-    # CLIP hidden state fed to the projector. -(vision_layers + 1) selects the pre-layer-normed patch embeddings:
-    # the un-normalised outputs of later layers grew without bound in training and the decoder ignored the image.
-    # (0 would say the same, but transformers 5 then captures no hidden states at all.)
-    vision_feature_layer: int = -2
+    # CLIP hidden state fed to the projector: the last layer's output. (Trained without the dense auxiliary loss
+    # of train.py, those features grew without bound and the decoder ignored the image; with it they stay put.)
+    vision_feature_layer: int = -1
     loc_bins: int = LOC_BINS
 
     @classmethod

@@ -14,16 +14,20 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from vlm_ros.embedded.model import (
+    ANSWER_MARKER,
     DEFAULT_WEIGHTS_DIR,
     IMAGE,
     EmbeddedConfig,
@@ -32,7 +36,7 @@ from vlm_ros.embedded.model import (
     preprocess_images,
     save,
 )
-from vlm_ros.embedded.scenes import Scene, render_scene
+from vlm_ros.embedded.scenes import COLORS, MAX_OBJECTS, SHAPES, SIZES, Scene, render_scene
 from vlm_ros.embedded.tasks import make_example
 
 TRAIN_SEED_START = 0  # train scenes: seeds [0, 10_000_000)
@@ -40,12 +44,39 @@ EVAL_SEED_START = 10_000_000  # held-out scenes for evaluation start here (disjo
 log = logging.getLogger("vlm_ros.embedded.train")
 
 
-def _render_chunk(args: tuple[list[int], int]) -> tuple[np.ndarray, list]:
-    seeds, image_size = args
+def patch_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense targets of the auxiliary loss for one scene, per image patch in row-major order.
+
+    classes (grid*grid, 3) int8: colour, shape and size index + 1 of the object covering most of the patch
+    (at least a quarter of it), 0 for background; boxes (grid*grid, 4) float16: that object's box
+    normalised to [0, 1] (zeros for background).
+    """
+    h, w = scene.labels.shape
+    rows = np.minimum(np.arange(h) * grid // h, grid - 1)
+    cols = np.minimum(np.arange(w) * grid // w, grid - 1)
+    cell = (rows[:, None] * grid + cols[None, :]).ravel()
+    n_obj = len(scene.objects)
+    counts = np.bincount(cell * (n_obj + 1) + scene.labels.ravel() + 1, minlength=grid * grid * (n_obj + 1))
+    counts = counts.reshape(grid * grid, n_obj + 1)[:, 1:]  # (cells, objects): pixels of each object
+    classes = np.zeros((grid * grid, 3), np.int8)
+    boxes = np.zeros((grid * grid, 4), np.float16)
+    if n_obj:
+        best = counts.argmax(1)
+        covered = counts[np.arange(grid * grid), best] >= 0.25 * (h / grid) * (w / grid)
+        for c in np.flatnonzero(covered):
+            o = scene.objects[int(best[c])]
+            classes[c] = (COLORS.index(o.color) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1)
+            boxes[c] = (o.box.x_min / w, o.box.y_min / h, o.box.x_max / w, o.box.y_max / h)
+    return classes, boxes
+
+
+def _render_chunk(args: tuple[list[int], int, int]) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
+    seeds, image_size, grid = args
     scenes = [render_scene(s) for s in seeds]
     pix = preprocess_images([s.image for s in scenes], image_size).astype(np.float16)  # (n, 3, S, S)
     light = [(s.objects, s.width, s.height, s.seed, s.intrinsics) for s in scenes]
-    return pix, light
+    dense = [patch_targets(s, grid) for s in scenes]
+    return pix, light, np.stack([d[0] for d in dense]), np.stack([d[1] for d in dense])
 
 
 def _light_scene(objects, width: int, height: int, seed: int, intrinsics) -> Scene:
@@ -56,99 +87,201 @@ def _light_scene(objects, width: int, height: int, seed: int, intrinsics) -> Sce
     return Scene(image=img, depth=dep, labels=lab, intrinsics=intrinsics, objects=objects, seed=seed)
 
 
-def render_pool(n: int, seed_start: int, image_size: int, workers: int) -> tuple[np.ndarray, list[Scene]]:
-    """(N, 3, S, S) float16 pixel values and pixel-less scenes for seeds [seed_start, seed_start + n)."""
+@dataclass
+class Pool:
+    """Pre-rendered training scenes: pixel values, pixel-less scenes, dense patch targets."""
+
+    pixels: np.ndarray  # (N, 3, S, S) float16
+    scenes: list[Scene]
+    patch_classes: np.ndarray  # (N, P, 3) int8, see patch_targets
+    patch_boxes: np.ndarray  # (N, P, 4) float16
+
+
+def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: int) -> Pool:
+    """The scenes of seeds [seed_start, seed_start + n), rendered with `workers` processes."""
     from tqdm import tqdm
 
     chunk = 50
-    jobs = [(list(range(seed_start + i, seed_start + min(i + chunk, n))), image_size) for i in range(0, n, chunk)]
-    pix = np.empty((n, 3, image_size, image_size), np.float16)
-    scenes: list[Scene] = []
+    jobs = [
+        (list(range(seed_start + i, seed_start + min(i + chunk, n))), image_size, grid) for i in range(0, n, chunk)
+    ]
+    pool = Pool(
+        pixels=np.empty((n, 3, image_size, image_size), np.float16),
+        scenes=[],
+        patch_classes=np.empty((n, grid * grid, 3), np.int8),
+        patch_boxes=np.empty((n, grid * grid, 4), np.float16),
+    )
     bar = tqdm(total=n, desc="render", unit="scene", file=sys.stderr, mininterval=5)
-    if workers > 1:
-        with get_context("fork").Pool(workers) as pool:
-            results = pool.imap(_render_chunk, jobs)
-            for p, light in results:
-                pix[len(scenes) : len(scenes) + len(p)] = p
-                scenes += [_light_scene(*x) for x in light]
-                bar.update(len(p))
-    else:
-        for job in jobs:
-            p, light = _render_chunk(job)
-            pix[len(scenes) : len(scenes) + len(p)] = p
-            scenes += [_light_scene(*x) for x in light]
-            bar.update(len(p))
+    with get_context("fork").Pool(max(1, workers)) as procs:
+        for pix, light, classes, boxes in procs.imap(_render_chunk, jobs):
+            at = slice(len(pool.scenes), len(pool.scenes) + len(pix))
+            pool.pixels[at], pool.patch_classes[at], pool.patch_boxes[at] = pix, classes, boxes
+            pool.scenes += [_light_scene(*x) for x in light]
+            bar.update(len(pix))
     bar.close()
-    return pix, scenes
+    return pool
 
 
 class Batcher:
     """Random (scene, question) batches as padded tensors; labels -100 except answer tokens and EOS."""
 
-    def __init__(self, tokenizer, pixels: np.ndarray, scenes: list[Scene], num_image_tokens: int, seed: int):
+    def __init__(self, tokenizer, pool: Pool, num_image_tokens: int, seed: int):
         self.tok = tokenizer
-        self.pixels = pixels
-        self.scenes = scenes
+        self.pool = pool
+        self.scenes = pool.scenes
+        counts = np.array([len(sc.objects) for sc in pool.scenes])
+        self.up_to = {n: np.flatnonzero(counts <= n) for n in range(int(counts.max(initial=0)) + 1)}
         self.n_img = num_image_tokens
         self.rng = np.random.default_rng(seed)
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE)
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id
 
-    def encode(self, instruction: str, answer: str) -> tuple[list[int], int]:
-        """Token ids of prompt + answer + EOS with the image token expanded, and the answer's start index."""
-        prompt = self.tok(build_prompt(instruction), add_special_tokens=False).input_ids
-        full = self.tok(build_prompt(instruction) + " " + answer, add_special_tokens=False).input_ids
-        if full[: len(prompt)] != prompt:
-            raise AssertionError(f"prompt tokens are not a prefix: {instruction!r} / {answer!r}")
-        assert prompt[0] == self.image_id
-        ids = [self.image_id] * self.n_img + full[1:] + [self.eos]
-        return ids, self.n_img + len(prompt) - 1
+    def encode(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[bool]]:
+        """Token ids of the image and the (instruction, answer) turns, and which ids are supervised.
 
-    def batch(self, size: int):
+        The first turn is exactly the inference prompt (`build_prompt`); later turns on the same image follow
+        as "instruction answer: answer</s>", so one image encoding serves several supervised answers.
+        """
+        ids, supervised = [self.image_id] * self.n_img, [False] * self.n_img
+        for k, (instruction, answer) in enumerate(turns):
+            prompt_text = build_prompt(instruction) if k == 0 else instruction.strip() + ANSWER_MARKER
+            prompt = self.tok(prompt_text, add_special_tokens=False).input_ids
+            full = self.tok(prompt_text + " " + answer, add_special_tokens=False).input_ids
+            if full[: len(prompt)] != prompt:
+                raise AssertionError(f"prompt tokens are not a prefix: {instruction!r} / {answer!r}")
+            if k == 0:
+                assert prompt[0] == self.image_id
+                prompt, full = prompt[1:], full[1:]
+            ids += full + [self.eos]
+            supervised += [False] * len(prompt) + [True] * (len(full) - len(prompt) + 1)
+        return ids, supervised
+
+    def batch(self, size: int, turns: int = 1, max_objects: int | None = None):
+        """A batch of `size` sequences of `turns` questions on scenes with at most `max_objects` objects."""
         import torch
 
-        idx = self.rng.integers(len(self.scenes), size=size)
-        seqs, starts = [], []
+        allowed = self.up_to.get(max_objects) if max_objects is not None else None
+        if allowed is None or len(allowed) == 0:
+            idx = self.rng.integers(len(self.scenes), size=size)
+        else:
+            idx = allowed[self.rng.integers(len(allowed), size=size)]
+        seqs = []
         for i in idx:
-            ex = make_example(self.scenes[int(i)], self.rng)
-            ids, start = self.encode(ex.instruction, ex.answer)
-            seqs.append(ids)
-            starts.append(start)
-        T = max(len(s) for s in seqs)
+            examples = [make_example(self.scenes[int(i)], self.rng) for _ in range(turns)]
+            seqs.append(self.encode([(ex.instruction, ex.answer) for ex in examples]))
+        T = max(len(ids) for ids, _ in seqs)
         input_ids = torch.full((size, T), self.pad, dtype=torch.long)  # (B, T)
         labels = torch.full((size, T), -100, dtype=torch.long)  # (B, T)
         attn = torch.zeros((size, T), dtype=torch.long)
-        for b, (s, st) in enumerate(zip(seqs, starts)):
-            input_ids[b, : len(s)] = torch.tensor(s)
-            labels[b, st : len(s)] = torch.tensor(s[st:])
-            attn[b, : len(s)] = 1
-        pixel_values = torch.from_numpy(self.pixels[idx].astype(np.float32))  # (B, 3, S, S)
-        return dict(input_ids=input_ids, attention_mask=attn, pixel_values=pixel_values, labels=labels)
+        for b, (ids, supervised) in enumerate(seqs):
+            row = torch.tensor(ids)
+            input_ids[b, : len(ids)] = row
+            labels[b, : len(ids)] = torch.where(torch.tensor(supervised), row, -100)
+            attn[b, : len(ids)] = 1
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attn,
+            labels=labels,
+            pixel_values=torch.from_numpy(self.pool.pixels[idx].astype(np.float32)),  # (B, 3, S, S)
+            patch_classes=torch.from_numpy(self.pool.patch_classes[idx].astype(np.int64)),  # (B, P, 3)
+            patch_boxes=torch.from_numpy(self.pool.patch_boxes[idx].astype(np.float32)),  # (B, P, 4)
+        )
 
 
-def batch_stream(tokenizer, pixels, scenes, num_image_tokens: int, seed: int, batch: int, workers: int):
+def curriculum_max_objects(step: int, total: int, ramp: float) -> int | None:
+    """Most objects per training scene at `step`: 1 at the start, +1 per equal part of the first `ramp` of the
+    run, then no limit. Reading one object off the image is learnt first, picking one out of several after."""
+    if ramp <= 0 or step >= ramp * total:
+        return None
+    return 1 + int(step / (ramp * total) * MAX_OBJECTS)
+
+
+def batch_stream(
+    tokenizer, pool: Pool, num_image_tokens: int, seed: int, batch: int, turns: int, workers: int,
+    max_objects: Callable[[], int | None] = lambda: None,
+):
     """Endless iterator of batches; with workers > 0 they are made in DataLoader worker processes."""
     import torch
 
     if workers <= 0:
-        b = Batcher(tokenizer, pixels, scenes, num_image_tokens, seed)
+        b = Batcher(tokenizer, pool, num_image_tokens, seed)
         while True:
-            yield b.batch(batch)
+            yield b.batch(batch, turns, max_objects())
 
     class _Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
             wid = info.id if info is not None else 0
-            b = Batcher(tokenizer, pixels, scenes, num_image_tokens, seed * 1000 + wid)
+            b = Batcher(tokenizer, pool, num_image_tokens, seed * 1000 + wid)
             while True:
-                yield b.batch(batch)
+                yield b.batch(batch, turns)
 
     loader = torch.utils.data.DataLoader(
         _Stream(), batch_size=None, num_workers=workers, prefetch_factor=4, persistent_workers=True,
         pin_memory=True, multiprocessing_context="fork",
     )
     yield from loader
+
+
+class Objective:
+    """The training loss: next-token cross-entropy on the answer, plus two aids that only shape training.
+
+    - Location tokens get a soft target as well: half the weight on the true bin, half on a Gaussian over the
+      neighbouring bins (`loc_sigma` bins wide), so a box one bin off is a smaller error than one far off.
+    - A dense auxiliary loss on the image tokens entering the decoder (the projector output): per patch, the
+      colour, shape and size of the object covering it and that object's normalised box. Its linear head is
+      not part of the saved model; it gives the vision pathway a direct signal from the first step.
+    """
+
+    def __init__(self, model, hidden: int, loc_first_id: int, loc_bins: int, loc_sigma: float, aux_weight: float):
+        import torch
+
+        self.model = model
+        self.loc_first, self.loc_bins, self.loc_sigma = loc_first_id, loc_bins, loc_sigma
+        self.aux_weight = aux_weight
+        self.head = torch.nn.Linear(hidden, len(COLORS) + len(SHAPES) + len(SIZES) + 3 + 4)
+        self.splits = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1, 4)
+        self._features = None
+        model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: setattr(self, "_features", out))
+
+    def parameters(self):
+        return self.head.parameters()
+
+    def to(self, device):
+        self.head.to(device)
+        return self
+
+    def __call__(self, batch: dict) -> tuple:
+        """(total loss, {part: float}) for one batch from Batcher."""
+        import torch
+        import torch.nn.functional as F
+
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        )
+        logits = out.logits[:, :-1].float()
+        target = batch["labels"][:, 1:]
+        keep = target != -100
+        logp = F.log_softmax(logits[keep], dim=-1)  # (N, V)
+        t = target[keep]
+        hard = -logp.gather(1, t[:, None])[:, 0]
+        loc = t - self.loc_first
+        is_loc = (loc >= 0) & (loc < self.loc_bins)
+        bins = torch.arange(self.loc_bins, device=t.device, dtype=torch.float32)
+        soft_target = torch.softmax(-((bins[None] - loc[:, None].float()) ** 2) / (2 * self.loc_sigma**2), dim=-1)
+        soft = -(soft_target * logp[:, self.loc_first : self.loc_first + self.loc_bins]).sum(-1)
+        token_loss = torch.where(is_loc, 0.5 * hard + 0.5 * soft, hard).mean()
+
+        feats = self._features  # (B, P, hidden)
+        colour, shape, size, box = self.head(feats.float()).split(self.splits, dim=-1)
+        classes, boxes = batch["patch_classes"], batch["patch_boxes"]
+        on_object = classes[..., 0] > 0
+        aux = sum(F.cross_entropy(x.flatten(0, 1), classes[..., i].flatten()) for i, x in enumerate((colour, shape, size)))
+        if bool(on_object.any()):
+            aux = aux + 5.0 * F.l1_loss(box.sigmoid()[on_object], boxes[on_object])
+        total = token_loss + self.aux_weight * aux
+        return total, {"tokens": float(token_loss.detach()), "aux": float(aux.detach()), "answer_ce": float(hard.mean().detach())}
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
@@ -161,34 +294,48 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights directory (written when done)")
-    ap.add_argument("--steps", type=int, default=8000, help="optimizer steps (may be capped by --minutes)")
+    ap.add_argument("--steps", type=int, default=20000, help="optimizer steps (may be capped by --minutes)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=48.0, help="wall-clock budget for the whole run; 0 = none")
+    ap.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for the whole run; 0 = none")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--vision-lr-scale", type=float, default=1.0, help="learning rate of the vision tower / --lr")
-    ap.add_argument("--pool-cache", type=Path, default=None, help=".npz file to load the pool from / save it to")
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--pool-cache", type=Path, default=None, help="pickle file to load the rendered pool from / save it to")
+    ap.add_argument("--turns", type=int, default=3, help="questions per image in one training sequence")
+    ap.add_argument("--curriculum", type=float, default=0.3,
+                    help="fraction of the run over which the objects per scene ramp from 1 to all (0: off)")
+    ap.add_argument("--loc-sigma", type=float, default=1.0, help="width in bins of the soft location target")
+    ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the dense patch loss (0: off)")
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--pool", type=int, default=3000, help="number of pre-rendered training scenes")
+    ap.add_argument("--pool", type=int, default=4000, help="number of pre-rendered training scenes")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the pool")
     ap.add_argument("--loader-workers", type=int, default=-1, help="batch-making processes (-1: 0 on CPU, 6 on CUDA)")
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--config", type=Path, default=None, help="JSON file with EmbeddedConfig fields")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: <out>.train.log beside --out)")
     args = ap.parse_args(argv)
-
-    import torch
-    from tqdm import tqdm
-
     t0 = time.monotonic()
     log_path = args.log or args.out.parent / f"{args.out.name}.train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(log_path), logging.StreamHandler(sys.stderr)],
-    )
+    handlers = [logging.FileHandler(log_path), logging.StreamHandler(sys.stderr)]
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return _train(args, argv, t0)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+
+
+def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
+    import torch
+    from tqdm import tqdm
+
     cfg = EmbeddedConfig.from_dict(json.loads(args.config.read_text())) if args.config else EmbeddedConfig()
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
@@ -200,26 +347,24 @@ def main(argv: list[str] | None = None) -> int:
     log.info("args %s, config %s, device %s", vars(args), cfg.to_dict(), device)
 
     seed_start = TRAIN_SEED_START + args.seed * args.pool
+    grid = cfg.image_size // cfg.patch_size
     if args.pool_cache is not None and args.pool_cache.exists():
-        import pickle
-
-        with np.load(args.pool_cache, allow_pickle=False) as z:
-            pixels = z["pixels"]
-        scenes = pickle.loads(args.pool_cache.with_suffix(".pkl").read_bytes())
+        pool = pickle.loads(args.pool_cache.read_bytes())
     else:
-        pixels, scenes = render_pool(args.pool, seed_start, cfg.image_size, args.workers)
+        pool = render_pool(args.pool, seed_start, cfg.image_size, grid, args.workers)
         if args.pool_cache is not None:
-            import pickle
-
-            np.savez(args.pool_cache, pixels=pixels)
-            args.pool_cache.with_suffix(".pkl").write_bytes(pickle.dumps(scenes))
-    log.info("rendered %d scenes in %.0f s", len(scenes), time.monotonic() - t0)
+            args.pool_cache.write_bytes(pickle.dumps(pool, protocol=pickle.HIGHEST_PROTOCOL))
+    log.info("rendered %d scenes in %.0f s", len(pool.scenes), time.monotonic() - t0)
 
     model, processor = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %d parameters", n_params)
     model.to(device).train()
-    groups = []
+    objective = Objective(
+        model, cfg.text_hidden, processor.tokenizer.convert_tokens_to_ids("<loc_0>"), cfg.loc_bins,
+        args.loc_sigma, args.aux_weight,
+    ).to(device)
+    groups = [{"params": list(objective.parameters()), "weight_decay": 0.0, "scale": 1.0}]
     for vision in (False, True):
         named = [(n, p) for n, p in model.named_parameters() if ("vision_tower" in n) == vision]
         scale = args.vision_lr_scale if vision else 1.0
@@ -232,8 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         fused=device.type == "cuda",
     )
     loader_workers = args.loader_workers if args.loader_workers >= 0 else (6 if device.type == "cuda" else 0)
+    if loader_workers > 0 and args.curriculum > 0:
+        log.info("batches are made in %d worker processes: the curriculum (--curriculum) is not applied", loader_workers)
     stream = batch_stream(
-        processor.tokenizer, pixels, scenes, cfg.num_image_tokens, args.seed + 1, args.batch, loader_workers
+        processor.tokenizer, pool, cfg.num_image_tokens, args.seed + 1, args.batch, args.turns, loader_workers,
+        max_objects=lambda: curriculum_max_objects(step, total, args.curriculum),
     )
 
     total = args.steps
@@ -242,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     timing_from, timing_to = 10, 60  # steps timed to size the run (after warm-up of loaders and kernels)
     t_timing = 0.0
     marks: list[tuple[int, float]] = []  # (step, time) every 50 steps: the speed over the last 200 steps
-    losses: list[float] = []
+    losses: list[float] = []  # answer cross-entropy (the model's own loss), per step
+    aux_losses: list[float] = []
     bar = tqdm(total=total, desc="train", unit="step", file=sys.stderr, mininterval=10)
     t_train = time.monotonic()
     step = 0
@@ -264,18 +413,22 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
-        out = model(**batch)
+        loss, parts = objective(batch)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(out.loss.detach()))
+        losses.append(parts["answer_ce"])
+        aux_losses.append(parts["aux"])
         step += 1
         bar.update(1)
         if step % 50 == 0 or step == total:
             recent = float(np.mean(losses[-50:]))
             bar.set_postfix(loss=f"{recent:.3f}", lr=f"{lr:.2e}")
-            log.info("step %d/%d loss %.4f lr %.2e elapsed %.0f s", step, total, recent, lr, time.monotonic() - t0)
+            log.info(
+                "step %d/%d loss %.4f aux %.3f lr %.2e elapsed %.0f s",
+                step, total, recent, float(np.mean(aux_losses[-50:])), lr, time.monotonic() - t0,
+            )
         if time.monotonic() - t0 > budget_s:
             log.info("budget reached at step %d: stopping", step)
             break

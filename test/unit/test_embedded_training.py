@@ -1,0 +1,85 @@
+"""The training recipe of the embedded model: dense patch targets, multi-turn sequences, the loss, one short run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_ros.embedded.model import build_model, build_tokenizer, load
+from vlm_ros.embedded.scenes import COLORS, SHAPES, render_scene
+from vlm_ros.embedded.train import Batcher, Objective, main, patch_targets, render_pool
+
+from test_embedded_model import TINY
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return render_pool(6, 0, TINY.image_size, TINY.image_size // TINY.patch_size, workers=1)
+
+
+def test_patch_targets_name_the_object_under_each_patch():
+    scene = render_scene(3)
+    grid = 8
+    classes, boxes = patch_targets(scene, grid)
+    assert classes.shape == (grid * grid, 3) and boxes.shape == (grid * grid, 4)
+    h, w = scene.labels.shape
+    for c in np.flatnonzero(classes[:, 0]):
+        r, col = divmod(int(c), grid)
+        cell = scene.labels[r * h // grid : (r + 1) * h // grid, col * w // grid : (col + 1) * w // grid]
+        owner = np.bincount(cell[cell >= 0].ravel()).argmax()
+        o = scene.objects[owner]
+        assert (COLORS[classes[c, 0] - 1], SHAPES[classes[c, 1] - 1]) == (o.color, o.shape)
+        assert np.allclose(boxes[c], [o.box.x_min / w, o.box.y_min / h, o.box.x_max / w, o.box.y_max / h], atol=1e-3)
+    # every object covering a whole patch is named somewhere
+    assert {o.label for o in scene.objects if o.box.width > 2 * w / grid and o.box.height > 2 * h / grid} <= {
+        f"{COLORS[a - 1]} {SHAPES[b - 1]}" for a, b, _ in classes[classes[:, 0] > 0]
+    }
+
+
+def test_multi_turn_sequence_supervises_only_the_answers(pool):
+    tok = build_tokenizer()
+    batcher = Batcher(tok, pool, TINY.num_image_tokens, seed=0)
+    ids, supervised = batcher.encode([("how many balls are there?", "2"), ("is there a red cube?", "no")])
+    assert ids[: TINY.num_image_tokens] == [tok.convert_tokens_to_ids("<image>")] * TINY.num_image_tokens
+    text = tok.decode(ids[TINY.num_image_tokens :])
+    assert text == "how many balls are there? answer: 2</s> is there a red cube? answer: no</s>"
+    assert tok.decode([i for i, s in zip(ids, supervised) if s]) == "2</s> no</s>"
+    # the first turn is exactly the inference prompt
+    prompt = tok("<image>how many balls are there? answer:", add_special_tokens=False).input_ids
+    first_answer = supervised.index(True)
+    assert ids[TINY.num_image_tokens : first_answer] == prompt[1:]
+
+    batch = batcher.batch(4, turns=3)
+    assert batch["input_ids"].shape == batch["labels"].shape
+    assert batch["pixel_values"].shape == (4, 3, TINY.image_size, TINY.image_size)
+    assert batch["patch_classes"].shape == (4, TINY.num_image_tokens, 3)
+    assert int((batch["labels"] == tok.eos_token_id).sum()) == 4 * 3
+
+
+def test_objective_soft_location_target_prefers_near_bins(pool):
+    torch.manual_seed(0)
+    model, processor = build_model(TINY)
+    loc0 = processor.tokenizer.convert_tokens_to_ids("<loc_0>")
+    objective = Objective(model, TINY.text_hidden, loc0, TINY.loc_bins, loc_sigma=1.0, aux_weight=0.5)
+    batch = Batcher(processor.tokenizer, pool, TINY.num_image_tokens, seed=1).batch(4, turns=2)
+    loss, parts = objective(batch)
+    assert torch.isfinite(loss) and loss.requires_grad and set(parts) == {"tokens", "aux", "answer_ce"}
+    loss.backward()
+    assert objective.head.weight.grad is not None and model.model.multi_modal_projector.linear_1.weight.grad is not None
+
+
+def test_short_training_run_saves_a_loadable_model(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TINY.to_dict()))
+    out = tmp_path / "weights"
+    rc = main(["--out", str(out), "--steps", "3", "--minutes", "0", "--pool", "4", "--workers", "1",
+               "--batch", "2", "--turns", "2", "--config", str(cfg), "--device", "cpu"])
+    assert rc == 0
+    model, processor = load(out)
+    facts = json.loads((out / "embedded_config.json").read_text())
+    assert facts["train"]["steps"] == 3 and facts["config"] == TINY.to_dict()
+    assert (tmp_path / "weights.train.log").read_text().count("step 3/3") == 1
+    assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved
