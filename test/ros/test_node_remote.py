@@ -28,6 +28,8 @@ def harness(rclpy_context):
 def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_server_going_down(
         start_process, harness, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.action import ActionClient
+    from vlm_ros.action import Query as QueryAction
     from vlm_ros.srv import Query
 
     from vlm_ros.core.types import Frame
@@ -70,6 +72,24 @@ def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_s
             time.sleep(0.1)
         assert peer.base_url in diagnostics["backend"] and diagnostics["server"] == peer.base_url
         assert float(diagnostics["remote_last_latency_s"]) > 0
+
+        # the action streams the server's tokens as feedback
+        client = ActionClient(harness.node, QueryAction, "/vlm/query")
+        assert client.wait_for_server(timeout_sec=10)
+        feedback: list[tuple[int, str]] = []
+        send = client.send_goal_async(QueryAction.Goal(instruction="", max_new_tokens=48, timeout_s=100.0),
+                                      feedback_callback=lambda m: feedback.append((m.feedback.generated_tokens,
+                                                                                   m.feedback.partial_answer)))
+        t0 = time.monotonic()
+        while not send.done() and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        result = send.result().get_result_async()
+        while not result.done() and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+        done = result.result().result
+        assert done.status == Query.Response.OK, done.message
+        assert [n for n, _ in feedback] == list(range(1, done.timings.generated_tokens + 1))
+        assert feedback[-1][1].strip() == done.answer  # a description: no location tokens to strip
 
         peer.stop()
         down = harness.query(timeout=30, instruction="what is this?", timeout_s=10.0)

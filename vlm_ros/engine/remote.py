@@ -183,6 +183,8 @@ class RemoteEngine:
             try:
                 return self._stream(payload, deadline, cancel, on_text)
             except _Retryable as exc:
+                if time.monotonic() >= deadline:  # e.g. a connect timeout cut short by the deadline: no answer in time
+                    return GenerationResult([], "", StopReason.DEADLINE, extra={"note": str(exc)})
                 delay = self.config.backoff_s * 2 ** attempt
                 if attempt >= self.config.retries or time.monotonic() + delay >= deadline:
                     tries = f"{attempt + 1} tr{'y' if attempt == 0 else 'ies'}"
