@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,7 +85,7 @@ def _engine_figures(engine: TorchEngine, inputs, tokens: int, repeats: int, warm
 
 
 def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2,
-              static_baseline: bool = True, compile_decoder: bool = False) -> dict:
+              static_baseline: bool = True, compile_decoder: bool = False, onnx: bool = False) -> dict:
     """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines."""
     device = adapter.device
     request = Request(Task.ANSWER, instruction, max_new_tokens=tokens)
@@ -98,6 +100,19 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
             break
         except Exception as exc:
             results[f"engine {engine_kwargs or 'default'}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    if onnx:  # the same model exported to ONNX, on onnxruntime (the `onnxruntime` backend)
+        from vlm_ros.engine.onnx_engine import OnnxEngine
+        from vlm_ros.export.onnx_export import export_model
+
+        directory = tempfile.mkdtemp(prefix="vlm_ros_bench_onnx_")
+        try:
+            shapes = export_model(adapter, Path(directory), lambda *_: None).shapes
+            engine = OnnxEngine(adapter, directory, shapes, threads=torch.get_num_threads())
+            results["onnxruntime engine"] = _engine_figures(engine, inputs, tokens, repeats, warmup, device)
+        except Exception as exc:  # families without an export
+            results["onnxruntime engine"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
     if device.type == "cuda" and "engine" in results:  # the vision encoder alone, eager (vs the engine's graph)
         with torch.inference_mode():
             results["engine"]["vision_encode_eager_s"] = _median_time(lambda: adapter.encode_vision(inputs), repeats, device)
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step")
     parser.add_argument("--skip-static", action="store_true", help="skip generate() with the static cache "
                         "(on CUDA it compiles for about a minute first)")
+    parser.add_argument("--onnx", action="store_true", help="also export to ONNX and time the onnxruntime engine")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per query")
@@ -175,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     adapter = load(args.model, args.device, getattr(torch, args.dtype))
     image = (np.random.default_rng(0).random((args.height, args.width, 3)) * 255).astype(np.uint8)
     results = benchmark(adapter, Frame(image, stamp_ns=1, camera="bench"), args.instruction, args.tokens, args.repeats,
-                        static_baseline=not args.skip_static, compile_decoder=args.compile)
+                        static_baseline=not args.skip_static, compile_decoder=args.compile, onnx=args.onnx)
     where = machine_name(adapter.device)
     prompt = adapter.prepare(Frame(image, 1), Request(Task.ANSWER, args.instruction)).prompt_length
     print(f"model {args.model} ({adapter.family}), {args.dtype}, prompt {prompt} tokens, {args.tokens} new tokens, "
