@@ -105,6 +105,11 @@ def test_embedded_model_64_bins_and_yxyx() -> None:
     assert reasons(parse_loc_tokens("mug<loc_0><loc_0><loc_64><loc_10>", 64, 64, bins=64)) == ["out of range"]
 
 
+def test_list_separators_are_not_part_of_labels() -> None:
+    r = parse_loc_tokens("red ball<loc_0><loc_0><loc_8><loc_8>, blue cube<loc_8><loc_8><loc_16><loc_16>", 64, 64, bins=64)
+    assert [label for label, _ in boxes(r)] == ["red ball", "blue cube"]
+
+
 @pytest.mark.parametrize(
     "text,reason",
     [

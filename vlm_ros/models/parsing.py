@@ -208,7 +208,8 @@ def parse_loc_tokens(
     drops = col.drops
     prev_end = 0
     for run in _LOC_RUN.finditer(text):
-        raw_label = _FLORENCE_MARKUP.sub("", text[prev_end : run.start()])
+        # a list separates entries with ", " (the embedded model): that is not part of the next label
+        raw_label = _FLORENCE_MARKUP.sub("", text[prev_end : run.start()]).lstrip(" ,;")
         prev_end = run.end()
         tokens = _LOC_TOKEN.findall(run.group())
         n_full = len(tokens) // 4 * 4
