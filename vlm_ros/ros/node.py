@@ -27,6 +27,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -105,6 +107,12 @@ class PerceptionNode(LifecycleNode):
         self._running_job: Job | None = None
         self.counters = {"served": 0, "failed": 0, "busy": 0, "invalid": 0}
         self._last_timings = None
+        self._faults = self._fault_plan()
+        # A replay that loops (or a simulator that restarts) moves ROS time backwards: frames and depth stamped
+        # "in the future" must not answer queries, so every buffer starts again (counted as a reset).
+        self._time_jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1_000_000), on_clock_change=False),
+            post_callback=self._on_time_jump)
 
         # Requests wait in the DDS reader until an executor thread takes them; the default depth of 10 would
         # silently drop the eleventh of a burst. Every request must get an answer (BUSY at worst).
@@ -143,6 +151,21 @@ class PerceptionNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
+    def _fault_plan(self):
+        """The test-only fault plan of VLM_ROS_FAULT_INJECTION (vlm_ros/testing/faults.py), read once; else None."""
+        from vlm_ros.testing.faults import FaultPlan
+
+        plan = FaultPlan.from_env()
+        if plan is not None:
+            self.get_logger().warning(f"TEST FAULT INJECTION ACTIVE (VLM_ROS_FAULT_INJECTION): {plan.describe()}")
+        return plan
+
+    def _on_time_jump(self, jump) -> None:
+        for buffer in self.buffers.values():
+            buffer.reset()
+        self.get_logger().warning(f"time jumped back by {-jump.delta.nanoseconds / 1e9:.3f} s (replay looped?): "
+                                  "camera buffers reset")
+
     # --- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -150,6 +173,9 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:  # a clear reason in the log, and the node stays unconfigured
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
+        model = getattr(getattr(self._pipeline, "adapter", None), "model", None)
+        if self._faults is not None and model is not None and self._faults.arm_model(model):
+            self.get_logger().warning("TEST FAULT INJECTION: model faults armed")
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vlm_worker", daemon=True)
         self._worker.start()
@@ -210,10 +236,20 @@ class PerceptionNode(LifecycleNode):
         return build_pipeline(settings, self.get_logger().info)
 
     def _stop_worker(self) -> None:
+        """Stop the worker: the running query is cancelled (it returns its partial answer), queued ones get NOT_READY."""
         self._stop.set()
+        running = self._running_job
+        if running is not None:
+            running.cancel.set()
         if self._worker is not None:
             self._worker.join(timeout=30.0)
             self._worker = None
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            job.finish(Answer(Status.NOT_READY, "the model was unloaded (cleanup/shutdown) while the query waited"))
 
     # --- cameras ------------------------------------------------------------------------------------------
     def _subscribe(self, camera: str) -> None:
@@ -222,21 +258,35 @@ class PerceptionNode(LifecycleNode):
         buffer = self.buffers[camera]
         subscribe = self._camera_subscriptions.append
         qos, group = CAMERA_QOS, self._sensor_group
+
+        def guarded(callback: Callable[[Any], None]) -> Callable[[Any], None]:
+            # An exception escaping a callback goes to the executor: rclpy re-raises it from spin() (the node
+            # exits) or leaves the subscription's task failed (seen with rclpy 9.1: the camera was never read
+            # again). So it is counted as a drop and logged (throttled), and the node keeps spinning.
+            def call(msg) -> None:
+                try:
+                    callback(msg)
+                except Exception as exc:  # noqa: BLE001 -- any bug or surprise in decoding must not kill the node
+                    self._drop(buffer, "callback error", exc)
+            return call
         if topics["image_topic"]:
-            subscribe(self.create_subscription(Image, topics["image_topic"], lambda m: self._on_image(m, buffer), qos,
-                                               callback_group=group))
+            subscribe(self.create_subscription(Image, topics["image_topic"], guarded(lambda m: self._on_image(m, buffer)),
+                                               qos, callback_group=group))
         if topics["compressed_topic"]:
             subscribe(self.create_subscription(CompressedImage, topics["compressed_topic"],
-                                               lambda m: self._on_compressed(m, buffer), qos, callback_group=group))
+                                               guarded(lambda m: self._on_compressed(m, buffer)), qos,
+                                               callback_group=group))
         if topics["camera_info_topic"]:
             subscribe(self.create_subscription(CameraInfo, topics["camera_info_topic"],
-                                               lambda m: self._on_info(m, buffer, False), qos, callback_group=group))
-        if topics["depth_topic"]:
-            subscribe(self.create_subscription(Image, topics["depth_topic"], lambda m: self._on_depth(m, buffer), qos,
+                                               guarded(lambda m: self._on_info(m, buffer, False)), qos,
                                                callback_group=group))
+        if topics["depth_topic"]:
+            subscribe(self.create_subscription(Image, topics["depth_topic"], guarded(lambda m: self._on_depth(m, buffer)),
+                                               qos, callback_group=group))
         if topics["depth_info_topic"]:
             subscribe(self.create_subscription(CameraInfo, topics["depth_info_topic"],
-                                               lambda m: self._on_info(m, buffer, True), qos, callback_group=group))
+                                               guarded(lambda m: self._on_info(m, buffer, True)), qos,
+                                               callback_group=group))
 
     def _drop(self, buffer: CameraBuffer, reason: str, exc: Exception) -> None:
         buffer.drop(reason)
@@ -249,6 +299,8 @@ class PerceptionNode(LifecycleNode):
                                max_pixels=MAX_IMAGE_PIXELS)
         except ImageDecodeError as exc:
             return self._drop(buffer, "invalid image", exc)
+        if self._faults is not None:
+            self._faults.image_callback()
         buffer.put_image(rgb, stamp_to_ns(msg.header.stamp), msg.header.frame_id, time.perf_counter() - t0)
 
     def _on_compressed(self, msg: CompressedImage, buffer: CameraBuffer) -> None:
@@ -458,7 +510,8 @@ class PerceptionNode(LifecycleNode):
                   "last_total_s": f"{timings.total:.3f}" if timings else "",
                   "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
                   "last_decode_s": f"{timings.decode:.3f}" if timings else "",
-                  "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"}
+                  "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
+                  "rss_now_mb": f"{current_rss_mb():.0f}"}
         engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)
         if engine_diagnostics is not None:  # e.g. the remote engine: server, last latency, last error
             values.update(engine_diagnostics())
@@ -469,6 +522,15 @@ class PerceptionNode(LifecycleNode):
     def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
         return DiagnosticStatus(level=level, name=name, message=message, hardware_id=self.get_fully_qualified_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (Linux /proc), MiB; NaN where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def main(args: list[str] | None = None) -> None:
