@@ -300,3 +300,55 @@ def test_sim_time_jumping_back_resets_the_buffers(start_process, tiny_model, har
     assert resets > resets_before
     print(f"sim time 1000 s -> 10 s: query NO_FRAME, then answered from the 10 s frames; resets {resets_before} -> "
           f"{resets}")
+
+
+@pytest.fixture(scope="module")
+def scripted_model(tmp_path_factory):
+    from vlm_ros.testing.scripted import build_scripted_embedded
+
+    return build_scripted_embedded(tmp_path_factory.mktemp("scripted"))  # always answers one box, "red ball"
+
+
+def test_camera_info_with_zero_or_nonfinite_focal_length_gives_no_3d_targets(start_process, scripted_model,
+                                                                            harness):
+    import math
+
+    from vlm_ros.srv import Query
+
+    node = start_node(start_process, scripted_model)
+    diagnostics = Diagnostics(harness)
+    harness.wait_for_service()
+    rgb, depth = image(h=240, w=320), np.full((240, 320), 1.25, np.float32)
+    good_k = (260.0, 260.0, 159.5, 119.5)
+
+    def targets_with(k) -> tuple[list, int]:
+        """Stream frames with this K; the targets of a grounded query once it runs on such a frame."""
+        harness.start_camera(rgb, rate_hz=15, depth_m=depth, k=k)
+        time.sleep(0.8)  # CameraInfo of the new K has replaced the previous one
+        resp = harness.query(instruction="where is the red ball?", ground=True, max_new_tokens=12)
+        assert resp.status == Query.Response.OK, resp.message
+        dropped = int(diagnostics.wait_for("vlm: camera front", lambda *a: True, after=time.monotonic())[3]
+                      .get("dropped: invalid camera_info", 0))
+        harness.stop_camera()
+        return list(resp.targets), dropped
+
+    harness.start_camera(rgb, rate_hz=15, depth_m=depth, k=good_k)
+    harness.wait_until_answering()
+    harness.stop_camera()
+    observed = {}
+    for name, k in [("valid", good_k), ("zero fx, fy", (0.0, 0.0, 159.5, 119.5)), ("NaN fx", (math.nan, 260.0, 159.5, 119.5)),
+                    ("inf fy", (260.0, math.inf, 159.5, 119.5)), ("negative fx", (-260.0, 260.0, 159.5, 119.5)),
+                    ("valid again", good_k)]:
+        targets, dropped = targets_with(k)
+        assert len(targets) == 1 and targets[0].label == "red ball", targets
+        t = targets[0]
+        values = (t.x_min, t.y_min, t.x_max, t.y_max, t.position.x, t.position.y, t.position.z)
+        assert all(math.isfinite(v) for v in values), (name, values)  # never NaN or inf, valid or not
+        if name.startswith("valid"):
+            assert t.position_valid and abs(t.position.z - 1.25) < 0.01, (name, t)
+        else:
+            assert not t.position_valid and (t.position.x, t.position.y, t.position.z) == (0.0, 0.0, 0.0), (name, t)
+        observed[name] = (t.position_valid, round(t.position.z, 3), dropped)
+    assert observed["valid again"][2] > observed["valid"][2]  # invalid CameraInfo messages were counted
+    assert "CameraInfo has an invalid focal length" in node.log()  # the (throttled) warning
+    print(f"CameraInfo K -> (position_valid, z, dropped 'invalid camera_info' so far): {observed}")
