@@ -210,6 +210,7 @@ class PerceptionNode(LifecycleNode):
         self._pipeline = None
         self._backend = "none"
         gc.collect()
+        release_free_memory()
         try:
             import torch
 
@@ -524,6 +525,16 @@ class PerceptionNode(LifecycleNode):
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim): the model's memory shows up as free after cleanup."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def current_rss_mb() -> float:
     """Resident memory now (Linux /proc), MiB; NaN where unavailable."""
     try:
@@ -531,6 +542,27 @@ def current_rss_mb() -> float:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**20
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def spin(node: PerceptionNode, executor: MultiThreadedExecutor) -> None:
+    """executor.spin(), resumed when rclpy loses its race between destroying an entity and waiting on it.
+
+    deactivate destroys the camera subscriptions from an executor thread while another thread may be building
+    the wait set with them; rclpy then raises InvalidHandle out of spin() (ros2/rclpy issues 1206 and 1284;
+    seen here with rclpy 9.1 when deactivating under a 20 Hz camera), which would end the node. The next
+    wait set no longer holds the destroyed entity, so spinning again is safe.
+    """
+    import rclpy.exceptions
+
+    invalid_handle = getattr(rclpy.exceptions, "InvalidHandle", ())  # () catches nothing where it is absent
+    while True:
+        try:
+            executor.spin()
+            return
+        except invalid_handle as exc:
+            if not rclpy.ok():
+                return
+            node.get_logger().warning(f"executor: {exc} (an entity was destroyed while in use); spinning on")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -547,7 +579,7 @@ def main(args: list[str] | None = None) -> None:
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             node.trigger_activate()
     try:
-        executor.spin()
+        spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

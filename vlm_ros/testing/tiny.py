@@ -33,8 +33,11 @@ def seeded(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
-    """A ~0.5 M-parameter LLaVA (CLIP 2x32 on 32x32 images, 8-px patches -> 16 image tokens; Llama 2x32)."""
+def build_tiny_llava(path: str | Path, seed: int = 0, text_hidden: int = 32, text_layers: int = 2) -> Path:
+    """A ~0.5 M-parameter LLaVA (CLIP 2x32 on 32x32 images, 8-px patches -> 16 image tokens; Llama 2x32).
+
+    text_hidden / text_layers make the decoder larger (its MLP is 2 x text_hidden), e.g. for memory tests.
+    """
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
@@ -43,7 +46,8 @@ def build_tiny_llava(path: str | Path, seed: int = 0) -> Path:
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=32)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
+                       num_hidden_layers=text_layers,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id)
