@@ -1,10 +1,11 @@
 """Train the embedded model on rendered scenes: `python -m vlm_ros.embedded.train [--out DIR] [--steps N] ...`.
 
-Data: a pool of scenes rendered from the train seed range (pixel values pre-computed at model resolution),
-with a fresh question per scene draw from tasks.make_example. Loss only on the answer tokens (+ EOS).
-AdamW, linear warmup, cosine decay. With --minutes, the step count is capped after a short timing so the
-whole run (rendering included) fits the budget; the step count actually used is logged and saved, and
-`--steps <that> --minutes 0` reproduces the run.
+Data: a pool of scenes rendered from the train seed range (pixel values pre-computed at model resolution, and
+dense per-patch targets), several questions per image per sequence, fewer objects per scene early on
+(curriculum). Loss: answer tokens (+ EOS) with soft location targets, plus the dense auxiliary loss of
+`Objective`. AdamW, linear warmup, cosine decay. With --minutes, the step count is re-planned from the
+measured speed so the whole run (rendering included) fits the budget; the step count actually used is logged
+and saved, and `--steps <that> --minutes 0` reproduces the run. TRAINING.md has the recipe and the results.
 """
 
 from __future__ import annotations
