@@ -361,3 +361,25 @@ def test_camera_info_with_zero_or_nonfinite_focal_length_gives_no_3d_targets(sta
     assert observed["valid again"][2] > observed["valid"][2]  # invalid CameraInfo messages were counted
     assert "CameraInfo has an invalid focal length" in node.log()  # the (throttled) warning
     print(f"CameraInfo K -> (position_valid, z, dropped 'invalid camera_info' so far): {observed}")
+
+
+def test_deactivate_activate_under_a_streaming_camera_never_kills_the_node(start_process, tiny_model, harness):
+    """deactivate destroys the subscriptions while frames arrive: rclpy can raise out of spin(); the node goes on."""
+    from lifecycle_msgs.msg import Transition
+    from vlm_ros.srv import Query
+
+    node = start_node(start_process, tiny_model)
+    harness.wait_for_service()
+    harness.start_camera(image(h=480, w=640), rate_hz=30)
+    harness.wait_until_answering()
+    cycles = 25
+    for _ in range(cycles):
+        assert change_state(harness, Transition.TRANSITION_DEACTIVATE)[0]
+        assert node.proc.poll() is None, node.log()[-3000:]
+        assert change_state(harness, Transition.TRANSITION_ACTIVATE)[0]
+        time.sleep(0.1)
+    harness.wait_until_answering()
+    assert harness.query(instruction="hi", max_new_tokens=2).status == Query.Response.OK
+    resumed = node.log().count("spinning on")
+    print(f"{cycles} deactivate/activate cycles under a 30 Hz 640x480 camera: node alive, answering; "
+          f"spin() resumed after InvalidHandle {resumed} times")

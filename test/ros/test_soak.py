@@ -2,7 +2,9 @@
 
 60 s in the normal suite (tiny random LLaVA on CPU); VLM_ROS_SOAK_S=600 runs the 10-minute variant, and
 VLM_ROS_SOAK_MODEL='' (empty) runs it on the embedded default model. The same soak is the CLI
-`python -m vlm_ros.tools.soak --seconds 600`.
+`python -m vlm_ros.tools.soak --seconds 600`. It checks leaks, hangs and that every query is answered; queries
+get a 30 s timeout and the node max_frame_age_s 10 s, so a 2-core machine busy with other work gives slow
+answers (reported as latency) rather than TIMEOUT/STALE_FRAME.
 """
 
 from __future__ import annotations

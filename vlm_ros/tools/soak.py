@@ -12,6 +12,8 @@ previous one. Reported:
 - statuses of all queries (and any that never returned), frames sent vs received by the node and its dropped
   counters, from /diagnostics.
 `--model ''` is the embedded default model, `--model tiny` a tiny random LLaVA built on the fly (the CI test).
+The soak looks for leaks, drift and hangs, not freshness: queries get a 30 s timeout and the node
+max_frame_age_s 10 s, so that a machine starved by other work gives slow answers rather than TIMEOUT/STALE_FRAME.
 ROS traffic stays on this machine: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST is set before rclpy is imported.
 """
 
@@ -62,6 +64,7 @@ class SoakReport:
     queries: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     unanswered: int = 0  # no response within timeout + margin: a hang
+    unanswered_at_s: list[float] = field(default_factory=list)  # when those were sent (seconds into the run)
     latency_p50_s: float = float("nan")
     latency_p95_first_third_s: float = float("nan")
     latency_p95_last_third_s: float = float("nan")
@@ -97,12 +100,12 @@ class SoakReport:
 
 class Soak:
     def __init__(self, model: str, log_path: Path, rate_hz: float = 30.0, query_period_s: float = 0.5,
-                 query_timeout_s: float = 10.0, max_new_tokens: int = 8):
+                 query_timeout_s: float = 30.0, max_new_tokens: int = 8, max_frame_age_s: float = 10.0):
         self.model, self.rate_hz, self.query_period_s = model, rate_hz, query_period_s
         self.query_timeout_s, self.max_new_tokens = query_timeout_s, max_new_tokens
         args = [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model or chr(39) * 2}",
                 "-p", "device:=cpu", "-p", "cameras:=[" + ",".join(f"'{c}'" for c in CAMERAS) + "]",
-                "-p", "diagnostics_period_s:=0.5"]
+                "-p", "diagnostics_period_s:=0.5", "-p", f"max_frame_age_s:={max_frame_age_s}"]
         for c in CAMERAS:
             args += ["-p", f"cameras.{c}.image_topic:=/{c}/image_raw", "-p", f"cameras.{c}.depth_topic:=/{c}/depth",
                      "-p", f"cameras.{c}.camera_info_topic:=/{c}/camera_info",
@@ -135,7 +138,11 @@ class Soak:
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
         self._spin.start()
         self.Query = Query
-        self.client = self.node.create_client(Query, "/vlm/query")
+        # Responses wait in this process's DDS reader until its executor takes them: with the default depth
+        # of 10, a client starved for a few seconds (here: the camera thread publishing ~90 MB/s) loses the
+        # oldest responses and the call never completes. Keep them all, as the node does with requests.
+        self.client = self.node.create_client(Query, "/vlm/query",
+                                              qos_profile=QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE))
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -234,8 +241,9 @@ class Soak:
                 time.sleep(0.01)
             elapsed = time.monotonic() - start
             sent_in_run = {c: self.sent[c] - sent_at_start[c] for c in CAMERAS}
-            # every query gets an answer within its timeout plus the node's 2 s margin
-            wait_until = time.monotonic() + self.query_timeout_s + 2.0 + 3.0
+            # the node answers within a query's timeout plus 2 s; on a starved machine the answer can arrive
+            # later: only one still missing a minute after that counts as a hang
+            wait_until = time.monotonic() + self.query_timeout_s + 2.0 + 60.0
             while not all(q[2].done() for q in queries) and time.monotonic() < wait_until:
                 time.sleep(0.05)
             time.sleep(1.2)  # two diagnostics periods after the last query
@@ -251,6 +259,7 @@ class Soak:
         for since_start, issued, future, done_at in queries:
             if not future.done():
                 report.unanswered += 1
+                report.unanswered_at_s.append(round(since_start, 2))
                 continue
             name = STATUS_NAMES.get(future.result().status, str(future.result().status))
             report.statuses[name] = report.statuses.get(name, 0) + 1
