@@ -45,6 +45,24 @@ def test_second_query_on_same_frame_reuses_vision_features(adapter):
     assert not other.vision_cached
 
 
+def test_vision_cache_keeps_each_keyed_image_alive():
+    import numpy as np
+
+    from vlm_ros.engine.base import VisionCache
+    from vlm_ros.models.base import ModelInputs
+
+    cache = VisionCache(size=2)
+    image = np.zeros((4, 4, 3), np.uint8)
+    inputs = ModelInputs({}, None, frame_key=("front", 1, id(image)), frame_image=image)
+    cache.put(inputs, "features of the first image")
+    del image, inputs
+    for _ in range(50):  # while the entry exists, no new image can take the first one's id
+        other = np.zeros((4, 4, 3), np.uint8)
+        probe = ModelInputs({}, None, frame_key=("front", 1, id(other)), frame_image=other)
+        assert cache.get(probe) is None
+    assert cache.get(probe) is None and len(cache._entries) == 1
+
+
 def test_streaming_callback_sees_growing_text_and_stop_string_cuts(adapter):
     engine = TorchEngine(adapter)
     inputs = adapter.prepare(frame(0), Request(Task.ANSWER, "where is the red ball ?"))

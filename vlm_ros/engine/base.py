@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +33,35 @@ class GenerationResult:
 
 
 TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
+
+
+class VisionCache:
+    """Vision features of the last few frames, by ModelInputs.frame_key (several queries on one frame encode it once).
+
+    The key holds id() of the frame's image; each entry keeps that image alive, so the id cannot be reused by
+    another frame's image while the entry exists (a freed array's id is often reused at once).
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._entries: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()  # key -> (features, image kept alive)
+
+    def get(self, inputs: ModelInputs) -> Any | None:
+        entry = self._entries.get(inputs.frame_key) if inputs.frame_key is not None else None
+        if entry is None:
+            return None
+        self._entries.move_to_end(inputs.frame_key)
+        return entry[0]
+
+    def put(self, inputs: ModelInputs, features: Any) -> None:
+        if inputs.frame_key is None or self.size <= 0:
+            return
+        self._entries[inputs.frame_key] = (features, inputs.frame_image)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 class EngineError(RuntimeError):

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback
+from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache
 from vlm_ros.models.base import ModelInputs
 
 
@@ -40,8 +39,7 @@ class GraphEngine:
         self.adapter = adapter
         self.runner = runner
         self._eos = adapter.eos_token_ids
-        self._vision_cache: OrderedDict[tuple, Any] = OrderedDict()
-        self._vision_cache_size = vision_cache_size
+        self._vision_cache = VisionCache(vision_cache_size)
 
     def generate(
         self,
@@ -101,15 +99,11 @@ class GraphEngine:
         self._vision_cache.clear()
 
     def _vision_features(self, inputs: ModelInputs) -> tuple[Any, bool]:
-        key = inputs.frame_key
-        if key is not None and key in self._vision_cache:
-            self._vision_cache.move_to_end(key)
-            return self._vision_cache[key], True
+        features = self._vision_cache.get(inputs)
+        if features is not None:
+            return features, True
         features = self.runner.encode(inputs.tensors["pixel_values"])
-        if key is not None:
-            self._vision_cache[key] = features
-            while len(self._vision_cache) > self._vision_cache_size:
-                self._vision_cache.popitem(last=False)
+        self._vision_cache.put(inputs, features)
         return features, False
 
     def _text(self, ids: list[int], stop_strings: Sequence[str]) -> tuple[str, bool]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import StaticCache
 
-from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback
+from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache
 from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
@@ -32,8 +31,7 @@ class TorchEngine:
         self.adapter = adapter
         self.model = adapter.model
         self.max_cache_len = max_cache_len
-        self._vision_cache: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
-        self._vision_cache_size = vision_cache_size
+        self._vision_cache = VisionCache(vision_cache_size)
         self._eos = adapter.eos_token_ids
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
@@ -124,15 +122,11 @@ class TorchEngine:
 
     # --- internals --------------------------------------------------------------------------------------
     def _vision_features(self, inputs: ModelInputs) -> tuple[dict[str, Any], bool]:
-        key = inputs.frame_key
-        if key is not None and key in self._vision_cache:
-            self._vision_cache.move_to_end(key)
-            return self._vision_cache[key], True
+        features = self._vision_cache.get(inputs)
+        if features is not None:
+            return features, True
         features = self._encode(inputs)
-        if key is not None:
-            self._vision_cache[key] = features
-            while len(self._vision_cache) > self._vision_cache_size:
-                self._vision_cache.popitem(last=False)
+        self._vision_cache.put(inputs, features)
         return features, False
 
     def _buffer_len(self, needed: int) -> int:

@@ -27,6 +27,7 @@ class ModelInputs:
     tensors: dict[str, torch.Tensor]
     transform: ResizeTransform  # model-input image <- source image
     frame_key: tuple | None = None  # identifies the frame for the engine's vision-feature cache
+    frame_image: Any = None  # the frame's image, kept alive by that cache while its id() is in a key
 
     @property
     def prompt_length(self) -> int:
@@ -101,7 +102,8 @@ class VlmAdapter(ABC):
         dtype = next(self.model.parameters()).dtype
         device = self.device
         tensors = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in tensors.items()}
-        return ModelInputs(tensors, transform, frame_key=(frame.camera, frame.stamp_ns, id(frame.image)))
+        return ModelInputs(tensors, transform, frame_key=(frame.camera, frame.stamp_ns, id(frame.image)),
+                           frame_image=frame.image)
 
     def encode_vision(self, inputs: ModelInputs) -> dict[str, Any]:
         """Vision features for `mm_encoder_outputs` (transformers' hook to skip the encoder on a cached frame)."""
