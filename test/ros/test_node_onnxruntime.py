@@ -6,6 +6,9 @@ onnxruntime; a second node start with engine_policy refuse reuses that export in
 
 from __future__ import annotations
 
+import importlib.util
+import time
+
 import numpy as np
 import pytest
 from conftest import requires_ros
@@ -46,3 +49,38 @@ def test_node_answers_with_backend_onnxruntime_and_reuses_the_export(start_proce
     harness.wait_until_answering()
     assert harness.query(instruction="how many objects ?", max_new_tokens=4).status == Query.Response.OK
     assert "reusing onnx cache" in again.log() and "onnx cache written" not in again.log()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_without_tensorrt_fails_configure_and_auto_falls_back_visibly(start_process, tmp_path, harness):
+    """backend tensorrt: configure fails with the reason and queries get NOT_READY; backend auto: torch, said in
+    the log and in /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from vlm_ros.srv import Query
+
+    from vlm_ros.testing.tiny import build_tiny_llava
+
+    model = build_tiny_llava(tmp_path / "tiny_llava")
+    base = ["-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model}", "-p", "diagnostics_period_s:=0.2"]
+    node = start_process([*base, "-p", "backend:=tensorrt"], "perception_node")
+    harness.wait_for_service()
+    deadline = time.monotonic() + 60
+    while "configure failed" not in node.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "configure failed" in node.log() and "tensorrt Python module is not installed" in node.log()
+    assert harness.query(instruction="what is it ?").status == Query.Response.NOT_READY
+    node.stop()
+
+    node = start_process([*base, "-p", "backend:=auto"], "perception_node_auto")
+    backends: list[str] = []
+    harness.node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda msg: backends.extend(kv.value for s in msg.status for kv in s.values if kv.key == "backend"), 10)
+    harness.wait_for_service()
+    harness.start_camera((np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8), rate_hz=20)
+    harness.wait_until_answering()
+    deadline = time.monotonic() + 10
+    while not any("[auto fallback:" in b for b in backends) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(b.startswith("torch (") and "TensorRT is not installed" in b for b in backends), backends
+    assert "falling back to torch" in node.log()
