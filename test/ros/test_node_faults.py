@@ -97,7 +97,11 @@ def change_state(harness, transition_id: int, timeout: float = 60.0) -> tuple[bo
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
 
-    client = harness.node.create_client(ChangeState, "/vlm/change_state")
+    # one client per harness: a new client's first request can be answered before the server has matched the
+    # client's response reader, and that response is lost (a DDS discovery race), so clients are reused
+    client = getattr(harness, "change_state_client", None)
+    if client is None:
+        client = harness.change_state_client = harness.node.create_client(ChangeState, "/vlm/change_state")
     assert client.wait_for_service(timeout_sec=10)
     t0 = time.monotonic()
     future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
