@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,38 @@ def test_depth_pairs_with_the_closest_stamp_within_tolerance_only():
     buf.put_image(rgb(), int(1.40 * S), "cam")
     frame, _, _ = buf.snapshot(int(1.4 * S), S)
     assert frame.depth is None  # nearest depth is 200 ms away: not paired
+
+
+def test_a_query_between_a_colour_frame_and_its_depth_waits_briefly_for_that_depth():
+    import threading
+
+    buf = CameraBuffer("front", depth_tolerance_ns=50_000_000)
+    buf.put_depth(np.full((2, 3), 1.0, np.float32), int(1.000 * S), "depth")
+    buf.put_image(rgb(1), int(1.000 * S), "cam")
+    buf.put_image(rgb(2), int(1.067 * S), "cam")  # its depth is still on the way
+    late = threading.Timer(0.05, lambda: buf.put_depth(np.full((2, 3), 2.0, np.float32), int(1.067 * S), "depth"))
+    late.start()
+    t0 = time.monotonic()
+    frame, status, _ = buf.snapshot(int(1.07 * S), S, depth_wait_s=1.0)
+    assert status == Status.OK and frame.stamp_ns == int(1.067 * S) and frame.depth[0, 0] == 2.0
+    assert time.monotonic() - t0 < 0.5  # woken by the depth, not by the end of the wait
+    buf.put_image(rgb(3), int(1.133 * S), "cam")  # no depth comes for this one
+    t0 = time.monotonic()
+    frame, _, _ = buf.snapshot(int(1.14 * S), S, depth_wait_s=0.1)
+    assert frame.depth is None and 0.09 <= time.monotonic() - t0 < 0.5
+    frame, _, _ = CameraBuffer("no depth").snapshot(0, S, depth_wait_s=1.0)  # no depth stream: no wait
+
+
+def test_a_frame_delivered_late_is_dropped_without_a_reset():
+    buf = CameraBuffer("front")
+    buf.put_depth(np.ones((2, 3), np.float32), int(1.10 * S), "depth")
+    buf.put_image(rgb(1), int(1.00 * S), "cam")
+    buf.put_image(rgb(2), int(1.10 * S), "cam")
+    buf.put_image(rgb(3), int(1.05 * S), "cam")  # two callbacks overlapped: the older frame lands last
+    buf.put_depth(np.ones((2, 3), np.float32), int(1.05 * S), "depth")  # a late depth image is kept
+    frame, _, _ = buf.snapshot(int(1.1 * S), S)
+    assert frame.stamp_ns == int(1.10 * S) and frame.depth is not None
+    assert buf.stats.resets == 0 and buf.stats.dropped["out of order"] == 1 and buf.stats.depth_received == 2
 
 
 def test_time_going_backwards_resets_the_buffer():

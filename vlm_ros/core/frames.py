@@ -2,7 +2,8 @@
 
 Callbacks only decode and store; no inference. A buffer keeps the newest colour image (older ones are
 simply replaced: no backlog), a short history of depth images to pair with it by timestamp, and the latest
-intrinsics. Time going backwards (a looping bag replay) resets the buffer, so a query never answers from a
+intrinsics. Colour and depth come on separate topics, so a query can arrive between a colour frame and
+its depth: the reader may wait a moment for that depth (`snapshot(depth_wait_s=...)`). Time going backwards (a looping bag replay) resets the buffer, so a query never answers from a
 frame "from the future".
 """
 
@@ -16,6 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlm_ros.core.types import CameraIntrinsics, Frame, Status
+
+# A frame older than the newest by at most this much was delivered late (the node's sensor callbacks may run
+# in parallel), not a sign of time going back: it is dropped ("out of order"), and the buffer is kept.
+REORDER_WINDOW_NS = 500_000_000
 
 
 @dataclass
@@ -43,7 +48,7 @@ class CameraBuffer:
         self.name = name
         self.depth_tolerance_ns = depth_tolerance_ns
         self.stats = CameraStats()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # put_depth notifies a reader waiting for a depth image
         self._image: _Image | None = None
         self._depths: deque[_Image] = deque(maxlen=depth_history)
         self._intrinsics: CameraIntrinsics | None = None
@@ -55,6 +60,9 @@ class CameraBuffer:
         now = time.monotonic()
         with self._lock:
             if self._image is not None and stamp_ns < self._image.stamp_ns:
+                if self._image.stamp_ns - stamp_ns <= REORDER_WINDOW_NS:  # delivered late (callbacks overlap)
+                    self.stats.dropped["out of order"] += 1
+                    return
                 self._reset_locked()  # time went backwards: a replay looped or the clock was reset
             if self._image is not None and now > self._image.received:
                 rate = 1.0 / (now - self._image.received)
@@ -65,10 +73,11 @@ class CameraBuffer:
 
     def put_depth(self, depth: np.ndarray, stamp_ns: int, frame_id: str) -> None:
         with self._lock:
-            if self._depths and stamp_ns < self._depths[-1].stamp_ns:
-                self._depths.clear()
+            if self._depths and self._depths[-1].stamp_ns - stamp_ns > REORDER_WINDOW_NS:
+                self._depths.clear()  # time went backwards (a late depth image is kept: pairing is by stamp)
             self._depths.append(_Image(depth, stamp_ns, frame_id, time.monotonic()))
             self.stats.depth_received += 1
+            self._lock.notify_all()
 
     def put_intrinsics(self, intrinsics: CameraIntrinsics | None, depth: bool = False,
                        size: tuple[int, int] | None = None) -> None:
@@ -96,8 +105,12 @@ class CameraBuffer:
         with self._lock:
             return None if self._image is None else self._image.stamp_ns
 
-    def snapshot(self, now_ns: int, max_age_ns: int) -> tuple[Frame | None, Status, str]:
-        """The newest frame with its matching depth and intrinsics, or why there is none."""
+    def snapshot(self, now_ns: int, max_age_ns: int, depth_wait_s: float = 0.0) -> tuple[Frame | None, Status, str]:
+        """The newest frame with its matching depth and intrinsics, or why there is none.
+
+        When depth is streaming (a depth image arrived in the last second) but the newest frame's has not
+        arrived yet, wait up to `depth_wait_s` for it.
+        """
         with self._lock:
             image = self._image
             if image is None:
@@ -106,13 +119,21 @@ class CameraBuffer:
             if age > max_age_ns:
                 return None, Status.STALE_FRAME, (
                     f"newest frame of camera '{self.name}' is {age / 1e9:.2f} s old (max_frame_age_s {max_age_ns / 1e9:g})")
-            depth = min(self._depths, key=lambda d: abs(d.stamp_ns - image.stamp_ns), default=None)
-            if depth is not None and abs(depth.stamp_ns - image.stamp_ns) > self.depth_tolerance_ns:
-                depth = None
+            depth = self._depth_for(image)
+            if depth is None and self._depths and time.monotonic() - self._depths[-1].received < 1.0:
+                give_up = time.monotonic() + depth_wait_s
+                while depth is None and (left := give_up - time.monotonic()) > 0:
+                    self._lock.wait(left)
+                    depth = self._depth_for(image)
             intrinsics = self._intrinsics or self._scaled_depth_intrinsics(image.array.shape[1], image.array.shape[0])
         frame = Frame(image.array, image.stamp_ns, image.frame_id, self.name, intrinsics,
                       depth.array if depth is not None else None)
         return frame, Status.OK, ""
+
+    def _depth_for(self, image: _Image) -> _Image | None:
+        """The depth image nearest in time to `image`, if within the tolerance."""
+        depth = min(self._depths, key=lambda d: abs(d.stamp_ns - image.stamp_ns), default=None)
+        return depth if depth is not None and abs(depth.stamp_ns - image.stamp_ns) <= self.depth_tolerance_ns else None
 
     def _scaled_depth_intrinsics(self, width: int, height: int) -> CameraIntrinsics | None:
         """Depth CameraInfo rescaled to the colour resolution (registered depth: same field of view)."""

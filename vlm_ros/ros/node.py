@@ -422,7 +422,9 @@ class PerceptionNode(LifecycleNode):
         if not self._active or pipeline is None:
             return job.finish(Answer(Status.NOT_READY, "node was deactivated while the query waited"))
         now_ns = self.get_clock().now().nanoseconds
-        frame, status, message = self.buffers[job.camera].snapshot(now_ns, int(self.p("max_frame_age_s") * 1e9))
+        # a frame whose depth is still on the way is worth waiting for briefly (two sync tolerances at most)
+        frame, status, message = self.buffers[job.camera].snapshot(
+            now_ns, int(self.p("max_frame_age_s") * 1e9), depth_wait_s=2 * self.p("depth_sync_tolerance_s"))
         if frame is None:
             return job.finish(Answer(status, message))
         answer = pipeline.answer(frame, job.request, deadline=job.deadline, on_text=job.on_text, cancel=job.cancel,
