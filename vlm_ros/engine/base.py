@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,63 @@ class GenerationResult:
 
 
 TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
+
+
+def text_until_stop(decode: Callable[[list[int]], str], ids: list[int], stop_strings: Sequence[str]) -> tuple[str, bool]:
+    """The text of `ids`, cut before the first stop string; and whether one was found."""
+    text = decode(ids)
+    for s in stop_strings:
+        i = text.find(s)
+        if s and i >= 0:
+            return text[:i].rstrip(), True
+    return text, False
+
+
+def greedy_loop(
+    first_id: int,
+    advance: Callable[[int], int],
+    max_new_tokens: int,
+    eos: set[int],
+    decode: Callable[[list[int]], str],
+    *,
+    deadline: float | None = None,
+    stop_strings: Sequence[str] = (),
+    on_text: TextCallback | None = None,
+    cancel: threading.Event | None = None,
+    ignore_eos: bool = False,
+) -> tuple[list[int], str, StopReason]:
+    """The per-token loop every engine shares: `advance(token)` runs one decode step and returns the next token.
+
+    Stops on EOS, a stop string, cancel, the deadline or the token budget; streams the text to `on_text`
+    (detokenising every step only when someone needs the text so far).
+    """
+    ids: list[int] = []
+    next_id, reason, text, stopped = first_id, StopReason.LENGTH, "", False
+    watch_text = on_text is not None or any(stop_strings)
+    for n in range(1, max_new_tokens + 1):
+        if next_id in eos and not ignore_eos:
+            reason = StopReason.EOS
+            break
+        ids.append(next_id)
+        if watch_text:
+            text, stopped = text_until_stop(decode, ids, stop_strings)
+            if on_text is not None:
+                on_text(text, n)
+        if stopped:
+            reason = StopReason.STOP_STRING
+            break
+        if cancel is not None and cancel.is_set():
+            reason = StopReason.CANCELLED
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            reason = StopReason.DEADLINE
+            break
+        if n == max_new_tokens:
+            break
+        next_id = advance(next_id)
+    if not watch_text:
+        text = decode(ids)
+    return ids, text, reason
 
 
 class VisionCache:

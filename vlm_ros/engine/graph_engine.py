@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache
+from vlm_ros.engine.base import GenerationResult, TextCallback, VisionCache, greedy_loop
 from vlm_ros.models.base import ModelInputs
 
 
@@ -65,33 +65,14 @@ class GraphEngine:
         next_id = int(logits.argmax())
         t2 = time.perf_counter()
 
-        ids: list[int] = []
-        reason, text, stopped = StopReason.LENGTH, "", False
-        watch_text = on_text is not None or any(stop_strings)
-        for n in range(1, max_new_tokens + 1):
-            if next_id in self._eos and not ignore_eos:
-                reason = StopReason.EOS
-                break
-            ids.append(next_id)
-            if watch_text:
-                text, stopped = self._text(ids, stop_strings)
-                if on_text is not None:
-                    on_text(text, n)
-            if stopped:
-                reason = StopReason.STOP_STRING
-                break
-            if cancel is not None and cancel.is_set():
-                reason = StopReason.CANCELLED
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                reason = StopReason.DEADLINE
-                break
-            if n == max_new_tokens:
-                break
-            logits, state = self.runner.step(next_id, state)
-            next_id = int(logits.argmax())
-        if not watch_text:
-            text, _ = self._text(ids, ())
+        def advance(token_id: int) -> int:
+            nonlocal state
+            logits, state = self.runner.step(token_id, state)
+            return int(logits.argmax())
+
+        ids, text, reason = greedy_loop(next_id, advance, max_new_tokens, self._eos, self.adapter.decode_text,
+                                        deadline=deadline, stop_strings=stop_strings, on_text=on_text, cancel=cancel,
+                                        ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
 
@@ -105,11 +86,3 @@ class GraphEngine:
         features = self.runner.encode(inputs.tensors["pixel_values"])
         self._vision_cache.put(inputs, features)
         return features, False
-
-    def _text(self, ids: list[int], stop_strings: Sequence[str]) -> tuple[str, bool]:
-        text = self.adapter.decode_text(ids)
-        for s in stop_strings:
-            i = text.find(s)
-            if s and i >= 0:
-                return text[:i].rstrip(), True
-        return text, False

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from transformers import StaticCache
 
-from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache
+from vlm_ros.engine.base import (
+    GenerationResult,
+    StopReason,
+    TextCallback,
+    VisionCache,
+    greedy_loop,
+    text_until_stop,
+)
 from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
@@ -81,35 +88,15 @@ class TorchEngine:
         next_id = int(out.logits[0, -1].argmax())  # the host copy waits for the prefill
         t2 = time.perf_counter()
 
-        ids: list[int] = []
         tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
-        reason = StopReason.LENGTH
-        text, stopped = "", False
-        watch_text = on_text is not None or any(stop_strings)
-        for n in range(1, max_new_tokens + 1):
-            if next_id in self._eos and not ignore_eos:
-                reason = StopReason.EOS
-                break
-            ids.append(next_id)
-            if watch_text:  # detokenising every step costs time: only when someone needs the text so far
-                text, stopped = self._text(ids, stop_strings)
-                if on_text is not None:
-                    on_text(text, n)
-            if stopped:
-                reason = StopReason.STOP_STRING
-                break
-            if cancel is not None and cancel.is_set():
-                reason = StopReason.CANCELLED
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                reason = StopReason.DEADLINE
-                break
-            if n == max_new_tokens:
-                break
-            tok.fill_(next_id)
-            next_id = int(step(tok).argmax())
-        if not watch_text:
-            text, _ = self._text(ids, ())
+
+        def advance(token_id: int) -> int:
+            tok.fill_(token_id)
+            return int(step(tok).argmax())
+
+        ids, text, reason = greedy_loop(next_id, advance, max_new_tokens, self._eos, self.adapter.decode_text,
+                                        deadline=deadline, stop_strings=stop_strings, on_text=on_text, cancel=cancel,
+                                        ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
 
@@ -150,14 +137,6 @@ class TorchEngine:
         """Extra inputs every decode step needs (family hook: e.g. token types for Qwen)."""
         return self.adapter.decode_step_inputs(prompt) if hasattr(self.adapter, "decode_step_inputs") else {}
 
-    def _text(self, ids: list[int], stop_strings: Sequence[str]) -> tuple[str, bool]:
-        text = self.adapter.decode_text(ids)
-        for s in stop_strings:
-            i = text.find(s)
-            if s and i >= 0:
-                return text[:i].rstrip(), True
-        return text, False
-
     def _generate_hf(self, inputs, max_new_tokens, deadline, stop_strings, on_text, cancel,
                      ignore_eos=False) -> GenerationResult:
         """transformers' generate() with the same streaming, stop, cancel and deadline behaviour."""
@@ -175,7 +154,7 @@ class TorchEngine:
                 new = [i for i in new if i not in engine._eos and i != engine.model.generation_config.decoder_start_token_id] \
                     if engine.model.config.is_encoder_decoder else [i for i in new if i not in engine._eos]
                 state["ids"] = new
-                text, stopped = engine._text(new, stop_strings)
+                text, stopped = text_until_stop(engine.adapter.decode_text, new, stop_strings)
                 state["text"] = text
                 if on_text is not None and new:
                     on_text(text, len(new))
@@ -200,6 +179,6 @@ class TorchEngine:
         reason = state["reason"]
         if reason == StopReason.LENGTH and len(ids) < max_new_tokens:
             reason = StopReason.EOS
-        text, _ = self._text(ids, stop_strings)
+        text, _ = text_until_stop(self.adapter.decode_text, ids, stop_strings)
         t1 = state["t_first"] or t2
         return GenerationResult(ids, text, reason, 0.0, t1 - t0, t2 - t1, False)
