@@ -7,13 +7,14 @@ ROS traffic must stay on this machine: the environment is fixed here, before any
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from vlm_ros.tools.processes import stop_process_group
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -67,15 +68,9 @@ class NodeProcess:
         raise TimeoutError(f"'{text}' not seen in {timeout} s:\n{self.log()}")
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
+        code = stop_process_group(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+
+from vlm_ros.tools.processes import stop_process_group
 
 MODEL_DIR = REPO / "vlm_ros" / "embedded" / "weights"
 
@@ -79,13 +80,8 @@ class ServePeer:
             conn.close()
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
+        if self.proc is not None:
+            stop_process_group(self.proc, timeout)
         self.proc = None
 
     def log(self) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 
 import cv2
 import numpy as np
+
+from vlm_ros.tools.processes import stop_process_group
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -91,11 +92,7 @@ class Bench:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown()
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process_group(self.proc, 15)
 
     def _message(self, image: np.ndarray, encoding: str):
         from vlm_ros.ros.convert import make_header

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from vlm_ros.core.types import Box
 from vlm_ros.models.parsing import strip_loc_tokens
 from vlm_ros.tools.bags import GroundTruth, InstructionTruth, load_groundtruth
+from vlm_ros.tools.processes import stop_process_group
 
 NODE_TOPIC_PARAMS = {"image": "image_topic", "compressed": "compressed_topic", "camera_info": "camera_info_topic",
                      "depth": "depth_topic", "depth_info": "depth_info_topic"}
@@ -129,13 +129,7 @@ class NodeProcess:
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc, 15)
         self._log.close()
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from vlm_ros.tools.processes import stop_process_group
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -297,15 +298,9 @@ class Soak:
         self.node.destroy_node()
         if self._owns_rclpy:
             rclpy.try_shutdown()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        code = stop_process_group(self.proc, 20)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def run_soak(seconds: float, model: str, log_path: Path, **kwargs) -> SoakReport:
