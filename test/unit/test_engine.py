@@ -21,12 +21,12 @@ def adapter(tmp_path_factory):
     return LlavaAdapter.from_pretrained(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava")))
 
 
-@pytest.mark.parametrize("lean,static", [(True, False), (True, True), (False, None)],
-                         ids=["lean-sliced", "lean-static-step", "hf-static-cache"])
+@pytest.mark.parametrize("lean,form", [(True, "numpy"), (True, "sliced"), (True, "static"), (False, None)],
+                         ids=["lean-numpy", "lean-sliced", "lean-static-step", "hf-static-cache"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_engine_tokens_equal_generate(adapter, lean, static, seed):
+def test_engine_tokens_equal_generate(adapter, lean, form, seed):
     inputs = adapter.prepare(frame(seed), Request(Task.ANSWER, "where is the red ball ?"))
-    engine = TorchEngine(adapter, use_lean_decoder=lean, static_step=static)
+    engine = TorchEngine(adapter, use_lean_decoder=lean, decode_form=form)
     assert engine._lean_supported == lean  # the tiny LLaVA's Llama decoder is a supported one
     result = engine.generate(inputs, 40)
     assert result.token_ids == reference_tokens(adapter, inputs, 40)

@@ -2,8 +2,8 @@
 
 Why faster: a static KV cache allocated once per engine and reset between queries (no per-token
 re-allocation), vision features cached per frame (several queries on one frame encode it once), a lean
-per-token loop (argmax on the last position only, no logits processors), and on CUDA an optional captured
-decode step. It produces the same tokens as `generate(do_sample=False)`; tests check this.
+per-token loop (argmax on the last position only, no logits processors), and a decode step without
+transformers' per-token machinery (lean_decoder.py: captured in a CUDA graph on CUDA, in numpy on the CPU). It produces the same tokens as `generate(do_sample=False)`; tests check this.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TorchEngine:
     """Greedy decoding for one adapter. Not thread-safe: one query at a time (the node has one worker)."""
 
     def __init__(self, adapter: VlmAdapter, max_cache_len: int = 512, vision_cache_size: int = 4,
-                 use_lean_decoder: bool = True, static_step: bool | None = None,
+                 use_lean_decoder: bool = True, decode_form: str | None = None,
                  graph_vision: bool | None = None, compile_decoder: bool = False):
         self.adapter = adapter
         self.model = adapter.model
@@ -42,7 +42,7 @@ class TorchEngine:
         self._eos = adapter.eos_token_ids
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
-        self._static_step = static_step  # None: static (CUDA-graph) step on CUDA, sliced step on CPU
+        self._decode_form = decode_form  # lean_decoder.FORMS; None: static (CUDA graph) on CUDA, numpy on CPU
         self._compile_decoder = compile_decoder
         on_cuda = adapter.device.type == "cuda"
         self._encode = (GraphedVisionEncoder(adapter) if (on_cuda if graph_vision is None else graph_vision)
@@ -83,18 +83,16 @@ class TorchEngine:
             out = self.model(**prompt, mm_encoder_outputs=vision, cache=cache, use_cache=True, logits_to_keep=1)
             step_kwargs = self._step_kwargs(prompt)
 
-            def step(token: torch.Tensor) -> torch.Tensor:
-                return self.model(input_ids=token, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
+            tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
+
+            def step(token_id: int) -> torch.Tensor:
+                tok.fill_(token_id)
+                return self.model(input_ids=tok, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
         next_id = int(out.logits[0, -1].argmax())  # the host copy waits for the prefill
         t2 = time.perf_counter()
 
-        tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
-
-        def advance(token_id: int) -> int:
-            tok.fill_(token_id)
-            return int(step(tok).argmax())
-
-        ids, text, reason = greedy_loop(next_id, advance, max_new_tokens, self._eos, self.adapter.decode_text,
+        ids, text, reason = greedy_loop(next_id, lambda token_id: int(step(token_id).argmax()), max_new_tokens,
+                                        self._eos, self.adapter.decode_text,
                                         deadline=deadline, stop_strings=stop_strings, on_text=on_text, cancel=cancel,
                                         ignore_eos=ignore_eos)
         t3 = time.perf_counter()
@@ -129,7 +127,7 @@ class TorchEngine:
         if not self._lean_supported:
             return None
         if self._lean is None or self._lean.max_len < needed:
-            self._lean = LeanDecoder(self.model, max_len=self._buffer_len(needed), static=self._static_step,
+            self._lean = LeanDecoder(self.model, max_len=self._buffer_len(needed), form=self._decode_form,
                                      compile=self._compile_decoder)
         return self._lean
 

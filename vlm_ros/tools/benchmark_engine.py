@@ -92,7 +92,7 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
     inputs = adapter.prepare(frame, request)
     results: dict[str, dict] = {}
     first = {"compile_decoder": True} if compile_decoder else {}
-    for engine_kwargs in (first, {"static_step": False, "graph_vision": False}):  # the second only if the first fails
+    for engine_kwargs in (first, {"decode_form": "sliced", "graph_vision": False}):  # the second only if the first fails
         engine = TorchEngine(adapter, **engine_kwargs)
         try:
             results["engine"] = _engine_figures(engine, inputs, tokens, repeats, warmup, device)
