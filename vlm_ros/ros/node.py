@@ -48,13 +48,13 @@ from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
 from vlm_ros.srv import Query
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared images are dropped before any allocation
-WAIT_MARGIN_S = 2.0
+WAIT_MARGIN_S = 2.0  # a caller waits at most its timeout plus this, even if the model is stuck
 REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them
 # Camera subscriptions: the sensor-data profile, except that reliability follows the publishers where rclpy
 # can (BEST_AVAILABLE, Iron and newer): reliable drivers and bag players then deliver every fragment of a large
 # image instead of losing frames; best-effort publishers still match. Humble falls back to best effort.
 CAMERA_QOS = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
-                        reliability=getattr(ReliabilityPolicy, "BEST_AVAILABLE", ReliabilityPolicy.BEST_EFFORT))  # a caller waits at most its timeout plus this, even if the model is stuck
+                        reliability=getattr(ReliabilityPolicy, "BEST_AVAILABLE", ReliabilityPolicy.BEST_EFFORT))
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
     python -m vlm_ros.tools.benchmark_node [--model DIR] [--json out.json]
 
-1. Ingest: frames published at increasing rates (640x480 and 1920x1080; rgb8 Image and jpeg CompressedImage)
-   for a few seconds each; the node's diagnostics say how many it received and the CPU time of its callback.
-   Reported: the highest rate received without loss (>= 95% delivered), callback ms per frame.
+1. Ingest: a rendered table-top scene published at increasing rates (640x480 and 1920x1080; rgb8 Image and
+   jpeg CompressedImage) for a few seconds each; the node's diagnostics say how many it received and the time
+   of its image callback (decode + validation). Reported per rate: delivered fraction, callback ms per frame,
+   and the node process's whole CPU time per received frame (DDS, deserialisation, executor and callback, from
+   /proc, less the node's idle CPU rate measured first).
 2. Queries: sequential /vlm/query calls on a 640x480 camera at 30 Hz: latency p50/p95/p99, tokens, and the age
    of the frame used (call time - stamp of the image the answer used).
 The node runs in a subprocess on this machine with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST.
@@ -32,17 +34,25 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 RESOLUTIONS = {"640x480": (480, 640), "1920x1080": (1080, 1920)}
 
 
+def scene_image(resolution: str) -> np.ndarray:
+    """A rendered table-top scene at `resolution` (JPEG sizes and decode times like a camera's, unlike noise)."""
+    from vlm_ros.embedded.scenes import render_scene
+
+    h, w = RESOLUTIONS[resolution]
+    return render_scene(seed=7, width=w, height=h).image
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 class Bench:
-    def __init__(self, model: str):
+    def __init__(self, model: str, publisher_qos: str):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import MultiThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
 
         from vlm_ros.srv import Query
@@ -56,8 +66,9 @@ class Bench:
         self.executor = MultiThreadedExecutor(num_threads=3)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
-        self.raw = self.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
-        self.jpeg = self.node.create_publisher(CompressedImage, "/camera/image_raw/compressed", qos_profile_sensor_data)
+        qos = qos_profile_sensor_data if publisher_qos == "best_effort" else QoSProfile(depth=5)  # reliable
+        self.raw = self.node.create_publisher(Image, "/camera/image_raw", qos)
+        self.jpeg = self.node.create_publisher(CompressedImage, "/camera/image_raw/compressed", qos)
         self.Image, self.CompressedImage = Image, CompressedImage
         self.camera: dict[str, str] = {}
         self.model: dict[str, str] = {}
@@ -105,15 +116,25 @@ class Bench:
         return self.raw, self.Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3,
                                     data=image.tobytes())
 
+    def node_cpu_s(self) -> float:
+        """User + system CPU seconds of the node process so far (Linux /proc)."""
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def idle_cpu_rate(self, seconds: float = 3.0) -> float:
+        """The node's CPU seconds per second with no frames (timers, diagnostics)."""
+        c0, t0 = self.node_cpu_s(), time.monotonic()
+        time.sleep(seconds)
+        return (self.node_cpu_s() - c0) / (time.monotonic() - t0)
+
     def received(self) -> int:
         time.sleep(0.5)  # two diagnostics periods: the count is current
         return int(self.camera.get("received", 0))
 
-    def ingest(self, resolution: str, encoding: str, rate: float, seconds: float = 3.0) -> dict:
-        h, w = RESOLUTIONS[resolution]
-        image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
-        publisher, msg = self._message(image, encoding)
+    def ingest(self, resolution: str, encoding: str, rate: float, idle_rate: float, seconds: float = 3.0) -> dict:
+        publisher, msg = self._message(scene_image(resolution), encoding)
         before = self.received()
+        cpu0 = self.node_cpu_s()
         sent, start = 0, time.monotonic()
         while time.monotonic() - start < seconds:
             msg.header.stamp = self.node.get_clock().now().to_msg()
@@ -122,13 +143,14 @@ class Bench:
             time.sleep(max(0.0, start + sent / rate - time.monotonic()))
         elapsed = time.monotonic() - start
         got = self.received() - before
+        cpu = self.node_cpu_s() - cpu0 - idle_rate * (time.monotonic() - start)
         return {"resolution": resolution, "encoding": encoding, "target_hz": rate, "sent_hz": sent / elapsed,
                 "received_hz": got / elapsed, "delivered": got / max(sent, 1),
-                "callback_ms": float(self.camera.get("callback_ms", "nan"))}
+                "callback_ms": float(self.camera.get("callback_ms", "nan")),
+                "node_cpu_ms_per_frame": 1e3 * cpu / max(got, 1)}
 
     def queries(self, n: int, tokens: int) -> dict:
-        h, w = RESOLUTIONS["640x480"]
-        image = (np.random.default_rng(1).random((h, w, 3)) * 255).astype(np.uint8)
+        image = scene_image("640x480")
         stop = threading.Event()
 
         def camera():
@@ -166,18 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="15,30,60,120", help="ingest rates to try, Hz")
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--publisher-qos", choices=("reliable", "best_effort"), default="reliable",
+                        help="the camera publishers' reliability (the node follows it where rclpy can)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    bench = Bench(args.model)
-    results: dict = {"ingest": [], "machine": f"{os.cpu_count()} CPUs"}
+    bench = Bench(args.model, args.publisher_qos)
+    results: dict = {"ingest": [], "machine": f"{os.cpu_count()} CPUs", "publisher_qos": args.publisher_qos}
     try:
+        idle_rate = results["node_idle_cpu"] = bench.idle_cpu_rate()
         for resolution in RESOLUTIONS:
             for encoding in ("rgb8", "jpeg"):
                 for rate in (float(r) for r in args.rates.split(",")):
-                    r = bench.ingest(resolution, encoding, rate)
+                    r = bench.ingest(resolution, encoding, rate, idle_rate)
                     results["ingest"].append(r)
                     print(f"ingest {resolution} {encoding:4s} target {rate:5.0f} Hz: sent {r['sent_hz']:6.1f}, "
-                          f"received {r['received_hz']:6.1f} Hz ({r['delivered']:.0%}), callback {r['callback_ms']:.2f} ms")
+                          f"received {r['received_hz']:6.1f} Hz ({r['delivered']:.0%}), callback {r['callback_ms']:.2f} ms, "
+                          f"node CPU {r['node_cpu_ms_per_frame']:.2f} ms per frame")
                     if r["delivered"] < 0.95:
                         break
         q = bench.queries(args.queries, args.tokens)
