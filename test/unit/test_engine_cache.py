@@ -3,6 +3,7 @@ and the TensorRT engine itself where TensorRT and CUDA exist (skipped elsewhere,
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -114,6 +115,18 @@ def test_shape_profiles_cover_the_dynamic_axes():
     assert set(profiles["decode"]) == {names.INPUT_IDS, *names.past_names(2)}
     with pytest.raises(ValueError, match="image tokens"):
         shape_profiles(SHAPES, max_tokens=17)
+
+
+def test_shape_profiles_cover_every_graph_input_of_a_multimodal_rope_model():
+    shapes = dataclasses.replace(SHAPES, pixel_shape=(64, 1176), image_grid=(1, 8, 8), mrope=True, image_size=(112, 112))
+    profiles = shape_profiles(shapes, max_tokens=256)
+    assert profiles["vision"][names.PIXEL_VALUES] == ((64, 1176),) * 3
+    assert profiles["prefill"][names.POSITION_IDS] == ((3, 17), (3, 48), (3, 256))  # follows the prompt length
+    assert profiles["decode"][names.ROPE_DELTA] == ((1,),) * 3
+    assert list(profiles["prefill"]) == names.prefill_inputs(True)
+    assert list(profiles["decode"]) == names.decode_inputs(2, True)
+    assert list(shape_profiles(SHAPES, 256)["decode"]) == names.decode_inputs(2, False)
+    assert GraphShapes.from_dict(json.loads(json.dumps(shapes.to_dict()))) == shapes  # as the manifest stores it
 
 
 def test_precision_checks():

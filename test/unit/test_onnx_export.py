@@ -1,9 +1,10 @@
-"""ONNX export + onnxruntime parity with torch, on the embedded model (whatever weights ship) and a tiny LLaVA.
+"""ONNX export + onnxruntime parity with torch, on the embedded model (whatever weights ship) and tiny LLaVA,
+SmolVLM (idefics3), Qwen2.5-VL and PaliGemma models.
 
 Logits of the exported prefill and decode graphs match the torch model's own forward, and OnnxEngine's greedy
 tokens equal TorchEngine's over a generated answer. Also: the backend `onnxruntime` end to end through the
-Pipeline, the export cache reused on a second start, the `build_engines --onnx-only` command, and the refusal
-of families that have no export.
+Pipeline, the export cache reused on a second start, the `build_engines --onnx-only` command, a frame of another
+size refused by a frame-sized export, and the refusal of families (and decoders) that have no export.
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from vlm_ros.export.onnx_export import (
     UnsupportedModelError,
     check_exportable,
     export_model,
+    mrope_positions,
 )
 from vlm_ros.models.registry import default_model_dir, load_adapter
 from vlm_ros.testing.tiny import build_tiny_llava
+from vlm_ros.testing.tiny_idefics3 import build_tiny_idefics3
+from vlm_ros.testing.tiny_paligemma import build_tiny_paligemma
+from vlm_ros.testing.tiny_qwen2_5_vl import build_tiny_qwen2_5_vl
 
 pytest.importorskip("onnxruntime")
 
 QUESTIONS = ["where is the red ball ?", "what color is the cube ?", ""]  # "" = describe
+FRAME_SIZE = (120, 160)  # model_checks.frame's (H, W): what the frame-sized families are exported for
+TINY = {"tiny_idefics3": build_tiny_idefics3, "tiny_qwen2_5_vl": build_tiny_qwen2_5_vl,
+        "tiny_paligemma": build_tiny_paligemma}
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +47,15 @@ def tiny_dir(tmp_path_factory):
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
 
 
-@pytest.fixture(scope="module", params=["embedded", "tiny_llava"])
+@pytest.fixture(scope="module", params=["embedded", "tiny_llava", *TINY])
 def exported(request, tiny_dir, tmp_path_factory):
-    adapter = load_adapter("" if request.param == "embedded" else tiny_dir)
-    result = export_model(adapter, tmp_path_factory.mktemp(f"onnx_{request.param}"), log=lambda m: None)
+    if request.param in TINY:
+        model_dir = TINY[request.param](tmp_path_factory.mktemp(request.param))
+    else:
+        model_dir = "" if request.param == "embedded" else tiny_dir
+    adapter = load_adapter(model_dir)
+    result = export_model(adapter, tmp_path_factory.mktemp(f"onnx_{request.param}"), log=lambda m: None,
+                          image_size=FRAME_SIZE)
     return adapter, OnnxEngine(adapter, result.directory, result.shapes, threads=1)
 
 
@@ -54,14 +67,30 @@ def test_export_writes_the_three_graphs_with_the_shared_tensor_names(exported):
     import onnx
 
     adapter, engine = exported
-    layers = engine.runner._past.__len__() // 2
+    shapes = engine.runner.shapes
+    layers = shapes.layers
     directory = engine.runner.sessions  # sessions were built from the files: check their declared I/O
     io = {g: ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]) for g, s in directory.items()}
     assert io["vision"] == ([names.PIXEL_VALUES], [names.IMAGE_FEATURES])
-    assert io["prefill"] == ([names.INPUT_IDS, names.IMAGE_FEATURES], [names.LOGITS, *names.present_names(layers)])
-    assert io["decode"] == ([names.INPUT_IDS, *names.past_names(layers)], [names.LOGITS, *names.present_names(layers)])
-    assert layers == len(adapter.model.model.language_model.layers)
+    assert io["prefill"] == (names.prefill_inputs(shapes.mrope), [names.LOGITS, *names.present_names(layers)])
+    assert io["decode"] == (names.decode_inputs(layers, shapes.mrope), [names.LOGITS, *names.present_names(layers)])
+    assert shapes.mrope == (adapter.family == "qwen2_5_vl")
+    assert (names.POSITION_IDS in io["prefill"][0]) == (names.ROPE_DELTA in io["decode"][0]) == shapes.mrope
+    lm = adapter.model.model
+    assert layers == len((getattr(lm, "language_model", None) or lm.text_model).layers)
     assert onnx is not None
+
+
+def reference_logits(adapter, inputs, ids) -> np.ndarray:
+    """The torch model's own full forward over the prompt + `ids`' generated tokens: last-position logits."""
+    t = {k: v for k, v in inputs.tensors.items() if k != "attention_mask"}
+    extra = ids.shape[1] - t["input_ids"].shape[1]
+    # generated tokens are text (Qwen's token types) and PaliGemma's causal suffix (token type 1)
+    for name, fill in (("mm_token_type_ids", 0), ("token_type_ids", 1)):
+        if name in t:
+            t[name] = torch.cat([t[name], t[name].new_full((1, extra), fill)], dim=1)
+    with torch.inference_mode():
+        return adapter.model(**{**t, "input_ids": ids}).logits[0, -1].numpy()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -70,17 +99,19 @@ def test_prefill_and_decode_logits_match_the_torch_forward(exported, seed):
     inputs = adapter.prepare(frame(seed), request_for(QUESTIONS[seed]))
     runner = engine.runner
     features = runner.encode(inputs.tensors["pixel_values"])
-    logits, state = runner.prefill(inputs.tensors["input_ids"], features)
+    rope = mrope_positions(adapter.model, inputs.tensors) if runner.shapes.mrope else None
+    logits, state = runner.prefill(inputs.tensors["input_ids"], features, rope)
     ids = inputs.tensors["input_ids"]
     for _ in range(4):  # the prefill, then three decode steps, each against a full torch forward
-        with torch.inference_mode():
-            ref = adapter.model(input_ids=ids, pixel_values=inputs.tensors["pixel_values"]).logits[0, -1].numpy()
+        ref = reference_logits(adapter, inputs, ids)
         assert np.abs(logits - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
         token = int(logits.argmax())
         assert token == int(ref.argmax())
         ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
         logits, state = runner.step(token, state)
-    assert state[0].shape[2] == ids.shape[1]  # the cache grew by one per step
+    assert state[-1].shape[2] == ids.shape[1]  # the cache grew by one per step
+    if runner.shapes.mrope:  # Qwen2.5-VL: the state starts with the prompt's rope delta, unchanged by the steps
+        assert int(state[0][0]) == rope[1] != 0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -130,12 +161,31 @@ def test_a_prompt_without_the_exported_image_token_count_is_refused(exported):
         engine.generate(inputs, 3)
 
 
-def test_families_without_an_export_are_refused_with_the_reason():
-    class Other:
-        family = "qwen2_5_vl"
+def test_a_frame_of_another_size_is_refused_by_a_frame_sized_export(exported):
+    adapter, engine = exported
+    inputs = adapter.prepare(frame(0, h=40, w=200), request_for(QUESTIONS[0]))  # Idefics3: 3 tiles, not 5
+    if not engine.runner.shapes.image_size:  # LLaVA / PaliGemma: the processor resizes every frame alike
+        assert len(engine.generate(inputs, 3, ignore_eos=True).token_ids) == 3
+        return
+    with pytest.raises(ValueError, match="exported for 120x160 frames"):
+        engine.generate(inputs, 3)
 
-    with pytest.raises(UnsupportedModelError, match="qwen2_5_vl.*not supported"):
+
+@pytest.mark.parametrize("family, reason", [("florence2", "encoder-decoder"), ("blip2", "Q-Former"),
+                                            ("instructblip", "Q-Former")])
+def test_families_without_an_export_are_refused_with_the_reason(family, reason):
+    class Other:
+        pass
+
+    Other.family = family
+    with pytest.raises(UnsupportedModelError, match=f"'{family}' is not supported: .*{reason}"):
         check_exportable(Other())
+
+
+def test_paligemma2_gemma2_decoder_is_refused_with_the_reason(tmp_path):
+    adapter = load_adapter(build_tiny_paligemma(tmp_path, version=2))
+    with pytest.raises(UnsupportedModelError, match="paligemma model is not exportable: Gemma 2 layers"):
+        check_exportable(adapter)
 
 
 def test_backend_onnxruntime_answers_through_the_pipeline_and_reuses_its_export(tiny_dir, tmp_path):

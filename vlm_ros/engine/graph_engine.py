@@ -1,8 +1,10 @@
 """Greedy generation over exported graphs (vision, prefill, decode step), written once for every graph runtime.
 
 A `GraphRunner` runs the three graphs of vlm_ros/export/names.py on some runtime (onnxruntime, TensorRT); the
-`GraphEngine` owns everything else: the per-frame vision-feature cache, the greedy loop, streaming text,
-stop strings, the token budget, the deadline and cancel, exactly as TorchEngine does them.
+`GraphEngine` owns everything else: the checks that a query fits the export (pixel shape, Qwen's grid, the image
+token count), Qwen2.5-VL's 3-D prefill positions (computed in torch by the model's own function), the per-frame
+vision-feature cache, the greedy loop, streaming text, stop strings, the token budget, the deadline and cancel,
+exactly as TorchEngine does them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from vlm_ros.engine.base import GenerationResult, TextCallback, VisionCache, greedy_loop
+from vlm_ros.export.onnx_export import GraphShapes, mrope_positions
 from vlm_ros.models.base import ModelInputs
 
 
@@ -21,15 +24,17 @@ class GraphRunner(Protocol):
 
     name: str  # for descriptions: "onnxruntime (cpu)", "tensorrt (fp16, NVIDIA ...)"
     image_tokens: int
+    shapes: GraphShapes
 
     def encode(self, pixel_values) -> Any:
-        """pixel_values (1, C, H, W) torch tensor -> image features (runtime's own array type)."""
+        """pixel_values torch tensor (shape `shapes.pixel_shape`) -> image features (runtime's own array type)."""
 
-    def prefill(self, input_ids, image_features) -> tuple[Any, Any]:
-        """input_ids (1, S) torch int64 -> (logits (V,), KV state)."""
+    def prefill(self, input_ids, image_features, rope: tuple[Any, int] | None = None) -> tuple[Any, Any]:
+        """input_ids (1, S) torch int64 [, rope: (position_ids (3, S) torch int64, rope delta) when
+        `shapes.mrope`] -> (logits (V,), decode state: the decode graph's inputs after input_ids, in order)."""
 
     def step(self, token_id: int, state: Any) -> tuple[Any, Any]:
-        """One decode step -> (logits (V,), the next KV state)."""
+        """One decode step -> (logits (V,), the next decode state)."""
 
 
 class GraphEngine:
@@ -55,13 +60,12 @@ class GraphEngine:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         input_ids = inputs.tensors["input_ids"]  # (1, S)
-        found = int((input_ids == self.adapter.model.config.image_token_id).sum())
-        if found != self.runner.image_tokens:
-            raise ValueError(f"prompt has {found} image tokens; the exported graphs expect {self.runner.image_tokens}")
+        self._check_fits_export(inputs)
         t0 = time.perf_counter()
         features, cached = self._vision_features(inputs)
         t1 = time.perf_counter()
-        logits, state = self.runner.prefill(input_ids, features)
+        rope = mrope_positions(self.adapter.model, inputs.tensors) if self.runner.shapes.mrope else None
+        logits, state = self.runner.prefill(input_ids, features, rope)
         next_id = int(logits.argmax())
         t2 = time.perf_counter()
 
@@ -75,6 +79,24 @@ class GraphEngine:
                                         ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
+
+    def _check_fits_export(self, inputs: ModelInputs) -> None:
+        """Refuse, with the reason, a query whose image input or prompt the exported graphs were not made for."""
+        shapes, t = self.runner.shapes, inputs.tensors
+        sized = f" (exported for {shapes.image_size[0]}x{shapes.image_size[1]} frames: export again with this " \
+                "frame size)" if shapes.image_size else ""
+        if tuple(t["pixel_values"].shape) != tuple(shapes.pixel_shape):
+            raise ValueError(f"image input {tuple(t['pixel_values'].shape)} differs from the exported graphs' "
+                             f"{tuple(shapes.pixel_shape)}{sized}")
+        if shapes.image_grid and tuple(int(v) for v in t["image_grid_thw"][0]) != tuple(shapes.image_grid):
+            raise ValueError(f"image grid {t['image_grid_thw'][0].tolist()} differs from the exported graphs' "
+                             f"{list(shapes.image_grid)}{sized}")
+        mask = t.get("pixel_attention_mask")
+        if mask is not None and not bool(mask.all()):
+            raise ValueError("padded image tiles: the exported vision graph takes every tile as unpadded")
+        found = int((t["input_ids"] == self.adapter.model.config.image_token_id).sum())
+        if found != self.runner.image_tokens:
+            raise ValueError(f"prompt has {found} image tokens; the exported graphs expect {self.runner.image_tokens}")
 
     def clear_vision_cache(self) -> None:
         self._vision_cache.clear()

@@ -1,6 +1,8 @@
 """The exported graphs on onnxruntime: a GraphRunner, and OnnxEngine (GraphEngine over it).
 
-Arrays stay numpy between the graphs (the KV cache goes out of one step and into the next unchanged).
+Arrays stay numpy between the graphs (the KV cache goes out of one step and into the next unchanged). The
+decode state is the decode graph's inputs after input_ids (names.decode_inputs): Qwen2.5-VL's rope_delta, then
+the per-layer cache.
 The CPU wheel is what requirements.txt installs; a CUDA build of onnxruntime is used when asked for.
 """
 
@@ -29,8 +31,8 @@ class OrtRunner:
         providers = providers or ["CPUExecutionProvider"]
         self.sessions = {graph: ort.InferenceSession(str(directory / file), options, providers=providers)
                          for graph, file in names.GRAPH_FILES.items()}
-        self.image_tokens = shapes.image_tokens
-        self._past = names.past_names(shapes.layers)
+        self.shapes, self.image_tokens = shapes, shapes.image_tokens
+        self._state = names.decode_inputs(shapes.layers, shapes.mrope)[1:]  # rope_delta (Qwen), past_*.i
         self._outputs = [names.LOGITS, *names.present_names(shapes.layers)]
         self.name = f"onnxruntime ({', '.join(p.removesuffix('ExecutionProvider').lower() for p in providers)})"
 
@@ -38,15 +40,22 @@ class OrtRunner:
         pixels = pixel_values.detach().to("cpu").float().numpy()
         return self.sessions["vision"].run([names.IMAGE_FEATURES], {names.PIXEL_VALUES: pixels})[0]  # (N, E)
 
-    def prefill(self, input_ids, image_features: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        ids = input_ids.detach().to("cpu").numpy().astype(np.int64)
-        out = self.sessions["prefill"].run(self._outputs, {names.INPUT_IDS: ids, names.IMAGE_FEATURES: image_features})
-        return out[0][0], out[1:]  # logits (V,), presents (1, KVH, S, D) x 2L
+    def prefill(self, input_ids, image_features: np.ndarray, rope=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {names.INPUT_IDS: input_ids.detach().to("cpu").numpy().astype(np.int64),
+                 names.IMAGE_FEATURES: image_features}
+        head = []  # the decode state's inputs before the cache
+        if self.shapes.mrope:
+            positions, delta = rope
+            feeds[names.POSITION_IDS] = positions.detach().to("cpu").numpy().astype(np.int64)  # (3, S)
+            head = [np.array([delta], dtype=np.int64)]
+        out = self.sessions["prefill"].run(self._outputs, feeds)
+        return out[0][0], [*head, *out[1:]]  # logits (V,), [rope_delta,] presents (1, KVH, S, D) x 2L
 
     def step(self, token_id: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds = {names.INPUT_IDS: np.array([[token_id]], dtype=np.int64), **dict(zip(self._past, state))}
+        feeds = {names.INPUT_IDS: np.array([[token_id]], dtype=np.int64), **dict(zip(self._state, state))}
         out = self.sessions["decode"].run(self._outputs, feeds)
-        return out[0][0], out[1:]
+        head = state[: len(state) - len(out) + 1]  # rope_delta stays as it is
+        return out[0][0], [*head, *out[1:]]
 
 
 class OnnxEngine(GraphEngine):

@@ -70,8 +70,8 @@ class TrtRunner:
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
         self.graphs = {g: TrtGraph(runtime, directory / f, self.device) for g, f in names.ENGINE_FILES.items()}
-        self.image_tokens = shapes.image_tokens
-        self._past = names.past_names(shapes.layers)
+        self.shapes, self.image_tokens = shapes, shapes.image_tokens
+        self._state = names.decode_inputs(shapes.layers, shapes.mrope)[1:]  # rope_delta (Qwen), past_*.i
         self._present = names.present_names(shapes.layers)
         self.name = name
 
@@ -84,23 +84,28 @@ class TrtRunner:
             pixels = pixel_values.to(self.device, torch.float32, non_blocking=True)
         return self._run("vision", {names.PIXEL_VALUES: pixels})[names.IMAGE_FEATURES]  # (N, E)
 
-    def prefill(self, input_ids, image_features: torch.Tensor):
+    def prefill(self, input_ids, image_features: torch.Tensor, rope=None):
+        head = []  # the decode state's inputs before the cache (Qwen2.5-VL: rope_delta)
         with torch.cuda.stream(self.stream):
-            ids = input_ids.to(self.device, torch.int64, non_blocking=True)
-        out = self._run("prefill", {names.INPUT_IDS: ids, names.IMAGE_FEATURES: image_features})
-        return self._finish(out)
+            feeds = {names.INPUT_IDS: input_ids.to(self.device, torch.int64, non_blocking=True),
+                     names.IMAGE_FEATURES: image_features}
+            if self.shapes.mrope:
+                positions, delta = rope
+                feeds[names.POSITION_IDS] = positions.to(self.device, torch.int64, non_blocking=True)  # (3, S)
+                head = [torch.full((1,), delta, dtype=torch.int64, device=self.device)]
+        return self._finish(self._run("prefill", feeds), head)
 
     def step(self, token_id: int, state: list[torch.Tensor]):
         with torch.cuda.stream(self.stream):
             ids = torch.full((1, 1), token_id, dtype=torch.int64, device=self.device)
-        out = self._run("decode", {names.INPUT_IDS: ids, **dict(zip(self._past, state))})
-        return self._finish(out)
+        out = self._run("decode", {names.INPUT_IDS: ids, **dict(zip(self._state, state))})
+        return self._finish(out, state[: len(self._state) - len(self._present)])
 
-    def _finish(self, out: dict[str, torch.Tensor]):
+    def _finish(self, out: dict[str, torch.Tensor], head: list[torch.Tensor]):
         with torch.cuda.stream(self.stream):
             logits = out[names.LOGITS][0].float()  # (V,)
         self.stream.synchronize()  # the caller reads the next token on the host right away
-        return logits, [out[n] for n in self._present]
+        return logits, [*head, *(out[n] for n in self._present)]
 
 
 class TensorRTEngine(GraphEngine):

@@ -1,12 +1,15 @@
 """Tensor and file names of the exported graphs: defined once, used by the exporter and by every runtime.
 
-Three graphs per model (LLaVA family):
-- vision:  pixel_values (1, C, H, W) float32            -> image_features (N, E)        (N image tokens)
-- prefill: input_ids (1, S) int64, image_features (N, E) -> logits (1, V), present_key.i / present_value.i
-           (1, KVH, S, D) for every layer i; the image features replace the image placeholder tokens inside
-           the graph, so a runtime never needs the embedding table.
-- decode:  input_ids (1, 1) int64, past_key.i / past_value.i (1, KVH, P, D) -> logits (1, V), present_*.i
-           (1, KVH, P + 1, D); the new token's position is P (read from the past's shape).
+Three graphs per model:
+- vision:  pixel_values float32 in the family's own layout (LLaVA / PaliGemma (1, C, H, W), Idefics3 tiles
+           (1, T, C, H, W), Qwen2.5-VL flattened patches (L, C * 2 * 14 * 14))  -> image_features (N, E)
+- prefill: input_ids (1, S) int64, image_features (N, E) [, position_ids (3, S) int64: multimodal rope only]
+           -> logits (1, V), present_key.i / present_value.i (1, KVH, S, D) for every layer i; the image features
+           replace the image placeholder tokens inside the graph, so a runtime never needs the embedding table.
+- decode:  input_ids (1, 1) int64 [, rope_delta (1,) int64: multimodal rope only], past_key.i / past_value.i
+           (1, KVH, P, D) -> logits (1, V), present_*.i (1, KVH, P + 1, D); the new token's position is P
+           (read from the past's shape), plus rope_delta where the model has one.
+`prefill_inputs` / `decode_inputs` give each graph's inputs in order; a runtime feeds exactly those.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ PIXEL_VALUES = "pixel_values"
 IMAGE_FEATURES = "image_features"
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
+POSITION_IDS = "position_ids"  # Qwen2.5-VL prefill: the model's 3-D (temporal, height, width) rope positions
+ROPE_DELTA = "rope_delta"  # Qwen2.5-VL decode: rope position - cache position after the image
 
 # Dynamic axis names (also the names TensorRT optimisation profiles are computed for).
 SEQUENCE = "sequence"  # prefill prompt length S
@@ -52,3 +57,13 @@ def past_names(layers: int) -> list[str]:
 def present_names(layers: int) -> list[str]:
     """present_key.0, present_value.0, ... (the cache outputs of prefill and decode, in order)."""
     return [name for i in range(layers) for name in (present_key(i), present_value(i))]
+
+
+def prefill_inputs(mrope: bool) -> list[str]:
+    """The prefill graph's inputs, in order (`mrope`: the model has multimodal 3-D rope)."""
+    return [INPUT_IDS, IMAGE_FEATURES, *([POSITION_IDS] if mrope else [])]
+
+
+def decode_inputs(layers: int, mrope: bool) -> list[str]:
+    """The decode graph's inputs, in order: the token, then the state a runtime carries from step to step."""
+    return [INPUT_IDS, *([ROPE_DELTA] if mrope else []), *past_names(layers)]

@@ -1,22 +1,36 @@
-"""ONNX export of a LLaVA-family VLM as three graphs: vision + projector, prefill, and one decode step.
+"""ONNX export of a decoder-only VLM as three graphs: vision (+ projector / connector), prefill, one decode step.
 
 The decoder graphs are not traced through transformers' forward (cache objects, mask builders): a small
 wrapper runs the model's own modules in the model's order (the same math as engine/lean_decoder.py), with
 the KV cache as explicit per-layer inputs and outputs, so that onnxruntime and TensorRT see plain tensors.
-Exports are float32; TensorRT lowers precision at build time (FP16 by default).
+The vision graph is the adapter's own `encode_vision` on the pixel input. Exports are float32; TensorRT lowers
+precision at build time (FP16 by default).
 
-Supported: LLaVA-style models whose decoder the lean decoder supports (Llama / Qwen2 / Mistral layers,
-default, llama3 or linear rope): the embedded default model and `llava` checkpoints. Other families raise
-`UnsupportedModelError` with the reason (Qwen2.5-VL's 3-D multimodal rope, encoder-decoder Florence-2, ...).
+Supported families and their differences (each a small hook here, one decoder wrapper for all):
+- `embedded`, `llava`: LLaVA-style models whose decoder the lean decoder supports (Llama / Qwen2 / Mistral
+  layers, default, llama3 or linear rope).
+- `idefics3` (SmolVLM / SmolVLM2): the vision graph takes the processor's tiles (1, T, C, H, W) and runs SigLIP
+  + pixel-shuffle connector; the tile count T depends on the frame size, so the export is for one frame size.
+  The graph takes every tile as unpadded (one image per query: the processor's pixel_attention_mask is all ones).
+- `qwen2_5_vl`: the vision graph takes the flattened patches of one fixed grid (the grid and its window
+  indices are constants of the export, so again one frame size); the prefill takes the model's own 3-D rope
+  positions (computed in torch by `mrope_positions`) and the decode step `rope_delta` (position = P + delta).
+- `paligemma` (Gemma decoder): prefix-LM, so the prefill attends bidirectionally over image + prompt;
+  Gemma's scaled embeddings, (1 + w) RMSNorm and gelu-tanh MLP are the model's own modules.
+Other families raise `UnsupportedModelError` with the reason (`REFUSED`): Florence-2 is encoder-decoder,
+BLIP-2 / InstructBLIP have a Q-Former and an OPT / T5 decoder; PaliGemma 2's Gemma 2 decoder (soft-capping,
+sliding-window layers) is refused as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,8 +38,22 @@ from vlm_ros.engine.lean_decoder import LeanDecoder, _language_model
 from vlm_ros.export import names
 
 OPSET = 17
-EXPORT_VERSION = 1  # bump when the graphs' structure or names change: it is part of the cache key
-EXPORTABLE_FAMILIES = ("embedded", "llava")
+EXPORT_VERSION = 2  # bump when the graphs' structure or names change: it is part of the cache key
+EXPORTABLE_FAMILIES = ("embedded", "llava", "idefics3", "qwen2_5_vl", "paligemma")
+# Families whose pixel input (tile count, patch grid) depends on the frame size: exported for one frame size.
+FRAME_SIZED_FAMILIES = ("idefics3", "qwen2_5_vl")
+CONSTANT_VISION_POSITION_FAMILIES = ("idefics3",)  # see _constant_vision_positions
+PREFIX_LM_FAMILIES = ("paligemma",)  # the prefill attends bidirectionally over image + prompt
+DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of the frames a frame-sized export is for (VGA camera)
+REFUSED = {
+    "florence2": "Florence-2 is an encoder-decoder (DaViT + BART encoder, cross-attention decoder): the exporter "
+                 "writes decoder-only graphs (no encoder graph, no cross-attention KV)",
+    "blip2": "BLIP-2 needs a Q-Former graph and its OPT / Flan-T5 decoder (learned positions, or encoder-decoder) "
+             "is not the rotary decoder the exporter writes",
+    "instructblip": "InstructBLIP's Q-Former also reads the instruction, and its Vicuna / Flan-T5 decoder "
+                    "is not exported",
+}
+_GEMMA_LAYERS = {"GemmaDecoderLayer"}  # same layer structure as Llama; scaled embeddings inside embed_tokens
 
 
 class UnsupportedModelError(ValueError):
@@ -36,7 +64,7 @@ class UnsupportedModelError(ValueError):
 class GraphShapes:
     """The fixed sizes of one model's graphs (dynamic axes: prompt length S and cache length P)."""
 
-    pixel_shape: tuple[int, int, int, int]  # (1, C, H, W)
+    pixel_shape: tuple[int, ...]  # the vision graph's pixel_values, in the family's layout (names.py)
     image_tokens: int  # N
     embed_dim: int  # E (decoder hidden size)
     layers: int
@@ -44,13 +72,16 @@ class GraphShapes:
     head_dim: int
     vocab: int
     image_token_id: int
+    image_grid: tuple[int, ...] = ()  # Qwen2.5-VL: the (t, h, w) patch grid the vision graph was traced for
+    mrope: bool = False  # multimodal 3-D rope: prefill takes position_ids, decode takes rope_delta
+    image_size: tuple[int, ...] = ()  # (H, W) of the frames a frame-sized export is for; () = any frame size
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> GraphShapes:
-        return cls(**{**d, "pixel_shape": tuple(d["pixel_shape"])})
+        return cls(**{**d, **{k: tuple(d[k]) for k in ("pixel_shape", "image_grid", "image_size") if k in d}})
 
 
 @dataclass
@@ -63,45 +94,120 @@ class ExportResult:
 def check_exportable(adapter) -> None:
     """Raise UnsupportedModelError unless `adapter`'s model can be exported by this module."""
     if adapter.family not in EXPORTABLE_FAMILIES:
+        reason = f": {REFUSED[adapter.family]}" if adapter.family in REFUSED else ""
         raise UnsupportedModelError(
             f"ONNX export supports the families {', '.join(EXPORTABLE_FAMILIES)}; '{adapter.family}' is not "
-            "supported yet (use backend torch)")
-    if not LeanDecoder.supports(adapter.model):
-        raise UnsupportedModelError(f"the decoder of this {adapter.family} model (layers "
-                                    f"{type(_language_model(adapter.model).layers[0]).__name__}) is not exportable")
+            f"supported{reason} (use backend torch)")
+    problem = _decoder_problem(adapter.model)
+    if problem:
+        raise UnsupportedModelError(f"the decoder of this {adapter.family} model is not exportable: {problem}")
 
 
-def graph_shapes(adapter) -> GraphShapes:
+def _decoder_problem(model) -> str:
+    """Why the exported decoder wrapper cannot run this model's language model, or ''."""
+    lm = _language_model(model)
+    if lm is None or getattr(model, "lm_head", None) is None or not hasattr(lm, "rotary_emb"):
+        return "no rotary decoder with an lm_head found"
+    kinds = sorted({type(layer).__name__ for layer in lm.layers})
+    if LeanDecoder.supports(model):
+        return ""
+    rope = (getattr(lm.config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if set(kinds) <= _GEMMA_LAYERS and rope == "default":
+        return ""
+    if "Gemma2DecoderLayer" in kinds:
+        return "Gemma 2 layers (attention logit soft-capping, sliding-window layers, extra norms)"
+    return f"layers {', '.join(kinds)} with rope {rope!r}"
+
+
+def reference_inputs(adapter, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
+    """The adapter's inputs for a blank frame of `image_size` (H, W): the shapes the graphs are traced for."""
+    from vlm_ros.core.types import Frame, Request, Task
+
+    h, w = image_size
+    return adapter.prepare(Frame(np.zeros((h, w, 3), dtype=np.uint8)), Request(Task.DESCRIBE))
+
+
+def _vision_constants(adapter, tensors: dict) -> dict:
+    """The vision inputs besides pixel_values (Qwen's grid, Idefics3's pixel mask): constants of the export."""
+    return {k: v for k, v in tensors.items()
+            if k != "pixel_values" and (k in adapter.vision_input_names or k.startswith("image_"))}
+
+
+def graph_shapes(adapter, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> GraphShapes:
     model = adapter.model
-    vision = model.config.vision_config
     lm = _language_model(model)
     attn = lm.layers[0].self_attn
-    pixels = (1, int(vision.num_channels), int(vision.image_size), int(vision.image_size))
+    tensors = reference_inputs(adapter, image_size).tensors
+    pixels = tensors["pixel_values"]
     with torch.inference_mode():
-        features = _Vision(model)(torch.zeros(pixels, dtype=next(model.parameters()).dtype,
-                                              device=adapter.device))
-    return GraphShapes(pixel_shape=pixels, image_tokens=int(features.shape[0]), embed_dim=int(features.shape[1]),
-                       layers=len(lm.layers), kv_heads=int(lm.config.num_key_value_heads),
-                       head_dim=int(attn.head_dim), vocab=int(model.lm_head.out_features),
-                       image_token_id=int(model.config.image_token_id))
+        features = _Vision(adapter, _vision_constants(adapter, tensors))(pixels)
+    grid = tuple(int(v) for v in tensors["image_grid_thw"][0]) if "image_grid_thw" in tensors else ()
+    return GraphShapes(pixel_shape=tuple(pixels.shape), image_tokens=int(features.shape[0]),
+                       embed_dim=int(features.shape[1]), layers=len(lm.layers),
+                       kv_heads=int(lm.config.num_key_value_heads), head_dim=int(attn.head_dim),
+                       vocab=int(model.lm_head.out_features), image_token_id=int(model.config.image_token_id),
+                       image_grid=grid, mrope=bool(getattr(lm.rotary_emb, "mrope_section", None)),
+                       image_size=tuple(image_size) if adapter.family in FRAME_SIZED_FAMILIES else ())
+
+
+def mrope_positions(model, tensors: dict) -> tuple[torch.Tensor, int]:
+    """Qwen2.5-VL: the prompt's 3-D rope positions (3, S) and its rope delta, by the model's own get_rope_index."""
+    positions, deltas = model.model.get_rope_index(
+        tensors["input_ids"], mm_token_type_ids=tensors["mm_token_type_ids"],
+        image_grid_thw=tensors["image_grid_thw"], attention_mask=tensors.get("attention_mask"))
+    return positions[:, 0].to(torch.int64), int(deltas.reshape(-1)[0])
 
 
 class _Vision(torch.nn.Module):
-    """pixel_values (1, C, H, W) -> image_features (N, E): the vision tower and the projector."""
+    """pixel_values -> image_features (N, E): the adapter's own vision path (vision tower and projector).
 
-    def __init__(self, model):
+    `constants`: the other vision inputs of the reference frame (Qwen's grid, Idefics3's pixel mask), fixed.
+    """
+
+    def __init__(self, adapter, constants: dict):
         super().__init__()
-        self.model = model
+        self.model = adapter.model  # a submodule, so that the tracer sees its parameters as the graph's weights
+        self.adapter, self.constants = adapter, constants
 
     def forward(self, pixel_values):
-        out = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-        return torch.cat(list(out.pooler_output), dim=0)  # (N, E)
+        from vlm_ros.models.base import ModelInputs
+
+        inputs = ModelInputs({**self.constants, "pixel_values": pixel_values}, transform=None)
+        pooled = self.adapter.encode_vision(inputs)["image"].pooler_output
+        return torch.cat([f.reshape(-1, f.shape[-1]) for f in pooled], dim=0)  # (N, E)
+
+
+@contextlib.contextmanager
+def _constant_vision_positions(adapter, constants: dict, pixel_values):
+    """Idefics3's vision embeddings derive patch position ids from the pixel mask with `bucketize`, which the
+    exporter writes with a wrong (float) type. The mask is a constant of the export (all tiles unpadded), so the
+    ids are too: record them once from an eager run and feed that constant to the position embedding while
+    tracing (the unused bucketize nodes are dropped from the graph)."""
+    embeddings = [m for name, m in adapter.model.named_modules() if name.endswith("embeddings.position_embedding")]
+    if adapter.family not in CONSTANT_VISION_POSITION_FAMILIES or len(embeddings) != 1:
+        yield
+        return
+    recorded = []
+    hook = embeddings[0].register_forward_pre_hook(lambda module, args: recorded.append(args[0].clone()))
+    try:
+        _Vision(adapter, constants)(pixel_values)
+    finally:
+        hook.remove()
+    hook = embeddings[0].register_forward_pre_hook(lambda module, args: (recorded[0],))
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 class _Decoder(torch.nn.Module):
-    """The language model with explicit KV tensors; `forward` is the prefill, `step` one decode step."""
+    """The language model with explicit KV tensors; `forward` is the prefill, `step` one decode step.
 
-    def __init__(self, model):
+    Family hooks: `mrope_section` (Qwen2.5-VL: prefill positions are (3, S), one row per frequency section) and
+    `prefix_lm` (PaliGemma: the prefill is not causal). Everything else is the model's own modules.
+    """
+
+    def __init__(self, model, prefix_lm: bool = False):
         super().__init__()
         lm = _language_model(model)
         self.lm, self.lm_head, self.layers = lm, model.lm_head, lm.layers
@@ -110,10 +216,16 @@ class _Decoder(torch.nn.Module):
         self.scale = attn.scaling
         self.inv_freq = lm.rotary_emb.inv_freq  # already adjusted for llama3 / linear scaling
         self.rope_scale = float(getattr(lm.rotary_emb, "attention_scaling", 1.0))
+        self.mrope_section = tuple(getattr(lm.rotary_emb, "mrope_section", None) or ())
+        self.prefix_lm = prefix_lm
         self.image_token_id = int(model.config.image_token_id)
 
-    def _rope(self, positions):  # (T,) -> cos, sin (T, D)
-        freqs = positions.to(torch.float32)[:, None] * self.inv_freq.to(torch.float32)[None, :]
+    def _rope(self, positions):
+        """positions (T,), or (3, T) per (temporal, height, width) section -> cos, sin (T, D)."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(torch.float32)  # (T, D/2) or (3, T, D/2)
+        if positions.dim() == 2:  # frequency chunk i takes its positions from row i % 3 (the model's layout)
+            chunks = freqs.split(list(self.mrope_section), dim=-1)
+            freqs = torch.cat([chunk[i % 3] for i, chunk in enumerate(chunks)], dim=-1)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos() * self.rope_scale, emb.sin() * self.rope_scale
 
@@ -122,10 +234,10 @@ class _Decoder(torch.nn.Module):
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def _run(self, x, past, start):
-        """x (1, T, H) at positions start.. start+T-1; past: per layer (k, v) (1, KVH, P, D) or None."""
+    def _run(self, x, past, cos, sin):
+        """x (1, T, H) with rope cos/sin (T, D); past: per layer (k, v) (1, KVH, P, D) or None (the prefill)."""
         t = x.shape[1]
-        cos, sin = self._rope(torch.arange(t, device=x.device) + start)  # (T, D)
+        causal = past is None and not self.prefix_lm  # a decode step attends to every cached position
         presents = []
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -141,19 +253,20 @@ class _Decoder(torch.nn.Module):
             if self.n_kv != self.n_heads:
                 k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
                 v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=past is None, scale=self.scale)  # (1, NH, T, D)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.scale)  # (1, NH, T, D)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(1, t, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.lm_head(self.lm.norm(x[:, -1:]))[:, 0]  # (1, V)
         return (logits.float(), *presents)
 
-    def forward(self, input_ids, image_features):
-        """Prefill: input_ids (1, S), image_features (N, E) -> logits (1, V), presents."""
-        embeds = self.lm.embed_tokens(input_ids)  # (1, S, E)
+    def forward(self, input_ids, image_features, position_ids=None):
+        """Prefill: input_ids (1, S), image_features (N, E) [, position_ids (3, S)] -> logits (1, V), presents."""
+        embeds = self.lm.embed_tokens(input_ids)  # (1, S, E) (Gemma's embedding scales itself)
         is_image = input_ids[0] == self.image_token_id  # (S,)
         index = (torch.cumsum(is_image.to(torch.int64), dim=0) - 1).clamp(min=0)  # k-th image token -> row k
         merged = torch.where(is_image[None, :, None], image_features[index][None], embeds)
-        return self._run(merged, None, 0)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) if position_ids is None else position_ids
+        return self._run(merged, None, *self._rope(positions))
 
 
 class _DecodeStep(torch.nn.Module):
@@ -161,14 +274,22 @@ class _DecodeStep(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, input_ids, *past):
-        """input_ids (1, 1), past (1, KVH, P, D) x 2L -> logits (1, V), presents (1, KVH, P + 1, D) x 2L."""
+    def forward(self, input_ids, *state):
+        """input_ids (1, 1) [, rope_delta (1,)], past (1, KVH, P, D) x 2L -> logits (1, V), presents (P + 1) x 2L."""
+        past = state[1:] if self.decoder.mrope_section else state
+        position = torch.arange(1, device=input_ids.device) + past[0].shape[2]  # (1,): P
+        if self.decoder.mrope_section:  # text after the image: the three rows are equal, P + delta
+            position = position + state[0]
         x = self.decoder.lm.embed_tokens(input_ids)  # (1, 1, E)
-        return self.decoder._run(x, past, past[0].shape[2])
+        return self.decoder._run(x, past, *self.decoder._rope(position))
 
 
-def export_model(adapter, directory: str | Path, log=print) -> ExportResult:
-    """Write vision.onnx, prefill.onnx and decode.onnx for `adapter`'s model into `directory` (float32, CPU)."""
+def export_model(adapter, directory: str | Path, log=print,
+                 image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> ExportResult:
+    """Write vision.onnx, prefill.onnx and decode.onnx for `adapter`'s model into `directory` (float32, CPU).
+
+    `image_size` (H, W): the frame size a frame-sized family (FRAME_SIZED_FAMILIES) is exported for.
+    """
     check_exportable(adapter)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -176,26 +297,32 @@ def export_model(adapter, directory: str | Path, log=print) -> ExportResult:
     if adapter.device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
         raise ValueError("export needs the model on the CPU in float32 (load it with device cpu, dtype float32)")
     t0 = time.monotonic()
-    shapes = graph_shapes(adapter)
-    decoder = _Decoder(model).eval()
-    L, kvh, d = shapes.layers, shapes.kv_heads, shapes.head_dim
-    pixels = torch.zeros(shapes.pixel_shape)
-    ids = torch.full((1, shapes.image_tokens + 5), 3, dtype=torch.long)
-    ids[0, 1: 1 + shapes.image_tokens] = shapes.image_token_id
-    features = torch.zeros(shapes.image_tokens, shapes.embed_dim)
+    shapes = graph_shapes(adapter, image_size)
+    reference = reference_inputs(adapter, image_size).tensors
+    decoder = _Decoder(model, prefix_lm=adapter.family in PREFIX_LM_FAMILIES).eval()
+    L, kvh, d, mrope = shapes.layers, shapes.kv_heads, shapes.head_dim, shapes.mrope
+    n = shapes.image_tokens
+    ids = torch.full((1, n + 5), 3, dtype=torch.long)
+    ids[0, 1: 1 + n] = shapes.image_token_id
+    features = torch.zeros(n, shapes.embed_dim)
+    prefill_args = (ids, features, *([torch.arange(n + 5).expand(3, -1).contiguous()] if mrope else []))
     past = [torch.zeros(1, kvh, 7, d) for _ in range(2 * L)]
+    decode_args = (torch.zeros(1, 1, dtype=torch.long), *([torch.zeros(1, dtype=torch.long)] if mrope else []), *past)
     s, p = names.SEQUENCE, names.PAST
     jobs = [
-        (names.VISION_FILE, _Vision(model), (pixels,), [names.PIXEL_VALUES], [names.IMAGE_FEATURES], {}),
-        (names.PREFILL_FILE, decoder, (ids, features), [names.INPUT_IDS, names.IMAGE_FEATURES],
+        (names.VISION_FILE, _Vision(adapter, _vision_constants(adapter, reference)), (reference["pixel_values"],),
+         [names.PIXEL_VALUES], [names.IMAGE_FEATURES], {}),
+        (names.PREFILL_FILE, decoder, prefill_args, names.prefill_inputs(mrope), [names.LOGITS, *names.present_names(L)],
+         {names.INPUT_IDS: {1: s}, **({names.POSITION_IDS: {1: s}} if mrope else {}),
+          **{n: {2: s} for n in names.present_names(L)}}),
+        (names.DECODE_FILE, _DecodeStep(decoder), decode_args, names.decode_inputs(L, mrope),
          [names.LOGITS, *names.present_names(L)],
-         {names.INPUT_IDS: {1: s}, **{n: {2: s} for n in names.present_names(L)}}),
-        (names.DECODE_FILE, _DecodeStep(decoder), (torch.zeros(1, 1, dtype=torch.long), *past),
-         [names.INPUT_IDS, *names.past_names(L)], [names.LOGITS, *names.present_names(L)],
          {**{n: {2: p} for n in names.past_names(L)}, **{n: {2: f"{p}_plus_1"} for n in names.present_names(L)}}),
     ]
-    with torch.inference_mode(), warnings.catch_warnings():
-        # The vision tower's shape checks trace as constants: right here, its input size is fixed.
+    with torch.inference_mode(), warnings.catch_warnings(), \
+            _constant_vision_positions(adapter, _vision_constants(adapter, reference), reference["pixel_values"]):
+        # The vision tower's shape checks (and Qwen's grid / window indices) trace as constants: right here,
+        # its input size is fixed.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         for file, module, args, inputs, outputs, dynamic in jobs:
             t = time.monotonic()
@@ -206,15 +333,19 @@ def export_model(adapter, directory: str | Path, log=print) -> ExportResult:
     return ExportResult(directory, shapes, time.monotonic() - t0)
 
 
-def export_key(model_dir: str | Path, family: str) -> dict:
-    """What an export depends on: the model's content, the family adapter, this exporter's version and opset."""
+def export_key(model_dir: str | Path, family: str, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> dict:
+    """What an export depends on: the model's content, the family adapter, this exporter's version and opset,
+    and for a frame-sized family the frame size."""
     from vlm_ros.export.manifest import model_hash
 
-    return {"model_sha256": model_hash(model_dir), "family": family, "export_version": EXPORT_VERSION,
-            "opset": OPSET}
+    key = {"model_sha256": model_hash(model_dir), "family": family, "export_version": EXPORT_VERSION, "opset": OPSET}
+    if family in FRAME_SIZED_FAMILIES:
+        key["image_size"] = list(image_size)
+    return key
 
 
-def ensure_export(adapter, model_dir: str | Path, root: Path, policy: str, log=print) -> tuple[Path, GraphShapes]:
+def ensure_export(adapter, model_dir: str | Path, root: Path, policy: str, log=print,
+                  image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[Path, GraphShapes]:
     """The export folder of `adapter`'s model under `root`, reused, built or refused per `policy` (manifest.py)."""
     from vlm_ros.export.manifest import ensure, folder_name
 
@@ -222,9 +353,9 @@ def ensure_export(adapter, model_dir: str | Path, root: Path, policy: str, log=p
     directory = root / folder_name(model_dir, adapter.family, "onnx")
 
     def build(tmp: Path) -> dict:
-        result = export_model(adapter, tmp, log)
+        result = export_model(adapter, tmp, log, image_size)
         return {"shapes": result.shapes.to_dict(), "model_dir": str(Path(model_dir).resolve()),
                 "torch": torch.__version__, "files": sorted(names.GRAPH_FILES.values())}
 
-    manifest = ensure(directory, "onnx", export_key(model_dir, adapter.family), policy, build, log)
+    manifest = ensure(directory, "onnx", export_key(model_dir, adapter.family, image_size), policy, build, log)
     return directory, GraphShapes.from_dict(manifest.info["shapes"])

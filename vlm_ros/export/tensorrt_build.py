@@ -1,7 +1,7 @@
 """TensorRT engines from the exported ONNX graphs (TensorRT 10 Python API), cached with a manifest.
 
 One engine per graph (vision, prefill, decode), built with an optimisation profile for the dynamic axes
-(prompt length S, cache length P), FP16 by default, a timing cache shared by all builds on this GPU and
+(prompt length S, cache length P; Qwen2.5-VL's position_ids (3, S) follow S, its rope_delta is fixed (1,)), FP16 by default, a timing cache shared by all builds on this GPU and
 TensorRT version, progress output, and every ONNX parser error logged. The folder's manifest key holds the
 model hash, export version, TensorRT version, GPU name and compute capability, JetPack (Jetson), precision,
 DLA core and shape profile; manifest.py decides reuse / rebuild / refuse.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vlm_ros.export import names
-from vlm_ros.export.onnx_export import GraphShapes
+from vlm_ros.export.onnx_export import DEFAULT_IMAGE_SIZE, GraphShapes
 
 PRECISIONS = ("fp16", "fp32", "int8", "fp8")
 # Smallest compute capability with fast kernels for each precision (FP8: Ada / Hopper and later).
@@ -39,11 +39,14 @@ def shape_profiles(shapes: GraphShapes, max_tokens: int, opt_tokens: int | None 
 
     kv = (1, shapes.kv_heads)
     past = ((*kv, 1, shapes.head_dim), (*kv, max(1, opt), shapes.head_dim), (*kv, max_tokens - 1, shapes.head_dim))
+    prompt = ((1, n + 1), (1, opt), (1, max_tokens))
+    extra_prefill = {names.POSITION_IDS: tuple((3, s[1]) for s in prompt)} if shapes.mrope else {}
+    extra_decode = {names.ROPE_DELTA: fixed((1,))} if shapes.mrope else {}
     return {
         "vision": {names.PIXEL_VALUES: fixed(shapes.pixel_shape)},
-        "prefill": {names.INPUT_IDS: ((1, n + 1), (1, opt), (1, max_tokens)),
-                    names.IMAGE_FEATURES: fixed((n, shapes.embed_dim))},
-        "decode": {names.INPUT_IDS: fixed((1, 1)), **{name: past for name in names.past_names(shapes.layers)}},
+        "prefill": {names.INPUT_IDS: prompt, names.IMAGE_FEATURES: fixed((n, shapes.embed_dim)), **extra_prefill},
+        "decode": {names.INPUT_IDS: fixed((1, 1)), **extra_decode,
+                   **{name: past for name in names.past_names(shapes.layers)}},
     }
 
 
@@ -168,19 +171,22 @@ def _progress_monitor(log: Log, graph: str):
 
 
 def ensure_engines(adapter, model_dir: Path, root: Path, policy: str, log: Log, precision: str = "fp16",
-                   max_tokens: int = 1024, dla_core: int = -1, device: int = 0) -> tuple[Path, GraphShapes, dict]:
-    """The TensorRT folder for `adapter`'s model (exporting the ONNX first), per `policy`. -> (folder, shapes, key)."""
+                   max_tokens: int = 1024, dla_core: int = -1, device: int = 0,
+                   image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[Path, GraphShapes, dict]:
+    """The TensorRT folder for `adapter`'s model (exporting the ONNX first), per `policy`. -> (folder, shapes, key).
+
+    `image_size` (H, W): the frame size a frame-sized family (Idefics3 tiles, Qwen2.5-VL grid) is exported for."""
     from vlm_ros.export.manifest import ensure, folder_name
     from vlm_ros.export.onnx_export import ensure_export, export_key
 
-    onnx_dir, shapes = ensure_export(adapter, model_dir, root, policy, log)
+    onnx_dir, shapes = ensure_export(adapter, model_dir, root, policy, log, image_size)
     profiles = shape_profiles(shapes, max_tokens)
     plat = platform_key(device)
     problem = precision_problem(precision, tuple(plat["compute_capability"]),
                                 has_qdq(onnx_dir / names.PREFILL_FILE))
     if problem:
         raise ValueError(problem)
-    key = engine_key(export_key(model_dir, adapter.family), plat, precision, profiles, dla_core)
+    key = engine_key(export_key(model_dir, adapter.family, image_size), plat, precision, profiles, dla_core)
     directory = root / folder_name(model_dir, adapter.family, f"trt-{precision}")
     cache_name = f"timing-{plat['gpu']}-{plat['tensorrt']}.cache".replace(" ", "_").replace("/", "_")
 
