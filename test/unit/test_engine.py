@@ -33,6 +33,17 @@ def test_engine_tokens_equal_generate(adapter, lean, form, seed):
     assert len(result.token_ids) > 5  # random weights still produce a real sequence to compare
 
 
+def test_cpu_default_decode_form_is_numpy_for_float32_and_torch_otherwise(adapter):
+    """The adapter tests of other families (GQA, q/k/v biases, Qwen's rope offset) cover the default form."""
+    from vlm_ros.engine.lean_decoder import LeanDecoder
+
+    assert LeanDecoder(adapter.model, 64).form == "numpy"
+    half = LlavaAdapter.from_pretrained(adapter.model.name_or_path, dtype=torch.bfloat16)
+    assert LeanDecoder(half.model, 64).form == "sliced"
+    with pytest.raises(ValueError, match="numpy needs a float32 CPU model"):
+        LeanDecoder(half.model, 64, form="numpy")
+
+
 def test_second_query_on_same_frame_reuses_vision_features(adapter):
     engine = TorchEngine(adapter)
     f = frame(3)
