@@ -2,11 +2,12 @@
 
     python -m vlm_ros.tools.benchmark_engine                      # the embedded default model, CPU
     python -m vlm_ros.tools.benchmark_engine --model tiny-llava   # a tiny random LLaVA
-    python -m vlm_ros.tools.benchmark_engine --model /models/x --device cuda --dtype bfloat16 --json out.json
+    python -m vlm_ros.tools.benchmark_engine --model /models/x --device cuda --dtype bfloat16 --json out.json --plot out.png
 
-Same model, same frame, same prompt, same run: our engine (lean decoder; CUDA graph on GPU), generate()
-with the dynamic cache (eager), and generate() with the static cache. Greedy, batch 1, a fixed number of
-new tokens (EOS ignored). Prints a table with ratios; timings are medians over --repeats.
+Same model, same frame, same prompt, same run: our engine (lean decoder: numpy step on the CPU, CUDA graph
+on GPU), generate() with the dynamic cache (eager), and generate() with the static cache. Greedy, batch 1, a
+fixed number of new tokens (EOS ignored). Prints a table with ratios and the peak RSS; timings are medians
+over --repeats.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -26,6 +28,12 @@ import torch
 
 from vlm_ros.core.types import Frame, Request, Task
 from vlm_ros.engine import TorchEngine
+from vlm_ros.tools.plot import bar_chart
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sync(device: torch.device) -> None:
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="write a PNG bar chart of the results here")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -208,10 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vision encode: eager {engine['vision_encode_eager_s'] * 1e3:.2f} ms, CUDA graph "
               f"{engine['vision_encode_s'] * 1e3:.2f} ms; peak GPU memory "
               f"{torch.cuda.max_memory_allocated(adapter.device) / 2**30:.2f} GiB")
+    results["peak_rss_mb"] = peak_rss_mb()
+    print(f"peak RSS of this process {results['peak_rss_mb']:.0f} MB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "device": where, "dtype": args.dtype, "tokens": args.tokens,
                        "results": results}, f, indent=2)
+    if args.plot:
+        timed = {name: r for name, r in results.items() if isinstance(r, dict) and "decode_tok_s" in r}
+        bar_chart(args.plot, f"{args.model}, {args.dtype}, batch 1, {args.tokens} new tokens, {where}", [
+            ("decode tokens/s (higher is better)", [(n, r["decode_tok_s"]) for n, r in timed.items()]),
+            ("time to first token, ms (lower is better)", [(n, r["ttft_s"] * 1e3) for n, r in timed.items()])])
     return 0
 
 

@@ -1,6 +1,6 @@
 """Node benchmark over DDS on loopback: image ingest and end-to-end /vlm/query latency.
 
-    python -m vlm_ros.tools.benchmark_node [--model DIR] [--json out.json]
+    python -m vlm_ros.tools.benchmark_node [--model DIR] [--json out.json] [--plot out.png]
 
 1. Ingest: a rendered table-top scene published at increasing rates (640x480 and 1920x1080; rgb8 Image and
    jpeg CompressedImage) for a few seconds each; the node's diagnostics say how many it received and the time
@@ -26,6 +26,7 @@ import time
 import cv2
 import numpy as np
 
+from vlm_ros.tools.plot import bar_chart
 from vlm_ros.tools.processes import stop_process_group
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publisher-qos", choices=("reliable", "best_effort"), default="reliable",
                         help="the camera publishers' reliability (the node follows it where rclpy can)")
     parser.add_argument("--json")
+    parser.add_argument("--plot", help="write a PNG bar chart of the results here")
     args = parser.parse_args(argv)
     bench = Bench(args.model, args.publisher_qos)
     results: dict = {"ingest": [], "machine": f"{os.cpu_count()} CPUs", "publisher_qos": args.publisher_qos}
@@ -216,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    if args.plot:
+        runs = [(f"{r['resolution']} {r['encoding']} @ {r['target_hz']:.0f} Hz", r) for r in results["ingest"]]
+        q = results.get("queries", {})
+        bar_chart(args.plot, f"node over DDS (loopback), {args.publisher_qos} publishers, {results['machine']}", [
+            ("ingest: received Hz", [(name, r["received_hz"]) for name, r in runs]),
+            ("ingest: node CPU ms per received frame", [(name, r["node_cpu_ms_per_frame"]) for name, r in runs]),
+            ("/vlm/query latency ms (640x480 camera at 30 Hz)",
+             [(p, q.get(f"{p}_s", float("nan")) * 1e3) for p in ("p50", "p95", "p99")])])
     return 0
 
 

@@ -1,0 +1,36 @@
+"""The benchmark commands run end to end on a tiny model and write their JSON record and PNG chart.
+
+Timings are not judged here (targets live in the benchmarks' printed ratios); the records and charts are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+
+from vlm_ros.tools import benchmark_engine
+from vlm_ros.tools.plot import bar_chart
+
+
+def test_engine_benchmark_writes_json_and_png(tmp_path):
+    record, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert benchmark_engine.main(["--model", "tiny-llava", "--tokens", "4", "--repeats", "1", "--skip-static",
+                                  "--json", str(record), "--plot", str(chart)]) == 0
+    results = json.loads(record.read_text())["results"]
+    for name in ("engine", "generate (dynamic cache)"):
+        assert results[name]["decode_tok_s"] > 0 and results[name]["ttft_s"] > 0
+    assert results["engine"]["options"] == "default" and results["peak_rss_mb"] > 50
+    image = cv2.imread(str(chart))
+    assert image is not None and image.shape[1] == 960 and (image < 250).any()
+
+
+def test_bar_chart_scales_bars_to_the_largest_and_marks_missing_values(tmp_path):
+    path = bar_chart(tmp_path / "c.png", "t", [("metric", [("a", 10.0), ("b", 5.0), ("c", math.nan)])])
+    image = cv2.imread(str(path))
+    bar_colour = np.array([180, 110, 40])
+    rows = [np.where((image[y] == bar_colour).all(-1))[0] for y in range(image.shape[0])]
+    lengths = sorted({len(r) for r in rows if len(r)}, reverse=True)
+    assert len(lengths) == 2 and abs(lengths[0] / lengths[1] - 2.0) < 0.02  # a is twice b; c has no bar
