@@ -68,6 +68,14 @@ def _engine_settings(settings: BackendSettings) -> tuple:
     return engines_dir(settings.extra.get("engines_dir", "")), settings.extra.get("engine_policy", "rebuild")
 
 
+def export_image_size(settings: BackendSettings) -> tuple[int, int]:
+    """(H, W) of the camera frames an idefics3 / qwen2_5_vl export is made for (engine_image_height/width)."""
+    from vlm_ros.export.onnx_export import DEFAULT_IMAGE_SIZE
+
+    return (int(settings.extra.get("engine_image_height", DEFAULT_IMAGE_SIZE[0])),
+            int(settings.extra.get("engine_image_width", DEFAULT_IMAGE_SIZE[1])))
+
+
 def onnxruntime_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     """The model exported to ONNX (once, cached under engines_dir) and run by onnxruntime; float32 graphs."""
     import onnxruntime as ort
@@ -88,7 +96,7 @@ def onnxruntime_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline,
     root, policy = _engine_settings(settings)
     log(f"loading {model_dir} (family {settings.family}) for onnxruntime ...")
     adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
-    directory, shapes = ensure_export(adapter, model_dir, root, policy, log)
+    directory, shapes = ensure_export(adapter, model_dir, root, policy, log, export_image_size(settings))
     engine = OnnxEngine(adapter, directory, shapes, providers=providers)
     return Pipeline(adapter, engine), f"{engine.runner.name}, float32, {directory.name}"
 

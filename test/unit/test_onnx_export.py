@@ -207,6 +207,20 @@ def test_backend_onnxruntime_answers_through_the_pipeline_and_reuses_its_export(
     assert any(m.startswith("reusing onnx cache") for m in logs) and not any("building" in m for m in logs)
 
 
+def test_backend_onnxruntime_exports_a_frame_sized_family_for_the_configured_frame_size(tmp_path):
+    model_dir = build_tiny_qwen2_5_vl(tmp_path / "tiny_qwen")
+    extra = {"engines_dir": str(tmp_path / "engines"), "engine_policy": "rebuild",
+             "engine_image_height": FRAME_SIZE[0], "engine_image_width": FRAME_SIZE[1]}
+    pipeline, description = build_pipeline(BackendSettings(backend="onnxruntime", model=str(model_dir), extra=extra),
+                                           lambda m: None)
+    assert pipeline.engine.runner.shapes.image_size == FRAME_SIZE and "qwen2_5_vl-onnx" in description
+    request = Request(Task.ANSWER, "what color is the mug?", max_new_tokens=6)
+    answer = pipeline.answer(frame(0), request)
+    assert answer.status == Status.OK and answer.generated_tokens >= 1
+    torch_pipeline = build_pipeline(BackendSettings(backend="torch", model=str(model_dir)), lambda m: None)[0]
+    assert answer.text == torch_pipeline.answer(frame(0), request).text
+
+
 def test_backend_auto_without_tensorrt_falls_back_to_torch_and_says_so(tiny_dir):
     pytest.importorskip("torch")
     import importlib.util

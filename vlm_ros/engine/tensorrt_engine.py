@@ -119,6 +119,7 @@ def tensorrt_pipeline(settings, model_dir: Path, root: Path, policy: str, log):
     TensorRT or CUDA is missing, with the reason (backend auto logs it and falls back)."""
     import importlib.util
 
+    from vlm_ros.backends import export_image_size
     from vlm_ros.export.tensorrt_build import ensure_engines
     from vlm_ros.models.registry import load_adapter
     from vlm_ros.pipeline import Pipeline
@@ -136,6 +137,6 @@ def tensorrt_pipeline(settings, model_dir: Path, root: Path, policy: str, log):
     adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
     directory, shapes, key = ensure_engines(adapter, model_dir, root, policy, log, precision,
                                             int(extra.get("engine_max_tokens", 1024)), int(extra.get("dla_core", -1)),
-                                            index)
+                                            index, export_image_size(settings))
     name = f"tensorrt ({precision}, {key['gpu']}, TensorRT {key['tensorrt']})"
     return Pipeline(adapter, TensorRTEngine(adapter, directory, shapes, device, name)), f"{name}, {directory.name}"

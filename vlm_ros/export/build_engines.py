@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dla-core", type=int, default=-1, help="Jetson DLA core (GPU fallback); -1 = GPU only")
     parser.add_argument("--device", type=int, default=0, help="CUDA device index")
     parser.add_argument("--onnx-only", action="store_true", help="export the ONNX graphs only (no TensorRT)")
+    parser.add_argument("--image-height", type=int, default=480, help="idefics3 / qwen2_5_vl: camera frame height "
+                        "the graphs are made for (the node's engine_image_height)")
+    parser.add_argument("--image-width", type=int, default=640, help="idefics3 / qwen2_5_vl: camera frame width "
+                        "(the node's engine_image_width)")
     args = parser.parse_args(argv)
+    image_size = (args.image_height, args.image_width)
 
     from pathlib import Path
 
@@ -45,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         adapter = load_adapter(args.model, args.family, "cpu")
         log(f"model {model_dir} (family {adapter.family}); engines folder {root}")
         if args.onnx_only:
-            directory, _ = ensure_export(adapter, model_dir, root, args.policy, log)
+            directory, _ = ensure_export(adapter, model_dir, root, args.policy, log, image_size)
         else:
             from vlm_ros.export.tensorrt_build import ensure_engines
 
             directory, _, _ = ensure_engines(adapter, model_dir, root, args.policy, log, args.precision,
-                                             args.max_tokens, args.dla_core, args.device)
+                                             args.max_tokens, args.dla_core, args.device, image_size)
     except ImportError as exc:
         log(f"error: {exc} (TensorRT missing? --onnx-only exports the graphs without it)")
         return 1

@@ -62,6 +62,10 @@ NODE_PARAMS = [
     ParamSpec("engine_max_tokens", 1024, "TensorRT shape profile: most prompt + generated tokens", range=(64, 32768)),
     ParamSpec("dla_core", -1, "Jetson: build TensorRT engines for this DLA core (GPU fallback); -1 = GPU only",
               range=(-1, 7)),
+    ParamSpec("engine_image_height", 480, "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame height the "
+              "graphs are exported for (their image input depends on the frame size)", range=(16, 8192)),
+    ParamSpec("engine_image_width", 640, "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame width the "
+              "graphs are exported for", range=(16, 8192)),
     # backend remote: an OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM, Ollama, transformers serve)
     ParamSpec("remote.base_url", "http://127.0.0.1:8000/v1", "server URL; queries go to <base_url>/chat/completions"),
     ParamSpec("remote.model", "", "model name on the server; '' = the first model it lists"),
