@@ -3,16 +3,19 @@
 A `GraphRunner` runs the three graphs of vlm_ros/export/names.py on some runtime (onnxruntime, TensorRT); the
 `GraphEngine` owns everything else: the checks that a query fits the export (pixel shape, Qwen's grid, the image
 token count), Qwen2.5-VL's 3-D prefill positions (computed in torch by the model's own function), the per-frame
-vision-feature cache, the greedy loop, streaming text, stop strings, the token budget, the deadline and cancel,
-exactly as TorchEngine does them.
+vision-feature cache (InstructBLIP's keyed by frame and instruction: its Q-Former reads both), the greedy loop,
+streaming text, stop strings, the token budget, the deadline and cancel, exactly as TorchEngine does them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+import torch
 
 from vlm_ros.engine.base import GenerationResult, TextCallback, VisionCache, greedy_loop
 from vlm_ros.export.onnx_export import GraphShapes, mrope_positions
@@ -26,8 +29,10 @@ class GraphRunner(Protocol):
     image_tokens: int
     shapes: GraphShapes
 
-    def encode(self, pixel_values) -> Any:
-        """pixel_values torch tensor (shape `shapes.pixel_shape`) -> image features (runtime's own array type)."""
+    def encode(self, pixel_values, qformer_text: tuple[Any, Any] | None = None) -> Any:
+        """pixel_values torch tensor (shape `shapes.pixel_shape`) [, qformer_text: (qformer_input_ids,
+        qformer_attention_mask) (1, Q) torch int64 when `shapes.qformer_text_max` (InstructBLIP)] -> image
+        features (runtime's own array type)."""
 
     def prefill(self, input_ids, image_features, rope: tuple[Any, int] | None = None) -> tuple[Any, Any]:
         """input_ids (1, S) torch int64 [, rope: (position_ids (3, S) torch int64, rope delta) when
@@ -91,6 +96,9 @@ class GraphEngine:
         if shapes.image_grid and tuple(int(v) for v in t["image_grid_thw"][0]) != tuple(shapes.image_grid):
             raise ValueError(f"image grid {t['image_grid_thw'][0].tolist()} differs from the exported graphs' "
                              f"{list(shapes.image_grid)}{sized}")
+        if shapes.qformer_text_max and t["qformer_input_ids"].shape[1] > shapes.qformer_text_max:
+            raise ValueError(f"instruction has {t['qformer_input_ids'].shape[1]} Q-Former tokens; the exported "
+                             f"vision graph takes at most {shapes.qformer_text_max}")
         mask = t.get("pixel_attention_mask")
         if mask is not None and not bool(mask.all()):
             raise ValueError("padded image tiles: the exported vision graph takes every tile as unpadded")
@@ -102,9 +110,16 @@ class GraphEngine:
         self._vision_cache.clear()
 
     def _vision_features(self, inputs: ModelInputs) -> tuple[Any, bool]:
+        text = None
+        if self.runner.shapes.qformer_text_max:  # InstructBLIP: the features depend on the instruction as well
+            t = inputs.tensors
+            text = (t["qformer_input_ids"], t.get("qformer_attention_mask", torch.ones_like(t["qformer_input_ids"])))
+            if inputs.frame_key is not None:
+                key = (inputs.frame_key, tuple(text[0][0].tolist()), tuple(text[1][0].tolist()))
+                inputs = dataclasses.replace(inputs, frame_key=key)
         features = self._vision_cache.get(inputs)
         if features is not None:
             return features, True
-        features = self.runner.encode(inputs.tensors["pixel_values"])
+        features = self.runner.encode(inputs.tensors["pixel_values"], text)
         self._vision_cache.put(inputs, features)
         return features, False

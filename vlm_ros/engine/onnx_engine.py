@@ -36,9 +36,12 @@ class OrtRunner:
         self._outputs = [names.LOGITS, *names.present_names(shapes.layers)]
         self.name = f"onnxruntime ({', '.join(p.removesuffix('ExecutionProvider').lower() for p in providers)})"
 
-    def encode(self, pixel_values) -> np.ndarray:
-        pixels = pixel_values.detach().to("cpu").float().numpy()
-        return self.sessions["vision"].run([names.IMAGE_FEATURES], {names.PIXEL_VALUES: pixels})[0]  # (N, E)
+    def encode(self, pixel_values, qformer_text=None) -> np.ndarray:
+        feeds = {names.PIXEL_VALUES: pixel_values.detach().to("cpu").float().numpy()}
+        if self.shapes.qformer_text_max:  # InstructBLIP: (qformer_input_ids, qformer_attention_mask) (1, Q)
+            for name, x in zip((names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK), qformer_text):
+                feeds[name] = x.detach().to("cpu").numpy().astype(np.int64)
+        return self.sessions["vision"].run([names.IMAGE_FEATURES], feeds)[0]  # (N, E)
 
     def prefill(self, input_ids, image_features: np.ndarray, rope=None) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = {names.INPUT_IDS: input_ids.detach().to("cpu").numpy().astype(np.int64),

@@ -79,10 +79,13 @@ class TrtRunner:
         with torch.cuda.stream(self.stream):  # buffers are made and used on this stream only
             return self.graphs[graph].run(feeds, self.stream)
 
-    def encode(self, pixel_values) -> torch.Tensor:
+    def encode(self, pixel_values, qformer_text=None) -> torch.Tensor:
         with torch.cuda.stream(self.stream):
-            pixels = pixel_values.to(self.device, torch.float32, non_blocking=True)
-        return self._run("vision", {names.PIXEL_VALUES: pixels})[names.IMAGE_FEATURES]  # (N, E)
+            feeds = {names.PIXEL_VALUES: pixel_values.to(self.device, torch.float32, non_blocking=True)}
+            if self.shapes.qformer_text_max:  # InstructBLIP: (qformer_input_ids, qformer_attention_mask) (1, Q)
+                for name, x in zip((names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK), qformer_text):
+                    feeds[name] = x.to(self.device, torch.int64, non_blocking=True)
+        return self._run("vision", feeds)[names.IMAGE_FEATURES]  # (N, E)
 
     def prefill(self, input_ids, image_features: torch.Tensor, rope=None):
         head = []  # the decode state's inputs before the cache (Qwen2.5-VL: rope_delta)

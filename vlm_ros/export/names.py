@@ -1,8 +1,10 @@
 """Tensor and file names of the exported graphs: defined once, used by the exporter and by every runtime.
 
 Three graphs per model:
-- vision:  pixel_values float32 in the family's own layout (LLaVA / PaliGemma (1, C, H, W), Idefics3 tiles
-           (1, T, C, H, W), Qwen2.5-VL flattened patches (L, C * 2 * 14 * 14))  -> image_features (N, E)
+- vision:  pixel_values float32 in the family's own layout (LLaVA / PaliGemma / BLIP-2 (1, C, H, W), Idefics3
+           tiles (1, T, C, H, W), Qwen2.5-VL flattened patches (L, C * 2 * 14 * 14)) [, qformer_input_ids and
+           qformer_attention_mask (1, Q) int64: InstructBLIP only, the instruction its Q-Former reads]
+           -> image_features (N, E) (BLIP-2 / InstructBLIP: the projected Q-Former query tokens)
 - prefill: input_ids (1, S) int64, image_features (N, E) [, position_ids (3, S) int64: multimodal rope only]
            -> logits (1, V), present_key.i / present_value.i (1, KVH, S, D) for every layer i; the image features
            replace the image placeholder tokens inside the graph, so a runtime never needs the embedding table.
@@ -27,10 +29,13 @@ INPUT_IDS = "input_ids"
 LOGITS = "logits"
 POSITION_IDS = "position_ids"  # Qwen2.5-VL prefill: the model's 3-D (temporal, height, width) rope positions
 ROPE_DELTA = "rope_delta"  # Qwen2.5-VL decode: rope position - cache position after the image
+QFORMER_INPUT_IDS = "qformer_input_ids"  # InstructBLIP vision: the instruction in the Q-Former's vocabulary
+QFORMER_ATTENTION_MASK = "qformer_attention_mask"
 
 # Dynamic axis names (also the names TensorRT optimisation profiles are computed for).
 SEQUENCE = "sequence"  # prefill prompt length S
 PAST = "past_length"  # decode cache length P
+QFORMER_SEQUENCE = "qformer_sequence"  # InstructBLIP: the instruction's Q-Former token count
 
 
 def past_key(layer: int) -> str:
@@ -57,6 +62,11 @@ def past_names(layers: int) -> list[str]:
 def present_names(layers: int) -> list[str]:
     """present_key.0, present_value.0, ... (the cache outputs of prefill and decode, in order)."""
     return [name for i in range(layers) for name in (present_key(i), present_value(i))]
+
+
+def vision_inputs(qformer_text: bool) -> list[str]:
+    """The vision graph's inputs, in order (`qformer_text`: InstructBLIP's Q-Former also reads the instruction)."""
+    return [PIXEL_VALUES, *([QFORMER_INPUT_IDS, QFORMER_ATTENTION_MASK] if qformer_text else [])]
 
 
 def prefill_inputs(mrope: bool) -> list[str]:

@@ -3,7 +3,8 @@
 The decoder graphs are not traced through transformers' forward (cache objects, mask builders): a small
 wrapper runs the model's own modules in the model's order (the same math as engine/lean_decoder.py), with
 the KV cache as explicit per-layer inputs and outputs, so that onnxruntime and TensorRT see plain tensors.
-The vision graph is the adapter's own `encode_vision` on the pixel input. Exports are float32; TensorRT lowers
+The vision graph is the adapter's own `encode_vision` on the pixel input (InstructBLIP: the model's get_image_features
+with the instruction). Exports are float32; TensorRT lowers
 precision at build time (FP16 by default).
 
 Supported families and their differences (each a small hook here, one decoder wrapper for all):
@@ -17,9 +18,15 @@ Supported families and their differences (each a small hook here, one decoder wr
   positions (computed in torch by `mrope_positions`) and the decode step `rope_delta` (position = P + delta).
 - `paligemma` (Gemma decoder): prefix-LM, so the prefill attends bidirectionally over image + prompt;
   Gemma's scaled embeddings, (1 + w) RMSNorm and gelu-tanh MLP are the model's own modules.
-Other families raise `UnsupportedModelError` with the reason (`REFUSED`): Florence-2 is encoder-decoder,
-BLIP-2 / InstructBLIP have a Q-Former and an OPT / T5 decoder; PaliGemma 2's Gemma 2 decoder (soft-capping,
-sliding-window layers) is refused as well.
+- `blip2`, `instructblip` with a decoder-only language model (OPT, or Llama / Vicuna): the vision graph is the
+  vision tower + Q-Former + language projection, whose query tokens replace the image tokens the processor
+  puts at the start of input_ids (as the model's own forward does); InstructBLIP's Q-Former also reads the
+  instruction, so its vision graph takes qformer_input_ids / qformer_attention_mask (dynamic length) too.
+  The Llama decoder is the wrapper above; OPT layers (learned positions with OPT's offset, LayerNorm before or
+  after each block, ReLU fc1 / fc2, biases, no rotary) are a second form of the same wrapper.
+Other families raise `UnsupportedModelError` with the reason (`REFUSED`): Florence-2 is encoder-decoder, and
+so are BLIP-2 / InstructBLIP with Flan-T5 (refused by their decoder); PaliGemma 2's Gemma 2 decoder
+(soft-capping, sliding-window layers) is refused as well.
 """
 
 from __future__ import annotations
@@ -39,19 +46,16 @@ from vlm_ros.export import names
 
 OPSET = 17
 EXPORT_VERSION = 2  # bump when the graphs' structure or names change: it is part of the cache key
-EXPORTABLE_FAMILIES = ("embedded", "llava", "idefics3", "qwen2_5_vl", "paligemma")
+EXPORTABLE_FAMILIES = ("embedded", "llava", "idefics3", "qwen2_5_vl", "paligemma", "blip2", "instructblip")
 # Families whose pixel input (tile count, patch grid) depends on the frame size: exported for one frame size.
 FRAME_SIZED_FAMILIES = ("idefics3", "qwen2_5_vl")
 CONSTANT_VISION_POSITION_FAMILIES = ("idefics3",)  # see _constant_vision_positions
+QFORMER_TEXT_FAMILIES = ("instructblip",)  # the vision graph's Q-Former also reads the instruction
 PREFIX_LM_FAMILIES = ("paligemma",)  # the prefill attends bidirectionally over image + prompt
 DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of the frames a frame-sized export is for (VGA camera)
 REFUSED = {
     "florence2": "Florence-2 is an encoder-decoder (DaViT + BART encoder, cross-attention decoder): the exporter "
                  "writes decoder-only graphs (no encoder graph, no cross-attention KV)",
-    "blip2": "BLIP-2 needs a Q-Former graph and its OPT / Flan-T5 decoder (learned positions, or encoder-decoder) "
-             "is not the rotary decoder the exporter writes",
-    "instructblip": "InstructBLIP's Q-Former also reads the instruction, and its Vicuna / Flan-T5 decoder "
-                    "is not exported",
 }
 _GEMMA_LAYERS = {"GemmaDecoderLayer"}  # same layer structure as Llama; scaled embeddings inside embed_tokens
 
@@ -75,6 +79,7 @@ class GraphShapes:
     image_grid: tuple[int, ...] = ()  # Qwen2.5-VL: the (t, h, w) patch grid the vision graph was traced for
     mrope: bool = False  # multimodal 3-D rope: prefill takes position_ids, decode takes rope_delta
     image_size: tuple[int, ...] = ()  # (H, W) of the frames a frame-sized export is for; () = any frame size
+    qformer_text_max: int = 0  # InstructBLIP: the vision graph takes the instruction's Q-Former tokens (up to this)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,13 +108,41 @@ def check_exportable(adapter) -> None:
         raise UnsupportedModelError(f"the decoder of this {adapter.family} model is not exportable: {problem}")
 
 
+def _text_model(model):
+    """The module holding the decoder stack and the lm_head: the VLM itself (LLaVA-style: `model.language_model`
+    and `lm_head` on the outer model), or BLIP-2 / InstructBLIP's `language_model` (a *ForCausalLM)."""
+    inner = getattr(model, "language_model", None)
+    if getattr(model, "lm_head", None) is None and getattr(inner, "lm_head", None) is not None:
+        return inner
+    return model
+
+
+def _decoder_stack(model):
+    """(decoder stack with `layers` and `embed_tokens`, lm_head, kind): kind "rotary" (Llama-style layers) or
+    "opt" (OPT: learned positions, LayerNorm, fc1/fc2); (None, None, "") when neither is found."""
+    text = _text_model(model)
+    head = getattr(text, "lm_head", None)
+    decoder = getattr(getattr(text, "model", None), "decoder", None)  # OPTForCausalLM.model.decoder
+    if decoder is not None and head is not None and hasattr(decoder, "embed_positions") and hasattr(decoder, "layers"):
+        return decoder, head, "opt"
+    lm = _language_model(text)
+    if lm is None or head is None or not hasattr(lm, "rotary_emb"):
+        return None, None, ""
+    return lm, head, "rotary"
+
+
 def _decoder_problem(model) -> str:
     """Why the exported decoder wrapper cannot run this model's language model, or ''."""
-    lm = _language_model(model)
-    if lm is None or getattr(model, "lm_head", None) is None or not hasattr(lm, "rotary_emb"):
-        return "no rotary decoder with an lm_head found"
+    lm, _, kind = _decoder_stack(model)
+    if getattr(_text_model(model).config, "is_encoder_decoder", False):
+        return (f"its language model {type(_text_model(model)).__name__} is an encoder-decoder (Flan-T5: "
+                "encoder graph, cross-attention KV, relative position bias), not exported")
+    if lm is None:
+        return "no rotary or OPT decoder with an lm_head found"
     kinds = sorted({type(layer).__name__ for layer in lm.layers})
-    if LeanDecoder.supports(model):
+    if kind == "opt":
+        return "" if kinds == ["OPTDecoderLayer"] else f"layers {', '.join(kinds)} in an OPT decoder"
+    if LeanDecoder.supports(_text_model(model)):
         return ""
     rope = (getattr(lm.config, "rope_parameters", None) or {}).get("rope_type", "default")
     if set(kinds) <= _GEMMA_LAYERS and rope == "default":
@@ -135,19 +168,32 @@ def _vision_constants(adapter, tensors: dict) -> dict:
 
 def graph_shapes(adapter, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> GraphShapes:
     model = adapter.model
-    lm = _language_model(model)
+    lm, head, _ = _decoder_stack(model)
     attn = lm.layers[0].self_attn
     tensors = reference_inputs(adapter, image_size).tensors
     pixels = tensors["pixel_values"]
+    text = _qformer_text_inputs(adapter, tensors)
     with torch.inference_mode():
-        features = _Vision(adapter, _vision_constants(adapter, tensors))(pixels)
+        features = _Vision(adapter, _vision_constants(adapter, tensors))(pixels, *text)
     grid = tuple(int(v) for v in tensors["image_grid_thw"][0]) if "image_grid_thw" in tensors else ()
+    qformer = getattr(model.config, "qformer_config", None)
     return GraphShapes(pixel_shape=tuple(pixels.shape), image_tokens=int(features.shape[0]),
                        embed_dim=int(features.shape[1]), layers=len(lm.layers),
-                       kv_heads=int(lm.config.num_key_value_heads), head_dim=int(attn.head_dim),
-                       vocab=int(model.lm_head.out_features), image_token_id=int(model.config.image_token_id),
-                       image_grid=grid, mrope=bool(getattr(lm.rotary_emb, "mrope_section", None)),
-                       image_size=tuple(image_size) if adapter.family in FRAME_SIZED_FAMILIES else ())
+                       kv_heads=int(getattr(lm.config, "num_key_value_heads", None) or lm.config.num_attention_heads),
+                       head_dim=int(attn.head_dim),
+                       vocab=int(head.out_features), image_token_id=int(model.config.image_token_id),
+                       image_grid=grid, mrope=bool(getattr(getattr(lm, "rotary_emb", None), "mrope_section", None)),
+                       image_size=tuple(image_size) if adapter.family in FRAME_SIZED_FAMILIES else (),
+                       qformer_text_max=int(qformer.max_position_embeddings) if text else 0)
+
+
+def _qformer_text_inputs(adapter, tensors: dict) -> tuple:
+    """InstructBLIP: (qformer_input_ids, qformer_attention_mask) of a query, the vision graph's text inputs; ()
+    for every other family."""
+    if adapter.family not in QFORMER_TEXT_FAMILIES:
+        return ()
+    ids = tensors["qformer_input_ids"]
+    return ids, tensors.get("qformer_attention_mask", torch.ones_like(ids))
 
 
 def mrope_positions(model, tensors: dict) -> tuple[torch.Tensor, int]:
@@ -159,9 +205,11 @@ def mrope_positions(model, tensors: dict) -> tuple[torch.Tensor, int]:
 
 
 class _Vision(torch.nn.Module):
-    """pixel_values -> image_features (N, E): the adapter's own vision path (vision tower and projector).
+    """pixel_values [, qformer_input_ids, qformer_attention_mask] -> image_features (N, E): the adapter's own
+    vision path (vision tower and projector; BLIP-2 / InstructBLIP: vision tower, Q-Former, language projection).
 
     `constants`: the other vision inputs of the reference frame (Qwen's grid, Idefics3's pixel mask), fixed.
+    InstructBLIP's Q-Former also reads the instruction: its tokens are inputs of the graph (dynamic length).
     """
 
     def __init__(self, adapter, constants: dict):
@@ -169,11 +217,16 @@ class _Vision(torch.nn.Module):
         self.model = adapter.model  # a submodule, so that the tracer sees its parameters as the graph's weights
         self.adapter, self.constants = adapter, constants
 
-    def forward(self, pixel_values):
+    def forward(self, pixel_values, qformer_input_ids=None, qformer_attention_mask=None):
         from vlm_ros.models.base import ModelInputs
 
-        inputs = ModelInputs({**self.constants, "pixel_values": pixel_values}, transform=None)
-        pooled = self.adapter.encode_vision(inputs)["image"].pooler_output
+        if qformer_input_ids is not None:  # the model's own get_image_features with the instruction
+            pooled = self.model.get_image_features(pixel_values=pixel_values, qformer_input_ids=qformer_input_ids,
+                                                   qformer_attention_mask=qformer_attention_mask,
+                                                   return_dict=True).pooler_output
+        else:
+            inputs = ModelInputs({**self.constants, "pixel_values": pixel_values}, transform=None)
+            pooled = self.adapter.encode_vision(inputs)["image"].pooler_output
         return torch.cat([f.reshape(-1, f.shape[-1]) for f in pooled], dim=0)  # (N, E)
 
 
@@ -203,20 +256,24 @@ def _constant_vision_positions(adapter, constants: dict, pixel_values):
 class _Decoder(torch.nn.Module):
     """The language model with explicit KV tensors; `forward` is the prefill, `step` one decode step.
 
-    Family hooks: `mrope_section` (Qwen2.5-VL: prefill positions are (3, S), one row per frequency section) and
-    `prefix_lm` (PaliGemma: the prefill is not causal). Everything else is the model's own modules.
+    Family hooks: `mrope_section` (Qwen2.5-VL: prefill positions are (3, S), one row per frequency section),
+    `prefix_lm` (PaliGemma: the prefill is not causal) and the OPT layers of BLIP-2 (`kind` "opt": learned
+    positions, LayerNorm before or after each block, fc1 / fc2, no rotary). Everything else is the model's own
+    modules.
     """
 
     def __init__(self, model, prefix_lm: bool = False):
         super().__init__()
-        lm = _language_model(model)
-        self.lm, self.lm_head, self.layers = lm, model.lm_head, lm.layers
+        lm, head, kind = _decoder_stack(model)
+        self.lm, self.lm_head, self.layers, self.kind = lm, head, lm.layers, kind
         attn = lm.layers[0].self_attn
-        self.n_heads, self.n_kv, self.head_dim = lm.config.num_attention_heads, lm.config.num_key_value_heads, attn.head_dim
+        self.n_heads, self.head_dim = lm.config.num_attention_heads, attn.head_dim
+        self.n_kv = getattr(lm.config, "num_key_value_heads", None) or self.n_heads
         self.scale = attn.scaling
-        self.inv_freq = lm.rotary_emb.inv_freq  # already adjusted for llama3 / linear scaling
-        self.rope_scale = float(getattr(lm.rotary_emb, "attention_scaling", 1.0))
-        self.mrope_section = tuple(getattr(lm.rotary_emb, "mrope_section", None) or ())
+        rotary = getattr(lm, "rotary_emb", None)
+        self.inv_freq = rotary.inv_freq if rotary is not None else None  # already adjusted for llama3 / linear
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+        self.mrope_section = tuple(getattr(rotary, "mrope_section", None) or ())
         self.prefix_lm = prefix_lm
         self.image_token_id = int(model.config.image_token_id)
 
@@ -234,8 +291,12 @@ class _Decoder(torch.nn.Module):
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def _run(self, x, past, cos, sin):
-        """x (1, T, H) with rope cos/sin (T, D); past: per layer (k, v) (1, KVH, P, D) or None (the prefill)."""
+    def _run(self, x, past, positions):
+        """x (1, T, H) token embeddings at `positions` (T,) (or (3, T)); past: per layer (k, v) (1, KVH, P, D) or
+        None (the prefill) -> logits (1, V), presents."""
+        if self.kind == "opt":
+            return self._run_opt(x, past, positions)
+        cos, sin = self._rope(positions)
         t = x.shape[1]
         causal = past is None and not self.prefix_lm  # a decode step attends to every cached position
         presents = []
@@ -259,6 +320,41 @@ class _Decoder(torch.nn.Module):
         logits = self.lm_head(self.lm.norm(x[:, -1:]))[:, 0]  # (1, V)
         return (logits.float(), *presents)
 
+    def _run_opt(self, x, past, positions):
+        """OPT (BLIP-2's OPT checkpoints), in OPTDecoder's order: project_in, + learned positions (the embedding
+        adds OPT's offset of 2 itself), layers with LayerNorm before (or after, `do_layer_norm_before` False) the
+        attention and the fc1 / activation / fc2 block, the final LayerNorm, project_out."""
+        lm, t = self.lm, x.shape[1]
+        if lm.project_in is not None:
+            x = lm.project_in(x)
+        x = x + lm.embed_positions(None, 0, position_ids=positions[None])
+        causal = past is None
+        presents = []
+        for i, layer in enumerate(self.layers):
+            attn, before = layer.self_attn, layer.do_layer_norm_before
+            h = layer.self_attn_layer_norm(x) if before else x
+            q = (attn.q_proj(h) * attn.scaling).view(1, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, t, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, t, self.n_kv, self.head_dim).transpose(1, 2)
+            if past is not None:
+                k = torch.cat((past[2 * i], k), dim=2)
+                v = torch.cat((past[2 * i + 1], v), dim=2)
+            presents += [k, v]
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=1.0)  # q is scaled (OPT's order)
+            x = x + attn.out_proj(o.transpose(1, 2).reshape(1, t, -1))
+            if not before:
+                x = layer.self_attn_layer_norm(x)
+            h = layer.final_layer_norm(x) if before else x
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+            if not before:
+                x = layer.final_layer_norm(x)
+        x = x[:, -1:]
+        if lm.final_layer_norm is not None:
+            x = lm.final_layer_norm(x)
+        if lm.project_out is not None:
+            x = lm.project_out(x)
+        return (self.lm_head(x)[:, 0].float(), *presents)
+
     def forward(self, input_ids, image_features, position_ids=None):
         """Prefill: input_ids (1, S), image_features (N, E) [, position_ids (3, S)] -> logits (1, V), presents."""
         embeds = self.lm.embed_tokens(input_ids)  # (1, S, E) (Gemma's embedding scales itself)
@@ -266,7 +362,7 @@ class _Decoder(torch.nn.Module):
         index = (torch.cumsum(is_image.to(torch.int64), dim=0) - 1).clamp(min=0)  # k-th image token -> row k
         merged = torch.where(is_image[None, :, None], image_features[index][None], embeds)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device) if position_ids is None else position_ids
-        return self._run(merged, None, *self._rope(positions))
+        return self._run(merged, None, positions)
 
 
 class _DecodeStep(torch.nn.Module):
@@ -281,7 +377,7 @@ class _DecodeStep(torch.nn.Module):
         if self.decoder.mrope_section:  # text after the image: the three rows are equal, P + delta
             position = position + state[0]
         x = self.decoder.lm.embed_tokens(input_ids)  # (1, 1, E)
-        return self.decoder._run(x, past, *self.decoder._rope(position))
+        return self.decoder._run(x, past, position)
 
 
 def export_model(adapter, directory: str | Path, log=print,
@@ -309,13 +405,18 @@ def export_model(adapter, directory: str | Path, log=print,
     past = [torch.zeros(1, kvh, 7, d) for _ in range(2 * L)]
     decode_args = (torch.zeros(1, 1, dtype=torch.long), *([torch.zeros(1, dtype=torch.long)] if mrope else []), *past)
     s, p = names.SEQUENCE, names.PAST
+    text = _qformer_text_inputs(adapter, reference)
     jobs = [
-        (names.VISION_FILE, _Vision(adapter, _vision_constants(adapter, reference)), (reference["pixel_values"],),
-         [names.PIXEL_VALUES], [names.IMAGE_FEATURES], {}),
+        # every wrapper in eval mode: torch.onnx.export restores each module's mode after tracing, and a wrapper
+        # left in training mode would leave the model in training mode too (dropout on: BLIP-2's Q-Former)
+        (names.VISION_FILE, _Vision(adapter, _vision_constants(adapter, reference)).eval(),
+         (reference["pixel_values"], *text),
+         names.vision_inputs(bool(text)), [names.IMAGE_FEATURES],
+         {name: {1: names.QFORMER_SEQUENCE} for name in names.vision_inputs(bool(text))[1:]}),
         (names.PREFILL_FILE, decoder, prefill_args, names.prefill_inputs(mrope), [names.LOGITS, *names.present_names(L)],
          {names.INPUT_IDS: {1: s}, **({names.POSITION_IDS: {1: s}} if mrope else {}),
           **{n: {2: s} for n in names.present_names(L)}}),
-        (names.DECODE_FILE, _DecodeStep(decoder), decode_args, names.decode_inputs(L, mrope),
+        (names.DECODE_FILE, _DecodeStep(decoder).eval(), decode_args, names.decode_inputs(L, mrope),
          [names.LOGITS, *names.present_names(L)],
          {**{n: {2: p} for n in names.past_names(L)}, **{n: {2: f"{p}_plus_1"} for n in names.present_names(L)}}),
     ]
