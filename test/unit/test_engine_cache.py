@@ -129,6 +129,16 @@ def test_shape_profiles_cover_every_graph_input_of_a_multimodal_rope_model():
     assert GraphShapes.from_dict(json.loads(json.dumps(shapes.to_dict()))) == shapes  # as the manifest stores it
 
 
+def test_shape_profiles_cover_the_instruction_inputs_of_instructblips_vision_graph():
+    shapes = dataclasses.replace(SHAPES, qformer_text_max=64)
+    profiles = shape_profiles(shapes, max_tokens=256)
+    assert list(profiles["vision"]) == names.vision_inputs(True)
+    for name in (names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK):
+        assert profiles["vision"][name] == ((1, 1), (1, 32), (1, 64))
+    assert list(shape_profiles(SHAPES, 256)["vision"]) == names.vision_inputs(False)
+    assert GraphShapes.from_dict(json.loads(json.dumps(shapes.to_dict()))) == shapes
+
+
 def test_precision_checks():
     assert precision_problem("fp16", (8, 7), False) == ""
     assert "compute capability 8.9" in precision_problem("fp8", (8, 7), True)

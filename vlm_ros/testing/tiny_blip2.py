@@ -65,8 +65,23 @@ def _image_processor():
     return BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
 
 
-def build_tiny_blip2(path: str | Path, seed: int = 0, language: str = "opt") -> Path:
-    """BLIP-2 (OPT or Flan-T5 style) saved with save_pretrained; loads with Blip2Adapter.from_pretrained."""
+def _spread_text_weights(model, std: float | None) -> None:
+    """Re-draw the language model's weight matrices with standard deviation `std` (None: keep transformers'
+    init). A random OPT at the default 0.02 answers every prompt with one repeated token; a larger spread gives
+    greedy answers that differ per prompt, which is what parity tests need to see."""
+    import torch
+
+    if std is None:
+        return
+    with torch.no_grad():
+        for p in model.language_model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std)
+
+
+def build_tiny_blip2(path: str | Path, seed: int = 0, language: str = "opt", text_std: float | None = None) -> Path:
+    """BLIP-2 (OPT or Flan-T5 style) saved with save_pretrained; loads with Blip2Adapter.from_pretrained.
+    `text_std`: see _spread_text_weights."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
 
     seeded(seed)
@@ -76,6 +91,7 @@ def build_tiny_blip2(path: str | Path, seed: int = 0, language: str = "opt") -> 
                          text_config=_text_config(language, tokenizer).to_dict(), num_query_tokens=NUM_QUERY_TOKENS,
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
     model = Blip2ForConditionalGeneration(config).eval()
+    _spread_text_weights(model, text_std)
     processor = Blip2Processor(image_processor=_image_processor(), tokenizer=tokenizer,
                                num_query_tokens=NUM_QUERY_TOKENS)
     path = Path(path)
@@ -84,8 +100,10 @@ def build_tiny_blip2(path: str | Path, seed: int = 0, language: str = "opt") -> 
     return path
 
 
-def build_tiny_instructblip(path: str | Path, seed: int = 0, language: str = "llama") -> Path:
-    """InstructBLIP (Vicuna/Llama or Flan-T5 style) with its own Q-Former tokenizer, as released."""
+def build_tiny_instructblip(path: str | Path, seed: int = 0, language: str = "llama",
+                            text_std: float | None = None) -> Path:
+    """InstructBLIP (Vicuna/Llama or Flan-T5 style) with its own Q-Former tokenizer, as released.
+    `text_std`: see _spread_text_weights."""
     from tokenizers import processors
     from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
 
@@ -102,6 +120,7 @@ def build_tiny_instructblip(path: str | Path, seed: int = 0, language: str = "ll
                                 num_query_tokens=NUM_QUERY_TOKENS,
                                 image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
     model = InstructBlipForConditionalGeneration(config).eval()
+    _spread_text_weights(model, text_std)
     processor = InstructBlipProcessor(image_processor=_image_processor(), tokenizer=tokenizer,
                                       qformer_tokenizer=qformer_tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
     path = Path(path)
