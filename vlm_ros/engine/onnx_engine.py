@@ -2,7 +2,7 @@
 
 Arrays stay numpy between the graphs (the KV cache goes out of one step and into the next unchanged). The
 decode state is the decode graph's inputs after input_ids (names.decode_inputs): Qwen2.5-VL's rope_delta, then
-the per-layer cache.
+the per-layer cache, then (encoder-decoder models) the cross-attention K / V the prefill made, passed along.
 The CPU wheel is what requirements.txt installs; a CUDA build of onnxruntime is used when asked for.
 """
 
@@ -32,8 +32,11 @@ class OrtRunner:
         self.sessions = {graph: ort.InferenceSession(str(directory / file), options, providers=providers)
                          for graph, file in names.GRAPH_FILES.items()}
         self.shapes, self.image_tokens = shapes, shapes.image_tokens
-        self._state = names.decode_inputs(shapes.layers, shapes.mrope)[1:]  # rope_delta (Qwen), past_*.i
+        # the decode state: [rope_delta (Qwen)], past_*.i, [cross_*.i (encoder-decoder, passed along unchanged)]
+        self._state = names.decode_inputs(shapes.layers, shapes.mrope, shapes.encoder_decoder)[1:]
+        self._head = 1 if shapes.mrope else 0
         self._outputs = [names.LOGITS, *names.present_names(shapes.layers)]
+        self._prefill_outputs = names.prefill_outputs(shapes.layers, shapes.encoder_decoder)
         self.name = f"onnxruntime ({', '.join(p.removesuffix('ExecutionProvider').lower() for p in providers)})"
 
     def encode(self, pixel_values, qformer_text=None) -> np.ndarray:
@@ -51,14 +54,14 @@ class OrtRunner:
             positions, delta = rope
             feeds[names.POSITION_IDS] = positions.detach().to("cpu").numpy().astype(np.int64)  # (3, S)
             head = [np.array([delta], dtype=np.int64)]
-        out = self.sessions["prefill"].run(self._outputs, feeds)
-        return out[0][0], [*head, *out[1:]]  # logits (V,), [rope_delta,] presents (1, KVH, S, D) x 2L
+        out = self.sessions["prefill"].run(self._prefill_outputs, feeds)
+        return out[0][0], [*head, *out[1:]]  # logits (V,), [rope_delta,] presents x 2L [, cross K / V x 2L]
 
     def step(self, token_id: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = {names.INPUT_IDS: np.array([[token_id]], dtype=np.int64), **dict(zip(self._state, state))}
         out = self.sessions["decode"].run(self._outputs, feeds)
-        head = state[: len(state) - len(out) + 1]  # rope_delta stays as it is
-        return out[0][0], [*head, *out[1:]]
+        # rope_delta and the cross K / V stay as they are; the self-attention cache is the step's output
+        return out[0][0], [*state[: self._head], *out[1:], *state[self._head + len(out) - 1:]]
 
 
 class OnnxEngine(GraphEngine):

@@ -71,8 +71,11 @@ class TrtRunner:
         runtime = trt.Runtime(self._logger)
         self.graphs = {g: TrtGraph(runtime, directory / f, self.device) for g, f in names.ENGINE_FILES.items()}
         self.shapes, self.image_tokens = shapes, shapes.image_tokens
-        self._state = names.decode_inputs(shapes.layers, shapes.mrope)[1:]  # rope_delta (Qwen), past_*.i
+        # the decode state: [rope_delta (Qwen)], past_*.i, [cross_*.i (encoder-decoder, passed along unchanged)]
+        self._state = names.decode_inputs(shapes.layers, shapes.mrope, shapes.encoder_decoder)[1:]
+        self._head = 1 if shapes.mrope else 0
         self._present = names.present_names(shapes.layers)
+        self._cross = names.cross_names(shapes.layers) if shapes.encoder_decoder else []
         self.name = name
 
     def _run(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,19 +99,21 @@ class TrtRunner:
                 positions, delta = rope
                 feeds[names.POSITION_IDS] = positions.to(self.device, torch.int64, non_blocking=True)  # (3, S)
                 head = [torch.full((1,), delta, dtype=torch.int64, device=self.device)]
-        return self._finish(self._run("prefill", feeds), head)
+        out = self._run("prefill", feeds)
+        return self._finish(out, head, [out[n] for n in self._cross])
 
     def step(self, token_id: int, state: list[torch.Tensor]):
         with torch.cuda.stream(self.stream):
             ids = torch.full((1, 1), token_id, dtype=torch.int64, device=self.device)
         out = self._run("decode", {names.INPUT_IDS: ids, **dict(zip(self._state, state))})
-        return self._finish(out, state[: len(self._state) - len(self._present)])
+        # rope_delta and the cross K / V stay as they are
+        return self._finish(out, state[: self._head], state[self._head + len(self._present):])
 
-    def _finish(self, out: dict[str, torch.Tensor], head: list[torch.Tensor]):
+    def _finish(self, out: dict[str, torch.Tensor], head: list[torch.Tensor], tail: list[torch.Tensor]):
         with torch.cuda.stream(self.stream):
             logits = out[names.LOGITS][0].float()  # (V,)
         self.stream.synchronize()  # the caller reads the next token on the host right away
-        return logits, [*head, *(out[n] for n in self._present)]
+        return logits, [*head, *(out[n] for n in self._present), *tail]
 
 
 class TensorRTEngine(GraphEngine):

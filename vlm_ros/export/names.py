@@ -11,7 +11,15 @@ Three graphs per model:
 - decode:  input_ids (1, 1) int64 [, rope_delta (1,) int64: multimodal rope only], past_key.i / past_value.i
            (1, KVH, P, D) -> logits (1, V), present_*.i (1, KVH, P + 1, D); the new token's position is P
            (read from the past's shape), plus rope_delta where the model has one.
-`prefill_inputs` / `decode_inputs` give each graph's inputs in order; a runtime feeds exactly those.
+Encoder-decoder models (Florence-2's BART, BLIP-2 / InstructBLIP's Flan-T5, GraphShapes.encoder_decoder):
+- prefill: the same inputs -> logits (1, V) of the first generated token (the encoder runs over the merged
+           prompt, then one decoder step from the decoder start token), present_key.i / present_value.i
+           (1, H, 1, D) of that step, cross_key.i / cross_value.i (1, H, S, D): each decoder layer's
+           cross-attention K / V of the encoder output.
+- decode:  input_ids (1, 1), past_key.i / past_value.i (1, H, P, D), cross_key.i / cross_value.i (1, H, S, D)
+           -> logits (1, V), present_*.i (1, H, P + 1, D); the cross K / V are passed along unchanged.
+`prefill_inputs` / `prefill_outputs` / `decode_inputs` give each graph's I/O in order; a runtime feeds exactly
+those.
 """
 
 from __future__ import annotations
@@ -54,6 +62,20 @@ def present_value(layer: int) -> str:
     return f"present_value.{layer}"
 
 
+def cross_key(layer: int) -> str:
+    return f"cross_key.{layer}"
+
+
+def cross_value(layer: int) -> str:
+    return f"cross_value.{layer}"
+
+
+def cross_names(layers: int) -> list[str]:
+    """cross_key.0, cross_value.0, ... (encoder-decoder: the cross-attention K / V of the encoder output, made by
+    the prefill and passed unchanged to every decode step)."""
+    return [name for i in range(layers) for name in (cross_key(i), cross_value(i))]
+
+
 def past_names(layers: int) -> list[str]:
     """past_key.0, past_value.0, past_key.1, ... (the decode graph's cache inputs, in order)."""
     return [name for i in range(layers) for name in (past_key(i), past_value(i))]
@@ -74,6 +96,12 @@ def prefill_inputs(mrope: bool) -> list[str]:
     return [INPUT_IDS, IMAGE_FEATURES, *([POSITION_IDS] if mrope else [])]
 
 
-def decode_inputs(layers: int, mrope: bool) -> list[str]:
+def prefill_outputs(layers: int, encoder_decoder: bool = False) -> list[str]:
+    """The prefill graph's outputs, in order (`encoder_decoder`: the cross K / V follow the self-attention cache)."""
+    return [LOGITS, *present_names(layers), *(cross_names(layers) if encoder_decoder else [])]
+
+
+def decode_inputs(layers: int, mrope: bool, encoder_decoder: bool = False) -> list[str]:
     """The decode graph's inputs, in order: the token, then the state a runtime carries from step to step."""
-    return [INPUT_IDS, *([ROPE_DELTA] if mrope else []), *past_names(layers)]
+    return [INPUT_IDS, *([ROPE_DELTA] if mrope else []), *past_names(layers),
+            *(cross_names(layers) if encoder_decoder else [])]

@@ -1,13 +1,13 @@
-"""ONNX export of a decoder-only VLM as three graphs: vision (+ projector / connector), prefill, one decode step.
+"""ONNX export of a VLM as three graphs: vision (+ projector / connector), prefill, one decode step.
 
 The decoder graphs are not traced through transformers' forward (cache objects, mask builders): a small
 wrapper runs the model's own modules in the model's order (the same math as engine/lean_decoder.py), with
 the KV cache as explicit per-layer inputs and outputs, so that onnxruntime and TensorRT see plain tensors.
-The vision graph is the adapter's own `encode_vision` on the pixel input (InstructBLIP: the model's get_image_features
-with the instruction). Exports are float32; TensorRT lowers
-precision at build time (FP16 by default).
+The vision graph is the adapter's own `encode_vision` on the pixel input (InstructBLIP: the model's own
+get_image_features with the instruction). Exports are float32; TensorRT lowers precision at build time (FP16
+by default).
 
-Supported families and their differences (each a small hook here, one decoder wrapper for all):
+Supported families and their differences (each a small hook here; one decoder-only wrapper, one encoder-decoder):
 - `embedded`, `llava`: LLaVA-style models whose decoder the lean decoder supports (Llama / Qwen2 / Mistral
   layers, default, llama3 or linear rope).
 - `idefics3` (SmolVLM / SmolVLM2): the vision graph takes the processor's tiles (1, T, C, H, W) and runs SigLIP
@@ -24,9 +24,14 @@ Supported families and their differences (each a small hook here, one decoder wr
   instruction, so its vision graph takes qformer_input_ids / qformer_attention_mask (dynamic length) too.
   The Llama decoder is the wrapper above; OPT layers (learned positions with OPT's offset, LayerNorm before or
   after each block, ReLU fc1 / fc2, biases, no rotary) are a second form of the same wrapper.
-Other families raise `UnsupportedModelError` with the reason (`REFUSED`): Florence-2 is encoder-decoder, and
-so are BLIP-2 / InstructBLIP with Flan-T5 (refused by their decoder); PaliGemma 2's Gemma 2 decoder
-(soft-capping, sliding-window layers) is refused as well.
+- Encoder-decoders (`_Seq2Seq`): `florence2` (DaViT + projection as the vision graph; BART encoder-decoder) and
+  `blip2` / `instructblip` with Flan-T5. The prefill graph merges the image features into the prompt, runs the
+  model's own encoder, computes each decoder layer's cross-attention K / V once and runs the first decoder step
+  from the decoder start token: -> logits, self KV (one token), cross KV. The decode step takes the token, the
+  self KV and the cross KV (which the runner passes along unchanged). BART decoder layers are post-LN with
+  learned positions; T5's are pre-LN with the first block's relative position bias.
+Other families raise `UnsupportedModelError` with the reason (`REFUSED`, and `_decoder_problem` for decoders
+a family's checkpoint may have): PaliGemma 2's Gemma 2 decoder (soft-capping, sliding-window layers) is refused.
 """
 
 from __future__ import annotations
@@ -46,17 +51,15 @@ from vlm_ros.export import names
 
 OPSET = 17
 EXPORT_VERSION = 2  # bump when the graphs' structure or names change: it is part of the cache key
-EXPORTABLE_FAMILIES = ("embedded", "llava", "idefics3", "qwen2_5_vl", "paligemma", "blip2", "instructblip")
+EXPORTABLE_FAMILIES = ("embedded", "llava", "idefics3", "qwen2_5_vl", "paligemma", "blip2", "instructblip",
+                       "florence2")
 # Families whose pixel input (tile count, patch grid) depends on the frame size: exported for one frame size.
 FRAME_SIZED_FAMILIES = ("idefics3", "qwen2_5_vl")
 CONSTANT_VISION_POSITION_FAMILIES = ("idefics3",)  # see _constant_vision_positions
 QFORMER_TEXT_FAMILIES = ("instructblip",)  # the vision graph's Q-Former also reads the instruction
 PREFIX_LM_FAMILIES = ("paligemma",)  # the prefill attends bidirectionally over image + prompt
 DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of the frames a frame-sized export is for (VGA camera)
-REFUSED = {
-    "florence2": "Florence-2 is an encoder-decoder (DaViT + BART encoder, cross-attention decoder): the exporter "
-                 "writes decoder-only graphs (no encoder graph, no cross-attention KV)",
-}
+REFUSED: dict[str, str] = {}  # family -> why it has no export (every registered family has one now)
 _GEMMA_LAYERS = {"GemmaDecoderLayer"}  # same layer structure as Llama; scaled embeddings inside embed_tokens
 
 
@@ -80,6 +83,7 @@ class GraphShapes:
     mrope: bool = False  # multimodal 3-D rope: prefill takes position_ids, decode takes rope_delta
     image_size: tuple[int, ...] = ()  # (H, W) of the frames a frame-sized export is for; () = any frame size
     qformer_text_max: int = 0  # InstructBLIP: the vision graph takes the instruction's Q-Former tokens (up to this)
+    encoder_decoder: bool = False  # Florence-2, Flan-T5: prefill = encoder + first decoder step, cross KV in the state
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,12 +135,35 @@ def _decoder_stack(model):
     return lm, head, "rotary"
 
 
+def _seq2seq_parts(model):
+    """(encoder, decoder, lm_head, kind) of an encoder-decoder language model: kind "bart" (Florence-2's BART)
+    or "t5" (BLIP-2 / InstructBLIP's Flan-T5); None for a decoder-only model."""
+    inner = getattr(model, "model", None)
+    lm = getattr(inner, "language_model", None)  # Florence-2: model.model.language_model is a BartModel
+    if lm is not None and hasattr(lm, "encoder") and hasattr(lm, "decoder") and hasattr(model, "lm_head"):
+        return lm.encoder, lm.decoder, model.lm_head, "bart"
+    lm = getattr(model, "language_model", None)  # BLIP-2 / InstructBLIP: a T5ForConditionalGeneration
+    if lm is not None and hasattr(lm, "encoder") and hasattr(lm, "decoder") and hasattr(lm, "lm_head"):
+        return lm.encoder, lm.decoder, lm.lm_head, "t5"
+    return None
+
+
+def _seq2seq_problem(model) -> str:
+    parts = _seq2seq_parts(model)
+    if parts is None:
+        return "no BART or T5 encoder-decoder with an lm_head found"
+    decoder, kind = parts[1], parts[3]
+    kinds = sorted({type(layer).__name__ for layer in getattr(decoder, "layers", getattr(decoder, "block", []))})
+    want = {"bart": ["BartDecoderLayer"], "t5": ["T5Block"]}[kind]
+    return "" if kinds == want else f"decoder layers {', '.join(kinds)}"
+
+
 def _decoder_problem(model) -> str:
     """Why the exported decoder wrapper cannot run this model's language model, or ''."""
+    if getattr(_text_model(model).config, "is_encoder_decoder", False) or \
+            getattr(model.config, "is_encoder_decoder", False):
+        return _seq2seq_problem(model)
     lm, _, kind = _decoder_stack(model)
-    if getattr(_text_model(model).config, "is_encoder_decoder", False):
-        return (f"its language model {type(_text_model(model)).__name__} is an encoder-decoder (Flan-T5: "
-                "encoder graph, cross-attention KV, relative position bias), not exported")
     if lm is None:
         return "no rotary or OPT decoder with an lm_head found"
     kinds = sorted({type(layer).__name__ for layer in lm.layers})
@@ -168,8 +195,11 @@ def _vision_constants(adapter, tensors: dict) -> dict:
 
 def graph_shapes(adapter, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> GraphShapes:
     model = adapter.model
-    lm, head, _ = _decoder_stack(model)
-    attn = lm.layers[0].self_attn
+    seq2seq = _Seq2Seq(model) if _seq2seq_parts(model) is not None else None
+    if seq2seq is not None:
+        lm, head = seq2seq.decoder, seq2seq.lm_head
+    else:
+        lm, head, _ = _decoder_stack(model)
     tensors = reference_inputs(adapter, image_size).tensors
     pixels = tensors["pixel_values"]
     text = _qformer_text_inputs(adapter, tensors)
@@ -177,11 +207,15 @@ def graph_shapes(adapter, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> G
         features = _Vision(adapter, _vision_constants(adapter, tensors))(pixels, *text)
     grid = tuple(int(v) for v in tensors["image_grid_thw"][0]) if "image_grid_thw" in tensors else ()
     qformer = getattr(model.config, "qformer_config", None)
+    if seq2seq is not None:
+        layers, kv_heads, head_dim = len(seq2seq.layers), seq2seq.n_heads, seq2seq.head_dim
+    else:
+        layers, head_dim = len(lm.layers), lm.layers[0].self_attn.head_dim
+        kv_heads = getattr(lm.config, "num_key_value_heads", None) or lm.config.num_attention_heads
     return GraphShapes(pixel_shape=tuple(pixels.shape), image_tokens=int(features.shape[0]),
-                       embed_dim=int(features.shape[1]), layers=len(lm.layers),
-                       kv_heads=int(getattr(lm.config, "num_key_value_heads", None) or lm.config.num_attention_heads),
-                       head_dim=int(attn.head_dim),
+                       embed_dim=int(features.shape[1]), layers=layers, kv_heads=int(kv_heads), head_dim=int(head_dim),
                        vocab=int(head.out_features), image_token_id=int(model.config.image_token_id),
+                       encoder_decoder=seq2seq is not None,
                        image_grid=grid, mrope=bool(getattr(getattr(lm, "rotary_emb", None), "mrope_section", None)),
                        image_size=tuple(image_size) if adapter.family in FRAME_SIZED_FAMILIES else (),
                        qformer_text_max=int(qformer.max_position_embeddings) if text else 0)
@@ -380,6 +414,131 @@ class _DecodeStep(torch.nn.Module):
         return self.decoder._run(x, past, position)
 
 
+class _Seq2Seq(torch.nn.Module):
+    """An encoder-decoder language model (Florence-2's BART, BLIP-2's Flan-T5) with explicit KV tensors.
+
+    `forward` is the prefill: the image features replace the image tokens in the prompt's embeddings (the
+    model's own input embedding), the model's own encoder runs over them, each decoder layer's cross-attention
+    K / V are computed once from the encoder output, and the first decoder step runs from the decoder start
+    token. `step` is one decoder step on the self-attention cache and the (unchanged) cross K / V. The decoder
+    layers are run module by module in the model's order: BART post-LN (learned positions with BART's offset,
+    LayerNorm after each residual), T5 pre-LN (RMS norm, relative position bias of the first block's
+    self-attention shared by every layer, unscaled scores, output scaling before a tied lm_head).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, self.decoder, self.lm_head, self.kind = _seq2seq_parts(model)
+        self.embed = model.get_input_embeddings()  # the embedding the model's own forward merges the image into
+        self.image_token_id = int(model.config.image_token_id)
+        text = model.config.get_text_config()
+        generation = getattr(getattr(model, "language_model", None), "generation_config", None) \
+            if self.kind == "t5" else model.generation_config
+        start = getattr(generation, "decoder_start_token_id", None)
+        self.start_token_id = int(text.decoder_start_token_id if start is None else start)
+        if self.kind == "bart":
+            self.layers = self.decoder.layers
+            attn = self.layers[0].self_attn
+            self.n_heads, self.head_dim = attn.num_heads, attn.head_dim
+        else:
+            self.layers = self.decoder.block
+            attn = self.layers[0].layer[0].SelfAttention
+            self.n_heads, self.head_dim = attn.n_heads, attn.key_value_proj_dim
+            self.output_scale = float(text.d_model) ** -0.5 if getattr(text, "scale_decoder_outputs", False) else 1.0
+
+    def _heads(self, x):
+        """(1, T, H * D) -> (1, H, T, D)."""
+        return x.view(1, x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _cross(self, layer):
+        return layer.encoder_attn if self.kind == "bart" else layer.layer[1].EncDecAttention
+
+    def forward(self, input_ids, image_features):
+        """Prefill: input_ids (1, S), image_features (N, E) -> logits (1, V), self KV (1, H, 1, D) x 2L, cross KV
+        (1, H, S, D) x 2L."""
+        embeds = self.embed(input_ids)
+        is_image = input_ids[0] == self.image_token_id
+        index = (torch.cumsum(is_image.to(torch.int64), dim=0) - 1).clamp(min=0)
+        merged = torch.where(is_image[None, :, None], image_features[index][None], embeds)
+        encoded = self.encoder(inputs_embeds=merged, return_dict=True).last_hidden_state  # (1, S, E)
+        cross = []
+        for layer in self.layers:
+            attn = self._cross(layer)
+            k_proj, v_proj = (attn.k_proj, attn.v_proj) if self.kind == "bart" else (attn.k, attn.v)
+            cross += [self._heads(k_proj(encoded)), self._heads(v_proj(encoded))]
+        start = torch.full((1, 1), self.start_token_id, dtype=torch.long, device=input_ids.device)
+        logits, *presents = self.run(start, None, cross)
+        return (logits, *presents, *cross)
+
+    def run(self, input_ids, past, cross):
+        """One decoder token input_ids (1, 1) at position P (the past's length; 0 without past) -> logits (1, V),
+        self KV (1, H, P + 1, D) x 2L."""
+        position = torch.arange(1, device=input_ids.device) + (past[0].shape[2] if past is not None else 0)
+        if self.kind == "bart":
+            return self._run_bart(input_ids, past, cross, position)
+        return self._run_t5(input_ids, past, cross, position)
+
+    def _attend(self, q, k, v, scale, bias=None):
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)  # one query: no causal mask
+        return o.transpose(1, 2).reshape(1, q.shape[2], -1)
+
+    def _run_bart(self, input_ids, past, cross, position):
+        dec = self.decoder
+        x = dec.embed_tokens(input_ids) + dec.embed_positions(input_ids, 0, position_ids=position)
+        x = dec.layernorm_embedding(x)
+        presents = []
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            k, v = self._heads(attn.k_proj(x)), self._heads(attn.v_proj(x))
+            if past is not None:
+                k, v = torch.cat((past[2 * i], k), dim=2), torch.cat((past[2 * i + 1], v), dim=2)
+            presents += [k, v]
+            x = layer.self_attn_layer_norm(x + attn.out_proj(self._attend(self._heads(attn.q_proj(x)), k, v,
+                                                                            attn.scaling)))
+            ca = layer.encoder_attn
+            o = self._attend(self._heads(ca.q_proj(x)), cross[2 * i], cross[2 * i + 1], ca.scaling)
+            x = layer.encoder_attn_layer_norm(x + ca.out_proj(o))
+            x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
+        return (self.lm_head(x)[:, 0].float(), *presents)
+
+    def _run_t5(self, input_ids, past, cross, position):
+        dec = self.decoder
+        x = dec.embed_tokens(input_ids)
+        first = self.layers[0].layer[0].SelfAttention
+        keys = torch.arange(position[0] + 1, device=input_ids.device)  # the cache and this token: 0 .. P
+        buckets = first._relative_position_bucket(keys - position[:, None], bidirectional=False,
+                                                  num_buckets=first.relative_attention_num_buckets,
+                                                  max_distance=first.relative_attention_max_distance)
+        bias = first.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # (1, H, 1, P + 1)
+        presents = []
+        for i, block in enumerate(self.layers):
+            self_layer, cross_layer, ff = block.layer
+            attn = self_layer.SelfAttention
+            h = self_layer.layer_norm(x)
+            k, v = self._heads(attn.k(h)), self._heads(attn.v(h))
+            if past is not None:
+                k, v = torch.cat((past[2 * i], k), dim=2), torch.cat((past[2 * i + 1], v), dim=2)
+            presents += [k, v]
+            x = x + attn.o(self._attend(self._heads(attn.q(h)), k, v, 1.0, bias))
+            ca = cross_layer.EncDecAttention
+            h = cross_layer.layer_norm(x)
+            x = x + ca.o(self._attend(self._heads(ca.q(h)), cross[2 * i], cross[2 * i + 1], 1.0))
+            x = x + ff.DenseReluDense(ff.layer_norm(x))
+        x = dec.final_layer_norm(x) * self.output_scale
+        return (self.lm_head(x)[:, 0].float(), *presents)
+
+
+class _Seq2SeqStep(torch.nn.Module):
+    def __init__(self, seq2seq: _Seq2Seq, layers: int):
+        super().__init__()
+        self.seq2seq, self.layers = seq2seq, layers
+
+    def forward(self, input_ids, *state):
+        """input_ids (1, 1), self KV (1, H, P, D) x 2L, cross KV (1, H, S, D) x 2L -> logits, self KV (P + 1)."""
+        past, cross = state[: 2 * self.layers], state[2 * self.layers:]
+        return self.seq2seq.run(input_ids, past, cross)
+
+
 def export_model(adapter, directory: str | Path, log=print,
                  image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> ExportResult:
     """Write vision.onnx, prefill.onnx and decode.onnx for `adapter`'s model into `directory` (float32, CPU).
@@ -395,16 +554,25 @@ def export_model(adapter, directory: str | Path, log=print,
     t0 = time.monotonic()
     shapes = graph_shapes(adapter, image_size)
     reference = reference_inputs(adapter, image_size).tensors
-    decoder = _Decoder(model, prefix_lm=adapter.family in PREFIX_LM_FAMILIES).eval()
-    L, kvh, d, mrope = shapes.layers, shapes.kv_heads, shapes.head_dim, shapes.mrope
+    L, kvh, d, mrope, cross = shapes.layers, shapes.kv_heads, shapes.head_dim, shapes.mrope, shapes.encoder_decoder
+    if cross:  # encoder-decoder: the prefill ends with the first decoder step, cross K / V join the state
+        decoder = _Seq2Seq(model).eval()
+        step = _Seq2SeqStep(decoder, L).eval()
+    else:
+        decoder = _Decoder(model, prefix_lm=adapter.family in PREFIX_LM_FAMILIES).eval()
+        step = _DecodeStep(decoder).eval()
     n = shapes.image_tokens
     ids = torch.full((1, n + 5), 3, dtype=torch.long)
     ids[0, 1: 1 + n] = shapes.image_token_id
     features = torch.zeros(n, shapes.embed_dim)
     prefill_args = (ids, features, *([torch.arange(n + 5).expand(3, -1).contiguous()] if mrope else []))
     past = [torch.zeros(1, kvh, 7, d) for _ in range(2 * L)]
-    decode_args = (torch.zeros(1, 1, dtype=torch.long), *([torch.zeros(1, dtype=torch.long)] if mrope else []), *past)
+    cross_kv = [torch.zeros(1, kvh, n + 5, d) for _ in range(2 * L)] if cross else []
+    decode_args = (torch.zeros(1, 1, dtype=torch.long), *([torch.zeros(1, dtype=torch.long)] if mrope else []), *past,
+                   *cross_kv)
     s, p = names.SEQUENCE, names.PAST
+    # the prefill's self KV covers the prompt (decoder-only) or the decoder start token (encoder-decoder)
+    prefill_kv = {} if cross else {n: {2: s} for n in names.present_names(L)}
     text = _qformer_text_inputs(adapter, reference)
     jobs = [
         # every wrapper in eval mode: torch.onnx.export restores each module's mode after tracing, and a wrapper
@@ -413,12 +581,13 @@ def export_model(adapter, directory: str | Path, log=print,
          (reference["pixel_values"], *text),
          names.vision_inputs(bool(text)), [names.IMAGE_FEATURES],
          {name: {1: names.QFORMER_SEQUENCE} for name in names.vision_inputs(bool(text))[1:]}),
-        (names.PREFILL_FILE, decoder, prefill_args, names.prefill_inputs(mrope), [names.LOGITS, *names.present_names(L)],
-         {names.INPUT_IDS: {1: s}, **({names.POSITION_IDS: {1: s}} if mrope else {}),
-          **{n: {2: s} for n in names.present_names(L)}}),
-        (names.DECODE_FILE, _DecodeStep(decoder).eval(), decode_args, names.decode_inputs(L, mrope),
+        (names.PREFILL_FILE, decoder, prefill_args, names.prefill_inputs(mrope), names.prefill_outputs(L, cross),
+         {names.INPUT_IDS: {1: s}, **({names.POSITION_IDS: {1: s}} if mrope else {}), **prefill_kv,
+          **{n: {2: s} for n in names.cross_names(L) if cross}}),
+        (names.DECODE_FILE, step, decode_args, names.decode_inputs(L, mrope, cross),
          [names.LOGITS, *names.present_names(L)],
-         {**{n: {2: p} for n in names.past_names(L)}, **{n: {2: f"{p}_plus_1"} for n in names.present_names(L)}}),
+         {**{n: {2: p} for n in names.past_names(L)}, **{n: {2: f"{p}_plus_1"} for n in names.present_names(L)},
+          **{n: {2: s} for n in names.cross_names(L) if cross}}),
     ]
     with torch.inference_mode(), warnings.catch_warnings(), \
             _constant_vision_positions(adapter, _vision_constants(adapter, reference), reference["pixel_values"]):

@@ -2,7 +2,8 @@
 
 One engine per graph (vision, prefill, decode), built with an optimisation profile for the dynamic axes
 (prompt length S, cache length P; Qwen2.5-VL's position_ids (3, S) follow S, its rope_delta is fixed (1,);
-InstructBLIP's Q-Former instruction tokens (1, Q) range over 1 .. the Q-Former's position count), FP16 by default, a timing cache shared by all builds on this GPU and
+InstructBLIP's Q-Former instruction tokens (1, Q) range over 1 .. the Q-Former's position count; an
+encoder-decoder's cross K / V (1, H, S, D) follow S), FP16 by default, a timing cache shared by all builds on this GPU and
 TensorRT version, progress output, and every ONNX parser error logged. The folder's manifest key holds the
 model hash, export version, TensorRT version, GPU name and compute capability, JetPack (Jetson), precision,
 DLA core and shape profile; manifest.py decides reuse / rebuild / refuse.
@@ -43,6 +44,13 @@ def shape_profiles(shapes: GraphShapes, max_tokens: int, opt_tokens: int | None 
     prompt = ((1, n + 1), (1, opt), (1, max_tokens))
     extra_prefill = {names.POSITION_IDS: tuple((3, s[1]) for s in prompt)} if shapes.mrope else {}
     extra_decode = {names.ROPE_DELTA: fixed((1,))} if shapes.mrope else {}
+    if shapes.encoder_decoder:  # the prefill starts the decoder: the cache holds generated tokens only
+        past = ((*kv, 1, shapes.head_dim), (*kv, min(32, max_tokens - 1), shapes.head_dim),
+                (*kv, max_tokens - 1, shapes.head_dim))
+        encoded = tuple((*kv, s[1], shapes.head_dim) for s in prompt)  # cross K / V follow the prompt length
+        cross = {name: encoded for name in names.cross_names(shapes.layers)}
+    else:
+        cross = {}
     extra_vision = {}
     if shapes.qformer_text_max:  # InstructBLIP: the instruction's Q-Former tokens (1, Q)
         q = shapes.qformer_text_max
@@ -52,7 +60,7 @@ def shape_profiles(shapes: GraphShapes, max_tokens: int, opt_tokens: int | None 
         "vision": {names.PIXEL_VALUES: fixed(shapes.pixel_shape), **extra_vision},
         "prefill": {names.INPUT_IDS: prompt, names.IMAGE_FEATURES: fixed((n, shapes.embed_dim)), **extra_prefill},
         "decode": {names.INPUT_IDS: fixed((1, 1)), **extra_decode,
-                   **{name: past for name in names.past_names(shapes.layers)}},
+                   **{name: past for name in names.past_names(shapes.layers)}, **cross},
     }
 
 
