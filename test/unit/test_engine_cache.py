@@ -139,6 +139,17 @@ def test_shape_profiles_cover_the_instruction_inputs_of_instructblips_vision_gra
     assert GraphShapes.from_dict(json.loads(json.dumps(shapes.to_dict()))) == shapes
 
 
+def test_shape_profiles_cover_the_cross_attention_state_of_an_encoder_decoder():
+    shapes = dataclasses.replace(SHAPES, encoder_decoder=True)
+    profiles = shape_profiles(shapes, max_tokens=256)
+    assert list(profiles["decode"]) == names.decode_inputs(2, False, True)
+    for name in names.cross_names(2):  # the encoder output's K / V: as long as the prompt
+        assert profiles["decode"][name] == ((1, 2, 17, 16), (1, 2, 48, 16), (1, 2, 256, 16))
+    assert profiles["decode"][names.past_key(0)] == ((1, 2, 1, 16), (1, 2, 32, 16), (1, 2, 255, 16))
+    assert list(profiles["prefill"]) == names.prefill_inputs(False)
+    assert GraphShapes.from_dict(json.loads(json.dumps(shapes.to_dict()))) == shapes
+
+
 def test_precision_checks():
     assert precision_problem("fp16", (8, 7), False) == ""
     assert "compute capability 8.9" in precision_problem("fp8", (8, 7), True)

@@ -25,7 +25,7 @@ POST_PROCESSOR_CONFIG = {
 }
 
 
-def build_tiny_florence2(path: str | Path, seed: int = 0) -> Path:
+def build_tiny_florence2(path: str | Path, seed: int = 0, text_std: float | None = None) -> Path:
     """Florence-2 with 32x32 inputs (8x8 feature map after strides 4, 2 -> 16 + 1 image tokens)."""
     from transformers import (BartConfig, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration,
                               Florence2Processor, Florence2VisionConfig)
@@ -46,6 +46,14 @@ def build_tiny_florence2(path: str | Path, seed: int = 0) -> Path:
     config = Florence2Config(vision_config=vision, text_config=text,
                              image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     model = Florence2ForConditionalGeneration(config).eval()
+    if text_std is not None:  # random weights at the default init answer EOS at once: a larger spread of the
+        # BART weights gives greedy answers that differ per prompt, which is what parity tests need to see
+        import torch
+
+        with torch.no_grad():
+            for p in model.model.language_model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, text_std)
     feature = IMAGE_SIZE // 8  # strides 4 and 2
     image_processor = CLIPImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                                             crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False,
