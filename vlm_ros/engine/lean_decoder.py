@@ -210,18 +210,18 @@ class _NumpyStep:
         def linear(mod: torch.nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
             return arr(mod.weight), arr(mod.bias)
 
+        def norm(mod: torch.nn.Module) -> tuple[np.ndarray, float]:
+            return arr(mod.weight), float(mod.variance_epsilon)
+
         self.layers = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append((
-                arr(layer.input_layernorm.weight), linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj),
-                linear(attn.o_proj), arr(layer.post_attention_layernorm.weight), linear(mlp.gate_proj),
+                norm(layer.input_layernorm), linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj),
+                linear(attn.o_proj), norm(layer.post_attention_layernorm), linear(mlp.gate_proj),
                 linear(mlp.up_proj), linear(mlp.down_proj)))
         lm = decoder.lm
-        self.eps = [float(n.variance_epsilon) for n in
-                    (*(m for layer in decoder.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)),
-                     lm.norm)]
-        self.embed, self.norm = arr(lm.embed_tokens.weight), arr(lm.norm.weight)
+        self.embed, self.norm = arr(lm.embed_tokens.weight), norm(lm.norm)
         self.head = linear(decoder.lm_head)
         self.k = [decoder.k[i, 0].numpy() for i in range(len(decoder.layers))]  # (KVH, T, D) views
         self.v = [decoder.v[i, 0].numpy() for i in range(len(decoder.layers))]
@@ -240,7 +240,8 @@ class _NumpyStep:
         return all(type(getattr(layer.mlp, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU") for layer in layers)
 
     @staticmethod
-    def _rms(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    def _rms(x: np.ndarray, weight_eps: tuple[np.ndarray, float]) -> np.ndarray:
+        weight, eps = weight_eps
         return weight * (x * (1.0 / math.sqrt(float(np.dot(x, x)) / x.shape[0] + eps)))
 
     @staticmethod
@@ -253,10 +254,10 @@ class _NumpyStep:
         cos, sin = self.cos[rope_pos], self.sin[rope_pos]
         rope = np.diag(cos) + self.rotate_half * sin  # x @ rope == x * cos + rotate_half(x) * sin
         heads, kv_heads, d, scale = self.heads, self.kv_heads, self.head_dim, self.scale
-        rms, linear, eps = self._rms, self._linear, self.eps
+        rms, linear = self._rms, self._linear
         x = self.embed[token_id]
         for i, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, gate, up, down) in enumerate(self.layers):
-            h = rms(x, norm1, eps[2 * i])
+            h = rms(x, norm1)
             q = linear(h, q_proj).reshape(kv_heads, heads // kv_heads, d) @ rope  # (KVH, group, D)
             keys, values = self.k[i], self.v[i]
             keys[:, pos] = linear(h, k_proj).reshape(kv_heads, d) @ rope
@@ -265,7 +266,7 @@ class _NumpyStep:
             weights = np.exp(scores - scores.max(-1, keepdims=True))
             attended = (weights @ values[:, : pos + 1]) / weights.sum(-1, keepdims=True)  # (KVH, group, D)
             x = x + linear(attended.reshape(-1), o_proj)
-            h = rms(x, norm2, eps[2 * i + 1])
+            h = rms(x, norm2)
             g = linear(h, gate)
             x = x + linear(g * (0.5 + 0.5 * np.tanh(0.5 * g)) * linear(h, up), down)  # silu(g) * up
-        return linear(rms(x, self.norm, eps[-1]), self.head)
+        return linear(rms(x, self.norm), self.head)
