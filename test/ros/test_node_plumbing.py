@@ -208,7 +208,9 @@ def test_image_callbacks_keep_their_rate_while_a_slow_query_runs(start_process, 
     from diagnostic_msgs.msg import DiagnosticArray
     from vlm_ros.srv import Query
 
-    start_node(start_process, tiny_model, "diagnostics_period_s:=0.25")
+    # bfloat16 keeps the tiny model on the torch decode step (float32 takes the numpy step, which finishes 4000
+    # tokens in well under a second): the query must stay busy for seconds
+    start_node(start_process, tiny_model, "diagnostics_period_s:=0.25", "dtype:=bfloat16")
     harness.wait_for_service()
     received: list[tuple[float, int]] = []
 
