@@ -304,6 +304,9 @@ def test_sim_time_jumping_back_resets_the_buffers(start_process, tiny_model, har
     play(10.0, 0.3, frames=False)  # the replay loops: time goes back to 10 s, no frame yet
     resp = harness.query(instruction="hi", max_new_tokens=2)
     assert resp.status == Query.Response.NO_FRAME, (resp.status, resp.message)  # never the frame "from the future"
+    logged_by = time.monotonic() + 5.0  # the warning may reach the log file a moment after the answer
+    while "time jumped back" not in node.log() and time.monotonic() < logged_by:
+        time.sleep(0.1)
     assert "time jumped back" in node.log()
     play(10.3, 0.5)
     resp = query_until(Query.Response.OK, 10.8)
