@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest import requires_ros
 
+from vlm_ros.tools.processes import rss_mb
+
 pytestmark = requires_ros
 
 
@@ -109,14 +111,6 @@ def change_state(harness, transition_id: int, timeout: float = 60.0) -> tuple[bo
         assert time.monotonic() - t0 < timeout, f"transition {transition_id} did not return in {timeout} s"
         time.sleep(0.02)
     return future.result().success, time.monotonic() - t0
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def wait_done(future, timeout: float) -> float:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from vlm_ros.tools.plot import bar_chart
-from vlm_ros.tools.processes import stop_process_group
+from vlm_ros.tools.processes import cpu_seconds, stop_process_group
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -117,16 +117,11 @@ class Bench:
         return self.raw, self.Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3,
                                     data=image.tobytes())
 
-    def node_cpu_s(self) -> float:
-        """User + system CPU seconds of the node process so far (Linux /proc)."""
-        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def idle_cpu_rate(self, seconds: float = 3.0) -> float:
         """The node's CPU seconds per second with no frames (timers, diagnostics)."""
-        c0, t0 = self.node_cpu_s(), time.monotonic()
+        c0, t0 = cpu_seconds(self.proc.pid), time.monotonic()
         time.sleep(seconds)
-        return (self.node_cpu_s() - c0) / (time.monotonic() - t0)
+        return (cpu_seconds(self.proc.pid) - c0) / (time.monotonic() - t0)
 
     def received(self) -> int:
         time.sleep(0.5)  # two diagnostics periods: the count is current
@@ -135,7 +130,7 @@ class Bench:
     def ingest(self, resolution: str, encoding: str, rate: float, idle_rate: float, seconds: float = 3.0) -> dict:
         publisher, msg = self._message(scene_image(resolution), encoding)
         before = self.received()
-        cpu0 = self.node_cpu_s()
+        cpu0 = cpu_seconds(self.proc.pid)
         sent, start = 0, time.monotonic()
         while time.monotonic() - start < seconds:
             msg.header.stamp = self.node.get_clock().now().to_msg()
@@ -144,7 +139,7 @@ class Bench:
             time.sleep(max(0.0, start + sent / rate - time.monotonic()))
         elapsed = time.monotonic() - start
         got = self.received() - before
-        cpu = self.node_cpu_s() - cpu0 - idle_rate * (time.monotonic() - start)
+        cpu = cpu_seconds(self.proc.pid) - cpu0 - idle_rate * (time.monotonic() - start)
         return {"resolution": resolution, "encoding": encoding, "target_hz": rate, "sent_hz": sent / elapsed,
                 "received_hz": got / elapsed, "delivered": got / max(sent, 1),
                 "callback_ms": float(self.camera.get("callback_ms", "nan")),

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_ros.tools.processes import stop_process_group
+from vlm_ros.tools.processes import rss_mb, stop_process_group
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -47,14 +47,6 @@ STATUS_NAMES = {0: "OK", 1: "NOT_READY", 2: "NO_FRAME", 3: "STALE_FRAME", 4: "IN
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 @dataclass
