@@ -240,3 +240,38 @@ def test_image_callbacks_keep_their_rate_while_a_slow_query_runs(start_process, 
     print(f"image callbacks during a {finished - started:.1f} s query: {measured:.1f} Hz (camera sent {sent:.1f} Hz)")
     assert sent >= 0.5 * rate, "the test's own camera could not keep its rate"
     assert measured >= 0.8 * sent
+
+
+def test_process_wide_remaps_rename_the_node_and_its_camera_node_follows(start_process, tiny_model, harness):
+    """`ros2 launch` passes `__node`, `__ns` and topic remaps to the whole process. The node takes the new name and
+    namespace; its camera companion node (`<name>_cameras`, CameraIngest) keeps a name of its own beside it and
+    subscribes to the remapped topic, and a frame sent there answers a query on the renamed service."""
+    import threading
+
+    from vlm_ros.srv import Query
+
+    start_process(["-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={tiny_model}", "-p", "device:=cpu",
+                   "-r", "__node:=eye", "-r", "__ns:=/robot1", "-r", "camera/image_raw:=/sensors/rgb"],
+                  "perception_node")
+    client = harness.node.create_client(Query, "/robot1/eye/query")
+    assert client.wait_for_service(timeout_sec=60), "/robot1/eye/query did not appear"
+    deadline = time.monotonic() + 30
+    while not harness.node.get_subscriptions_info_by_topic("/sensors/rgb") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    subscribers = [(i.node_name, i.node_namespace) for i in harness.node.get_subscriptions_info_by_topic("/sensors/rgb")]
+    assert subscribers == [("eye_cameras", "/robot1")]
+    assert {("eye", "/robot1"), ("eye_cameras", "/robot1")} <= set(harness.node.get_node_names_and_namespaces())
+
+    response = None
+    while time.monotonic() < deadline + 30:
+        sent = harness.publish_frame(image(), topic="/sensors/rgb")
+        future = client.call_async(Query.Request(instruction="hi", max_new_tokens=2))
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(30), "no response"
+        response = future.result()
+        if response.status == Query.Response.OK:
+            break
+        time.sleep(0.2)
+    assert response.status == Query.Response.OK, response.message
+    assert (response.header.stamp.sec * 10**9 + response.header.stamp.nanosec, response.header.frame_id) == sent

@@ -52,7 +52,7 @@ class Bench:
     def __init__(self, model: str, publisher_qos: str):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, qos_profile_sensor_data
         from sensor_msgs.msg import CompressedImage, Image
 
@@ -64,7 +64,7 @@ class Bench:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         rclpy.init()
         self.node = rclpy.create_node("vlm_benchmark")
-        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor = SingleThreadedExecutor()  # short callbacks only (see vlm_ros.ros.node.CameraIngest)
         self.executor.add_node(self.node)
         threading.Thread(target=self.executor.spin, daemon=True).start()
         qos = qos_profile_sensor_data if publisher_qos == "best_effort" else QoSProfile(depth=5)  # reliable
@@ -85,9 +85,10 @@ class Bench:
             time.sleep(0.2)
 
     def _call(self, request):
+        done = threading.Event()
         future = self.client.call_async(request)
-        while not future.done():
-            time.sleep(0.0005)
+        future.add_done_callback(lambda _: done.set())
+        done.wait()
         return future.result()
 
     def _on_diagnostics(self, msg) -> None:
