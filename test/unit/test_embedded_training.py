@@ -69,6 +69,19 @@ def test_objective_soft_location_target_prefers_near_bins(pool):
     assert torch.isfinite(loss) and loss.requires_grad and set(parts) == {"tokens", "aux", "answer_ce"}
     loss.backward()
     assert objective.head.weight.grad is not None and model.model.multi_modal_projector.linear_1.weight.grad is not None
+    objective.per_answer = True
+    per_answer_loss, _ = objective(batch)
+    assert torch.isfinite(per_answer_loss) and float(per_answer_loss) != float(loss)
+
+
+def test_answer_mean_weighs_every_answer_the_same():
+    from vlm_ros.embedded.train import answer_mean
+
+    supervised = torch.tensor([[False, True, True, True, False, True],    # answers [1, 2, 3] and [4]
+                               [True, False, False, True, True, False]])  # answers [5] and [6, 7]
+    per_token = torch.arange(1.0, 8.0)
+    assert float(answer_mean(per_token, supervised)) == (2.0 + 4.0 + 5.0 + 6.5) / 4
+    assert float(per_token.mean()) == 4.0  # per token, the 3-token answer would count three times
 
 
 def test_short_training_run_saves_a_loadable_model(tmp_path):

@@ -234,14 +234,18 @@ class Objective:
     - A dense auxiliary loss on the image tokens entering the decoder (the projector output): per patch, the
       colour, shape and size of the object covering it and that object's normalised box. Its linear head is
       not part of the saved model; it gives the vision pathway a direct signal from the first step.
+    With `per_answer`, every answer weighs the same whatever its length: a one-word colour answer counts as much
+    as a 30-token object list (averaged per token, the lists and descriptions take most of the gradient).
     """
 
-    def __init__(self, model, hidden: int, loc_first_id: int, loc_bins: int, loc_sigma: float, aux_weight: float):
+    def __init__(self, model, hidden: int, loc_first_id: int, loc_bins: int, loc_sigma: float, aux_weight: float,
+                 per_answer: bool = False):
         import torch
 
         self.model = model
         self.loc_first, self.loc_bins, self.loc_sigma = loc_first_id, loc_bins, loc_sigma
         self.aux_weight = aux_weight
+        self.per_answer = per_answer
         self.head = torch.nn.Linear(hidden, len(COLORS) + len(SHAPES) + len(SIZES) + 3 + 4)
         self.splits = (len(COLORS) + 1, len(SHAPES) + 1, len(SIZES) + 1, 4)
         self._features = None
@@ -273,7 +277,8 @@ class Objective:
         bins = torch.arange(self.loc_bins, device=t.device, dtype=torch.float32)
         soft_target = torch.softmax(-((bins[None] - loc[:, None].float()) ** 2) / (2 * self.loc_sigma**2), dim=-1)
         soft = -(soft_target * logp[:, self.loc_first : self.loc_first + self.loc_bins]).sum(-1)
-        token_loss = torch.where(is_loc, 0.5 * hard + 0.5 * soft, hard).mean()
+        per_token = torch.where(is_loc, 0.5 * hard + 0.5 * soft, hard)
+        token_loss = answer_mean(per_token, keep) if self.per_answer else per_token.mean()
 
         feats = self._features  # (B, P, hidden)
         colour, shape, size, box = self.head(feats.float()).split(self.splits, dim=-1)
@@ -284,6 +289,21 @@ class Objective:
             aux = aux + 5.0 * F.l1_loss(box.sigmoid()[on_object], boxes[on_object])
         total = token_loss + self.aux_weight * aux
         return total, {"tokens": float(token_loss.detach()), "aux": float(aux.detach()), "answer_ce": float(hard.mean().detach())}
+
+
+def answer_mean(per_token, supervised):
+    """Mean over answers of each answer's mean token loss.
+
+    `supervised` (B, T) marks the positions of `per_token` (N,), in row-major order; an answer is a run of
+    consecutive supervised positions in a row (turns are separated by their unsupervised questions).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    starts = supervised & ~F.pad(supervised[:, :-1], (1, 0), value=False)
+    answer = (torch.cumsum(starts.flatten(), 0) - 1)[supervised.flatten()]  # answer index of each position
+    length = torch.bincount(answer)
+    return (per_token / length[answer]).sum() / length.numel()
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
@@ -309,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fraction of the run over which the objects per scene ramp from 1 to all (0: off)")
     ap.add_argument("--loc-sigma", type=float, default=1.0, help="width in bins of the soft location target")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the dense patch loss (0: off)")
+    ap.add_argument("--loss-weighting", choices=("token", "answer"), default="token",
+                    help="average the answer loss per token, or per answer (each answer weighs the same)")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--pool", type=int, default=4000, help="number of pre-rendered training scenes")
@@ -365,7 +387,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     model.to(device).train()
     objective = Objective(
         model, cfg.text_hidden, processor.tokenizer.convert_tokens_to_ids("<loc_0>"), cfg.loc_bins,
-        args.loc_sigma, args.aux_weight,
+        args.loc_sigma, args.aux_weight, per_answer=args.loss_weighting == "answer",
     ).to(device)
     groups = [{"params": list(objective.parameters()), "weight_decay": 0.0, "scale": 1.0}]
     for vision in (False, True):
