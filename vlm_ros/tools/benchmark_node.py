@@ -28,6 +28,7 @@ import numpy as np
 
 from vlm_ros.tools.plot import bar_chart
 from vlm_ros.tools.processes import cpu_seconds, stop_process_group
+from vlm_ros.tools.stats import percentile
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -41,11 +42,6 @@ def scene_image(resolution: str) -> np.ndarray:
 
     h, w = RESOLUTIONS[resolution]
     return render_scene(seed=7, width=w, height=h).image
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 class Bench:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm_ros.tools.processes import rss_mb, stop_process_group
+from vlm_ros.tools.stats import percentile
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -42,11 +43,6 @@ CAMERAS = ("front", "side")
 HEIGHT, WIDTH = 480, 640
 STATUS_NAMES = {0: "OK", 1: "NOT_READY", 2: "NO_FRAME", 3: "STALE_FRAME", 4: "INVALID_ARGUMENT", 5: "BUSY",
                 6: "TIMEOUT", 7: "MODEL_ERROR"}
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 @dataclass
