@@ -31,8 +31,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.node import Node
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -83,7 +83,7 @@ class CameraIngest:
 
     rclpy's MultiThreadedExecutor hands a ready message to a pool thread, which takes it from DDS a moment later;
     until then the subscription stays ready and the executor's loop spins on it, holding the GIL. A 640x480 rgb8
-    camera at 60 Hz then cost 120 ms of CPU per frame and only 8 frames a second got through (rclpy 9.1, 2-core
+    camera at 60 Hz then cost 123 ms of CPU per frame and only 8 frames a second got through (rclpy 9.1, 2-core
     machine); a single-threaded executor took all 60 at 3.8 ms per frame. Camera callbacks are short (decode,
     validate, store), so one thread that runs them inline keeps up, and no query ever waits on it.
     """
