@@ -51,8 +51,9 @@ class Harness:
             time.sleep(0.1)
         raise AssertionError(f"node not answering after {timeout} s: {last.status} {last.message}")
 
-    def query(self, timeout: float = 30.0, **fields) -> Query.Response:
-        future = self.client.call_async(Query.Request(**fields))
+    def query(self, timeout: float = 30.0, client=None, **fields) -> Query.Response:
+        """One call of /vlm/query (or of `client`, a Query client of another name), waited for at most `timeout`."""
+        future = (client or self.client).call_async(Query.Request(**fields))
         done = threading.Event()
         future.add_done_callback(lambda f: done.set())
         assert done.wait(timeout), f"no response within {timeout} s"

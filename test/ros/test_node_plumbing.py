@@ -246,8 +246,6 @@ def test_process_wide_remaps_rename_the_node_and_its_camera_node_follows(start_p
     """`ros2 launch` passes `__node`, `__ns` and topic remaps to the whole process. The node takes the new name and
     namespace; its camera companion node (`<name>_cameras`, CameraIngest) keeps a name of its own beside it and
     subscribes to the remapped topic, and a frame sent there answers a query on the renamed service."""
-    import threading
-
     from vlm_ros.srv import Query
 
     start_process(["-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={tiny_model}", "-p", "device:=cpu",
@@ -265,11 +263,7 @@ def test_process_wide_remaps_rename_the_node_and_its_camera_node_follows(start_p
     response = None
     while time.monotonic() < deadline + 30:
         sent = harness.publish_frame(image(), topic="/sensors/rgb")
-        future = client.call_async(Query.Request(instruction="hi", max_new_tokens=2))
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(30), "no response"
-        response = future.result()
+        response = harness.query(client=client, instruction="hi", max_new_tokens=2)
         if response.status == Query.Response.OK:
             break
         time.sleep(0.2)
