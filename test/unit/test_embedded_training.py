@@ -96,3 +96,35 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     assert facts["train"]["steps"] == 3 and facts["config"] == TINY.to_dict()
     assert (tmp_path / "weights.train.log").read_text().count("step 3/3") == 1
     assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_curriculum_limits_the_objects_per_scene_also_in_loader_workers(workers):
+    from vlm_ros.embedded.train import batch_stream
+
+    scenes = render_pool(30, 0, TINY.image_size, TINY.image_size // TINY.patch_size, workers=1)
+    assert max(len(s.objects) for s in scenes.scenes) > 1
+    tok = build_tokenizer()
+    limit = [1]
+    stream = batch_stream(tok, scenes, TINY.num_image_tokens, seed=0, batch=8, turns=1, workers=workers,
+                          max_objects=lambda: limit[0])
+
+    def most_objects_seen(batches: int) -> int:
+        # distinct (colour, shape, size) under the patches of each image: at most its number of objects
+        return max(len({tuple(c) for c in classes[classes[:, 0] > 0].tolist()})
+                   for _ in range(batches) for classes in next(stream)["patch_classes"])
+
+    assert most_objects_seen(3) == 1
+    limit[0] = None
+    assert most_objects_seen(30) > 1  # after the prefetched batches, the limit is gone
+
+
+def test_pool_pickles_without_full_size_scene_images(pool):
+    import pickle
+
+    data = pickle.dumps(pool)
+    assert len(data) < len(pool.scenes) * 100_000  # a full-size image, labels and depth would be 2.7 MB a scene
+    back = pickle.loads(data)
+    assert back.seed_start == pool.seed_start and np.array_equal(back.pixels, pool.pixels)
+    assert [s.objects for s in back.scenes] == [s.objects for s in pool.scenes]
+    assert back.scenes[0].image.shape == pool.scenes[0].image.shape

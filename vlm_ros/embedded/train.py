@@ -93,10 +93,19 @@ def _light_scene(objects, width: int, height: int, seed: int, intrinsics) -> Sce
 class Pool:
     """Pre-rendered training scenes: pixel values, pixel-less scenes, dense patch targets."""
 
+    seed_start: int  # the scenes of seeds [seed_start, seed_start + N)
     pixels: np.ndarray  # (N, 3, S, S) float16
     scenes: list[Scene]
     patch_classes: np.ndarray  # (N, P, 3) int8, see patch_targets
     patch_boxes: np.ndarray  # (N, P, 4) float16
+
+    def __getstate__(self) -> dict:
+        # pickled without the scenes' zero-memory images, which pickle would write out in full (2.7 MB each)
+        light = [(s.objects, s.width, s.height, s.seed, s.intrinsics) for s in self.scenes]
+        return {**self.__dict__, "scenes": light}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, scenes=[_light_scene(*x) for x in state["scenes"]])
 
 
 def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: int) -> Pool:
@@ -108,6 +117,7 @@ def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: in
         (list(range(seed_start + i, seed_start + min(i + chunk, n))), image_size, grid) for i in range(0, n, chunk)
     ]
     pool = Pool(
+        seed_start=seed_start,
         pixels=np.empty((n, 3, image_size, image_size), np.float16),
         scenes=[],
         patch_classes=np.empty((n, grid * grid, 3), np.int8),
@@ -211,19 +221,28 @@ def batch_stream(
         while True:
             yield b.batch(batch, turns, max_objects())
 
+    def current() -> int:
+        n = max_objects()
+        return -1 if n is None else n
+
+    context = get_context("fork")
+    limit = context.Value("i", current(), lock=False)  # the curriculum's limit, shared with the workers (-1: none)
+
     class _Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
             wid = info.id if info is not None else 0
             b = Batcher(tokenizer, pool, num_image_tokens, seed * 1000 + wid)
             while True:
-                yield b.batch(batch, turns)
+                yield b.batch(batch, turns, limit.value if limit.value >= 0 else None)
 
     loader = torch.utils.data.DataLoader(
         _Stream(), batch_size=None, num_workers=workers, prefetch_factor=4, persistent_workers=True,
-        pin_memory=True, multiprocessing_context="fork",
+        pin_memory=torch.cuda.is_available(), multiprocessing_context=context,
     )
-    yield from loader
+    for item in loader:  # batches run a few ahead of the step: the limit lags by at most workers * prefetch
+        yield item
+        limit.value = current()
 
 
 class Objective:
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights directory (written when done)")
     ap.add_argument("--steps", type=int, default=2400, help="optimizer steps (re-planned down only if --minutes "
-                    "would be exceeded)")
+                    "would be exceeded); 0: only render the pool (into --pool-cache)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=57.0, help="wall-clock budget for the whole run; 0 = none")
     ap.add_argument("--batch", type=int, default=32)
@@ -374,12 +393,17 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     seed_start = TRAIN_SEED_START + args.seed * args.pool
     grid = cfg.image_size // cfg.patch_size
     if args.pool_cache is not None and args.pool_cache.exists():
-        pool = pickle.loads(args.pool_cache.read_bytes())
+        pool = pickle.loads(args.pool_cache.read_bytes())  # its own seeds: --seed then sets only init and order
+        if pool.pixels.shape[-1] != cfg.image_size or pool.patch_classes.shape[1] != grid * grid:
+            raise SystemExit(f"{args.pool_cache} holds {pool.pixels.shape[-1]}-px images with "
+                             f"{pool.patch_classes.shape[1]} patches; this config needs {cfg.image_size} and {grid * grid}")
     else:
         pool = render_pool(args.pool, seed_start, cfg.image_size, grid, args.workers)
         if args.pool_cache is not None:
             args.pool_cache.write_bytes(pickle.dumps(pool, protocol=pickle.HIGHEST_PROTOCOL))
     log.info("rendered %d scenes in %.0f s", len(pool.scenes), time.monotonic() - t0)
+    if args.steps == 0:
+        return 0
 
     model, processor = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -402,8 +426,6 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
         fused=device.type == "cuda",
     )
     loader_workers = args.loader_workers if args.loader_workers >= 0 else (6 if device.type == "cuda" else 0)
-    if loader_workers > 0 and args.curriculum > 0:
-        log.info("batches are made in %d worker processes: the curriculum (--curriculum) is not applied", loader_workers)
     stream = batch_stream(
         processor.tokenizer, pool, cfg.num_image_tokens, args.seed + 1, args.batch, args.turns, loader_workers,
         max_objects=lambda: curriculum_max_objects(step, total, args.curriculum),
@@ -473,7 +495,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
             "wall_seconds": round(time.monotonic() - t0, 1),
             "device": str(device),
             "parameters": n_params,
-            "train_seeds": [TRAIN_SEED_START + args.seed * args.pool, TRAIN_SEED_START + (args.seed + 1) * args.pool],
+            "train_seeds": [pool.seed_start, pool.seed_start + len(pool.scenes)],
         }
     }
     # write to a temporary directory beside the target, then swap it in
