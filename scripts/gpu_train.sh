@@ -1,17 +1,59 @@
 #!/usr/bin/env bash
-# Retrain the embedded model on the lent GPU machine in one call, then evaluate it (no network there).
-# Same carried transformers wheel as scripts/gpu_bench.sh (.device/wheels). From the repository root:
-#   bash scripts/gpu_train.sh                     # writes $OUT/weights, $OUT/weights.train.log, $OUT/eval.json
-# MINUTES (default 6) is the training budget including rendering the pool; the whole script takes about
-# MINUTES + 2. Copy $OUT/weights over vlm_ros/embedded/weights only if eval.json beats the shipped model.
-set -euo pipefail
+# Retrain the embedded model on a lent GPU machine in one call (no network there): render each training pool
+# once, train one or more runs side by side on the GPU until a common deadline, evaluate each run, and pack
+# the weights for the trip back. From the repository root, with the transformers wheel in .device/wheels
+# (see scripts/gpu_bench.sh):
+#   bash scripts/gpu_train.sh                                    # one run: the default recipe at GPU batch size
+#   RUNS=$'seed0 --seed 0\nseed1 --seed 1' bash scripts/gpu_train.sh   # two runs sharing one pool
+# A line of RUNS is "name extra-train-args"; runs with the same --config share a pool. SECONDS_TOTAL (default 540)
+# is the whole script's budget, EVAL_S (default 60) of it kept for evaluation. Writes under $OUT:
+# eval_<name>.json and weights.tar.part-* (`cat weights.tar.part-* | tar x` gives <name>/ and <name>.train.log).
+# Copy a run's weights over vlm_ros/embedded/weights only if its evaluation beats the shipped model's.
+set -uo pipefail
 OUT="${OUT:-/tmp/vlm_train}"; mkdir -p "$OUT"
+WORK=/tmp/vlm_train_work; mkdir -p "$WORK"
+deadline=$((SECONDS + ${SECONDS_TOTAL:-540} - ${EVAL_S:-60}))
 if compgen -G ".device/wheels/transformers-*.whl" >/dev/null; then
   python3 -m pip install -q --no-deps --target /tmp/vlm_tf .device/wheels/transformers-*.whl >/dev/null 2>&1
 fi
 export PYTHONPATH="/tmp/vlm_tf:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -m vlm_ros.embedded.train --out "$OUT/weights" --minutes "${MINUTES:-6}" --batch "${BATCH:-128}" \
-  --pool "${POOL:-20000}" --steps "${STEPS:-40000}" ${TRAIN_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v "^train:" || true
-test -f "$OUT/weights/model.safetensors"
-python3 -m vlm_ros.embedded.evaluate --weights "$OUT/weights" --n "${EVAL_N:-100}" | tee "$OUT/eval.json"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+RUNS="${RUNS:-default}"
+common=(--batch "${BATCH:-128}" --pool "${POOL:-20000}" --steps "${STEPS:-40000}")
+
+config_of() { grep -o -- '--config [^ ]*' <<<"$1" | cut -d' ' -f2; }
+pool_of() { local c; c=$(config_of "$1"); echo "$WORK/pool_$(basename "${c:-default}" .json).pkl"; }
+
+# 1. pools, one per distinct --config, rendered side by side on all cores
+mapfile -t pools < <(while read -r _ args; do pool_of "$args"; done <<<"$RUNS" | sort -u)
+cores=$(nproc); pids=()
+for p in "${pools[@]}"; do
+  cfg=$(while read -r _ args; do [ "$(pool_of "$args")" = "$p" ] && config_of "$args" && break; done <<<"$RUNS")
+  python3 -m vlm_ros.embedded.train --out "$WORK/unused" --steps 0 --pool-cache "$p" "${common[@]:0:4}" \
+    --workers $((cores / ${#pools[@]})) ${cfg:+--config "$cfg"} 2>&1 | grep "rendered" &
+  pids+=($!)
+done
+wait "${pids[@]}"
+
+# 2. the runs, side by side, all stopping by the deadline
+pids=()
+while read -r name args; do
+  minutes=$(python3 -c "print(max(0.5, ($deadline - $SECONDS) / 60))")
+  # shellcheck disable=SC2086
+  python3 -m vlm_ros.embedded.train --out "$WORK/$name" --pool-cache "$(pool_of "$args")" \
+    --minutes "$minutes" "${common[@]}" $args >/dev/null 2>&1 &
+  pids+=($!)
+done <<<"$RUNS"
+wait "${pids[@]}"
+while read -r name _; do grep -E "planning|saved" "$WORK/$name.train.log" | tail -2 | sed "s/^/$name: /"; done <<<"$RUNS"
+
+# 3. pack the weights first (files come back at most 16 MiB each), then evaluate side by side
+names=$(cut -d' ' -f1 <<<"$RUNS" | while read -r n; do [ -f "$WORK/$n/model.safetensors" ] && echo "$n"; done)
+# shellcheck disable=SC2086
+(cd "$WORK" && tar -cf - $names ./*.train.log) | split -b 15M - "$OUT/weights.tar.part-"
+for n in $names; do
+  timeout $((${SECONDS_TOTAL:-540} - SECONDS)) \
+    python3 -m vlm_ros.embedded.evaluate --weights "$WORK/$n" --n "${EVAL_N:-100}" --threads $((cores > 4 ? cores / 4 : 1)) >"$OUT/eval_$n.json" 2>/dev/null &
+done
+wait
+for n in $names; do echo "$n: $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: v for k, v in d.items() if not isinstance(v, (dict, list))})" "$OUT/eval_$n.json" 2>&1 | tail -1)"; done
