@@ -168,3 +168,43 @@ def test_argument_errors() -> None:
         target_position(np.ones((4, 4)), Box(0, 0, 1, 1), K, inner_fraction=0.0)
     with pytest.raises(ValueError):
         target_position(np.ones((4, 4)), Box(0, 0, 1, 1), K, image_size=(0, 4))
+
+
+def test_ring_seen_through_its_hole_gives_the_ring_not_the_floor() -> None:
+    # a ring (outer radius 40 px, hole 18 px) at 1.0 m over a floor at 1.4 m: the inner half of its box is mostly hole
+    depth = np.full((H, W), 1.4, np.float32)
+    vv, uu = np.mgrid[0:H, 0:W]
+    r = np.hypot(uu + 0.5 - 320, vv + 0.5 - 240)
+    depth[(r <= 40) & (r > 18)] = 1.0
+    box = Box(280, 200, 360, 280)
+    inner = depth[220:260, 300:340]
+    assert np.median(inner) == pytest.approx(1.4)  # the plain median would be the floor
+    got = target_position(depth, box, K)
+    assert got is not None and got[2] == pytest.approx(1.0)
+
+
+def test_smoothly_varying_depth_is_not_split() -> None:
+    # a steep floor seen at a grazing angle: depth 1 m .. 3 m over the box, no gap: the median, as before
+    depth = np.repeat(np.linspace(3.0, 1.0, H, dtype=np.float32)[:, None], W, axis=1)
+    box = Box(200, 40, 440, 440)
+    inner = depth[140:340, 260:380]
+    got = target_position(depth, box, K)
+    assert got is not None and got[2] == pytest.approx(float(np.median(inner)), abs=1e-6)
+
+
+def test_a_few_near_pixels_do_not_pull_the_point_forward() -> None:
+    depth = np.full((H, W), 2.0, np.float32)
+    rng = np.random.default_rng(3)
+    region = depth[220:260, 300:340]
+    region[rng.random(region.shape) < 0.1] = 0.4  # 10% speckle in front (dust, a wire)
+    got = target_position(depth, Box(280, 200, 360, 280), K)
+    assert got is not None and got[2] == pytest.approx(2.0)
+
+
+def test_surface_depth_subsamples_large_regions() -> None:
+    from vlm_ros.core.geometry import surface_depth
+
+    depths = np.concatenate([np.full(300_000, 3.0), np.full(200_000, 1.2)]).astype(np.float32)
+    np.random.default_rng(0).shuffle(depths)
+    assert surface_depth(depths) == pytest.approx(1.2)
+    assert surface_depth(np.array([2.5], np.float32)) == pytest.approx(2.5)

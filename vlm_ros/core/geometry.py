@@ -17,7 +17,7 @@ import numpy as np
 
 from vlm_ros.core.types import Box, CameraIntrinsics
 
-__all__ = ["intrinsics_from_k", "backproject", "target_position"]
+__all__ = ["intrinsics_from_k", "backproject", "surface_depth", "target_position"]
 
 
 def intrinsics_from_k(k: Sequence[float]) -> CameraIntrinsics | None:
@@ -62,8 +62,10 @@ def target_position(
     resolution (the box is scaled into depth pixels); None means the same resolution.
 
     z is the median of the valid depths inside the central ``inner_fraction`` (of width and height) of
-    the box; the point is the box centre back-projected at z. At least ``min(min_valid, n)`` valid pixels
-    are required, n being the number of pixels in that central region (so a tiny box can still qualify).
+    the box, or of their nearer group where they form two (see :func:`surface_depth`: a ring, a mug's
+    handle or an object's edge shows what lies behind it); the point is the box centre back-projected at z.
+    At least ``min(min_valid, n)`` valid pixels are required, n being the number of pixels in that central
+    region (so a tiny box can still qualify).
     Never returns NaN or inf: None when intrinsics are missing/invalid, the box lies outside the depth
     image or too little valid depth is found.
     """
@@ -102,6 +104,31 @@ def target_position(
         valid = patch[np.isfinite(patch) & (patch > 0)]  # (n_valid,)
     if valid.size == 0 or valid.size < min(max(min_valid, 1), patch.size):
         return None
-    z = float(np.median(valid))
+    z = surface_depth(valid)
     point = backproject(cu - 0.5, cv - 0.5, z, intrinsics)
     return point if all(math.isfinite(c) for c in point) else None
+
+
+def surface_depth(depths: np.ndarray, min_share: float = 0.2, min_gap: float = 0.05, max_samples: int = 20_000) -> float:
+    """The depth of the nearest surface among valid depths (metres, 1-D): the median of all of them, or of
+    their nearer group when they form two groups.
+
+    Two groups: Otsu's split of the depths leaves at least ``min_share`` of them on the near side, and the
+    near group's 95th percentile lies more than ``min_gap`` (a fraction of the near median) in front of the
+    far group's 5th, so a surface whose depth varies smoothly (a tilted plane) is not split. Depths beyond
+    ``max_samples`` are subsampled to find the split.
+    """
+    values = np.sort(depths if depths.size <= max_samples else depths[:: depths.size // max_samples + 1])
+    n = values.size
+    if n < 2:
+        return float(np.median(depths))
+    k = np.arange(1, n)  # near group = values[:k]
+    near_sum = np.cumsum(values)[:-1]
+    mean_near = near_sum / k
+    mean_far = (values.sum() - near_sum) / (n - k)
+    split = int(np.argmax(k * (n - k) * (mean_far - mean_near) ** 2)) + 1
+    near, far = values[:split], values[split:]
+    z_near = float(np.median(near))
+    if split < min_share * n or np.percentile(far, 5) - np.percentile(near, 95) <= min_gap * z_near:
+        return float(np.median(depths))
+    return float(np.median(depths[depths < far[0]])) if depths.size > n else z_near
