@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 CAMERA_PUBLISHER_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from vlm_ros.core.images import encode_depth, encode_image
 from vlm_ros.ros.convert import make_header
@@ -68,9 +69,26 @@ class Harness:
             self._publishers[topic] = self.node.create_publisher(msg_type, topic, CAMERA_PUBLISHER_QOS)
         return self._publishers[topic]
 
+    def wait_for_subscribers(self, topics: dict[str, type], timeout: float = 30.0) -> None:
+        """Wait until each topic's publisher here is matched by a subscriber: messages published before the
+        match are lost (volatile durability), which would, say, drop the first depth image of a test."""
+        deadline = time.monotonic() + timeout
+        for topic, msg_type in topics.items():
+            pub = self.publisher(msg_type, topic)
+            while pub.get_subscription_count() == 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no subscriber of {topic} within {timeout} s")
+                time.sleep(0.05)
+
     def publish_frame(self, rgb: np.ndarray, stamp_ns: int | None = None, frame_id: str = "front_optical_frame",
                       depth_m: np.ndarray | None = None, k: tuple[float, float, float, float] | None = None,
-                      topic: str = "/camera/image_raw", encoding: str = "rgb8") -> tuple[int, str]:
+                      topic: str = "/camera/image_raw", encoding: str = "rgb8",
+                      compressed: str | None = None) -> tuple[int, str]:
+        """Publish one frame (and its depth and CameraInfo, if given) with one header.
+
+        compressed: "jpeg" or "png" publishes a CompressedImage on ``topic + "/compressed"`` instead of the Image,
+        formatted as compressed_image_transport does.
+        """
         stamp_ns = self.node.get_clock().now().nanoseconds if stamp_ns is None else stamp_ns
         header = make_header(stamp_ns, frame_id)
         h, w = rgb.shape[:2]
@@ -83,9 +101,15 @@ class Harness:
             self.publisher(Image, "/camera/depth/image_raw").publish(
                 Image(header=header, height=depth_m.shape[0], width=depth_m.shape[1], encoding="16UC1", step=step,
                       data=data))
-        data, step = encode_image(rgb, encoding)
-        self.publisher(Image, topic).publish(Image(header=header, height=h, width=w, encoding=encoding, step=step,
-                                                   data=data))
+        if compressed is None:
+            data, step = encode_image(rgb, encoding)
+            self.publisher(Image, topic).publish(Image(header=header, height=h, width=w, encoding=encoding, step=step,
+                                                       data=data))
+        else:
+            ok, buf = cv2.imencode(f".{'jpg' if compressed == 'jpeg' else compressed}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            assert ok, compressed
+            self.publisher(CompressedImage, topic + "/compressed").publish(
+                CompressedImage(header=header, format=f"rgb8; {compressed} compressed bgr8", data=buf.tobytes()))
         self.published.append((stamp_ns, frame_id))
         self.published_at.append(time.monotonic())
         return stamp_ns, frame_id

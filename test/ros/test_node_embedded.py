@@ -1,4 +1,5 @@
-"""Tier 2 with the embedded default model: rendered scenes in over DDS, grounded 3-D targets out.
+"""Tier 2 with the embedded default model: rendered scenes in over DDS (Image, JPEG and PNG CompressedImage,
+16UC1 depth, CameraInfo), grounded 3-D targets out.
 
 The node runs in a subprocess on the shipped weights (vlm_ros/embedded/weights). Scenes come from the
 project's renderer, whose ground truth gives the box and the 3-D position of every object.
@@ -29,44 +30,51 @@ def node_and_client(rclpy_context, tmp_path_factory):
     from harness import Harness
 
     log = tmp_path_factory.mktemp("node") / "node.log"
-    node = NodeProcess(["-m", "vlm_ros.ros.node", "--ros-args", "-p", "device:=cpu", "-p", "max_frame_age_s:=30.0"],
-                       log)
+    node = NodeProcess(["-m", "vlm_ros.ros.node", "--ros-args", "-p", "device:=cpu", "-p", "max_frame_age_s:=30.0",
+                        "-p", "cameras.front.compressed_topic:=camera/image_raw/compressed"], log)
     harness = Harness("embedded_test_client")
     harness.wait_for_service(60)
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    harness.wait_for_subscribers({"/camera/camera_info": CameraInfo, "/camera/depth/image_raw": Image,
+                                  "/camera/image_raw": Image, "/camera/image_raw/compressed": CompressedImage})
     yield node, harness
     harness.close()
     node.stop()
 
 
-def ask_about(harness, scene, obj, instruction: str, ground: bool):
+def ask_about(harness, scene, obj, instruction: str, ground: bool, compressed: str | None = None):
     k = scene.intrinsics
-    stamp_ns, frame_id = harness.publish_frame(scene.image, depth_m=scene.depth, k=(k.fx, k.fy, k.cx, k.cy))
+    frame = dict(depth_m=scene.depth, k=(k.fx, k.fy, k.cx, k.cy), compressed=compressed)
+    stamp_ns, frame_id = harness.publish_frame(scene.image, **frame)
     deadline = time.monotonic() + 30
     while True:  # until the node has this very frame (the response header says which one it used)
         resp = harness.query(instruction=instruction, ground=ground, timeout_s=20.0)
         stamp = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
         if resp.status == 0 and stamp == stamp_ns or time.monotonic() > deadline:
             return resp, stamp_ns, frame_id
-        harness.publish_frame(scene.image, stamp_ns=stamp_ns, depth_m=scene.depth, k=(k.fx, k.fy, k.cx, k.cy))
+        harness.publish_frame(scene.image, stamp_ns=stamp_ns, **frame)
         time.sleep(0.2)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_grounded_target_box_and_3d_point_match_the_rendered_truth(node_and_client, seed):
+@pytest.mark.parametrize("transport", ["raw", "jpeg", "png"])
+def test_grounded_target_box_and_3d_point_match_the_rendered_truth(node_and_client, seed, transport):
     from vlm_ros.core.types import Box
     from vlm_ros.embedded.scenes import render_scene
 
     _, harness = node_and_client
     scene = render_scene(seed, n_objects=2)
     obj = scene.objects[0]
-    resp, stamp_ns, frame_id = ask_about(harness, scene, obj, f"where is the {obj.color} {obj.shape}?", True)
+    resp, stamp_ns, frame_id = ask_about(harness, scene, obj, f"where is the {obj.color} {obj.shape}?", True,
+                                         compressed=None if transport == "raw" else transport)
     assert resp.status == 0, resp.message
     assert (resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec, resp.header.frame_id) == (stamp_ns, frame_id)
     assert obj.shape in resp.answer and obj.color in resp.answer, resp.answer
     (target,) = [t for t in resp.targets if obj.shape in t.label]
     box = Box(target.x_min, target.y_min, target.x_max, target.y_max)
     assert box.iou(obj.box) >= 0.5, (box, obj.box)
-    assert target.position_valid
+    assert target.position_valid, "no 3-D point: depth or CameraInfo not paired with the frame"
     error = sum((a - b) ** 2 for a, b in zip((target.position.x, target.position.y, target.position.z), obj.position)) ** 0.5
     assert error < 0.05, f"3-D point {error * 100:.1f} cm from the truth"
 

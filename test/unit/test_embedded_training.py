@@ -98,25 +98,40 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved
 
 
+CURRICULUM_CHECK = """
+import sys
+from vlm_ros.embedded.model import build_tokenizer
+from vlm_ros.embedded.train import batch_stream, render_pool
+
+workers, image_size, patch_size = (int(a) for a in sys.argv[1:])
+scenes = render_pool(30, 0, image_size, image_size // patch_size, workers=1)
+assert max(len(s.objects) for s in scenes.scenes) > 1
+limit = [1]
+stream = batch_stream(build_tokenizer(), scenes, (image_size // patch_size) ** 2, seed=0, batch=8, turns=1,
+                      workers=workers, max_objects=lambda: limit[0])
+
+def most_objects_seen(batches):
+    # distinct (colour, shape, size) under the patches of each image: at most its number of objects
+    return max(len({tuple(c) for c in classes[classes[:, 0] > 0].tolist()})
+               for _ in range(batches) for classes in next(stream)["patch_classes"])
+
+assert most_objects_seen(3) == 1
+limit[0] = None
+assert most_objects_seen(30) > 1  # after the prefetched batches, the limit is gone
+print("ok")
+"""
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_curriculum_limits_the_objects_per_scene_also_in_loader_workers(workers):
-    from vlm_ros.embedded.train import batch_stream
+    # in a fresh process: the loader forks its workers, and forking this test process (threads of other tests
+    # running) can deadlock the child
+    import subprocess
+    import sys
 
-    scenes = render_pool(30, 0, TINY.image_size, TINY.image_size // TINY.patch_size, workers=1)
-    assert max(len(s.objects) for s in scenes.scenes) > 1
-    tok = build_tokenizer()
-    limit = [1]
-    stream = batch_stream(tok, scenes, TINY.num_image_tokens, seed=0, batch=8, turns=1, workers=workers,
-                          max_objects=lambda: limit[0])
-
-    def most_objects_seen(batches: int) -> int:
-        # distinct (colour, shape, size) under the patches of each image: at most its number of objects
-        return max(len({tuple(c) for c in classes[classes[:, 0] > 0].tolist()})
-                   for _ in range(batches) for classes in next(stream)["patch_classes"])
-
-    assert most_objects_seen(3) == 1
-    limit[0] = None
-    assert most_objects_seen(30) > 1  # after the prefetched batches, the limit is gone
+    run = subprocess.run([sys.executable, "-c", CURRICULUM_CHECK, str(workers), str(TINY.image_size), str(TINY.patch_size)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
 def test_pool_pickles_without_full_size_scene_images(pool):

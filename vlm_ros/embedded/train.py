@@ -237,7 +237,7 @@ def batch_stream(
                 yield b.batch(batch, turns, limit.value if limit.value >= 0 else None)
 
     loader = torch.utils.data.DataLoader(
-        _Stream(), batch_size=None, num_workers=workers, prefetch_factor=4, persistent_workers=True,
+        _Stream(), batch_size=None, num_workers=workers, prefetch_factor=4, persistent_workers=True, timeout=600,
         pin_memory=torch.cuda.is_available(), multiprocessing_context=context,
     )
     for item in loader:  # batches run a few ahead of the step: the limit lags by at most workers * prefetch
