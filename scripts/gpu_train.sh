@@ -9,6 +9,8 @@
 # is the whole script's budget, EVAL_S (default 60) of it kept for evaluation. Writes under $OUT:
 # eval_<name>.json and weights.tar.part-* (`cat weights.tar.part-* | tar x` gives <name>/ and <name>.train.log).
 # Copy a run's weights over vlm_ros/embedded/weights only if its evaluation beats the shipped model's.
+# Sizing, measured on the lent H200 machine (16 cores): rendering 6,000 scenes took 37 s; one run alone trained at
+# 0.053 s/step (batch 128); a pool pickles to about 100 kB a scene.
 set -uo pipefail
 OUT="${OUT:-/tmp/vlm_train}"; mkdir -p "$OUT"
 WORK=/tmp/vlm_train_work; mkdir -p "$WORK"
@@ -25,12 +27,13 @@ config_of() { grep -o -- '--config [^ ]*' <<<"$1" | cut -d' ' -f2; }
 pool_of() { local c; c=$(config_of "$1"); echo "$WORK/pool_$(basename "${c:-default}" .json).pkl"; }
 
 # 1. pools, one per distinct --config, rendered side by side on all cores
-mapfile -t pools < <(while read -r _ args; do pool_of "$args"; done <<<"$RUNS" | sort -u)
+declare -A pool_config=()
+while read -r _ args; do pool_config["$(pool_of "$args")"]=$(config_of "$args"); done <<<"$RUNS"
 cores=$(nproc); pids=()
-for p in "${pools[@]}"; do
-  cfg=$(while read -r _ args; do [ "$(pool_of "$args")" = "$p" ] && config_of "$args" && break; done <<<"$RUNS")
-  python3 -m vlm_ros.embedded.train --out "$WORK/unused" --steps 0 --pool-cache "$p" "${common[@]:0:4}" \
-    --workers $((cores / ${#pools[@]})) ${cfg:+--config "$cfg"} 2>&1 | grep "rendered" &
+for p in "${!pool_config[@]}"; do
+  cfg=${pool_config[$p]}
+  python3 -m vlm_ros.embedded.train --out "$WORK/unused" --steps 0 --pool-cache "$p" --pool "${POOL:-20000}" \
+    --workers $((cores / ${#pool_config[@]})) ${cfg:+--config "$cfg"} 2>&1 | grep "rendered" &
   pids+=($!)
 done
 wait "${pids[@]}"
