@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import cv2
 import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
@@ -14,7 +13,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 CAMERA_PUBLISHER_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from vlm_ros.core.images import encode_depth, encode_image
+from vlm_ros.core.images import encode_compressed, encode_depth, encode_image
 from vlm_ros.ros.convert import make_header
 from vlm_ros.srv import Query
 
@@ -106,10 +105,9 @@ class Harness:
             self.publisher(Image, topic).publish(Image(header=header, height=h, width=w, encoding=encoding, step=step,
                                                        data=data))
         else:
-            ok, buf = cv2.imencode(f".{'jpg' if compressed == 'jpeg' else compressed}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            assert ok, compressed
+            format_string, data = encode_compressed(rgb, compressed)
             self.publisher(CompressedImage, topic + "/compressed").publish(
-                CompressedImage(header=header, format=f"rgb8; {compressed} compressed bgr8", data=buf.tobytes()))
+                CompressedImage(header=header, format=format_string, data=data))
         self.published.append((stamp_ns, frame_id))
         self.published_at.append(time.monotonic())
         return stamp_ns, frame_id

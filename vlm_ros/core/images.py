@@ -27,6 +27,7 @@ __all__ = [
     "decode_compressed",
     "decode_compressed_depth",
     "encode_image",
+    "encode_compressed",
     "encode_depth",
     "bytes_per_pixel",
 ]
@@ -453,6 +454,25 @@ def encode_image(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
         raise ValueError(f"encode_image does not support {encoding!r}")
     data = np.ascontiguousarray(out).tobytes()
     return data, len(data) // h
+
+
+def encode_compressed(rgb: np.ndarray, fmt: str, colour_encoding: str = "rgb8", jpeg_quality: int = 95) -> tuple[str, bytes]:
+    """(format, data) of a sensor_msgs/CompressedImage of ``rgb`` as compressed_image_transport writes it.
+
+    fmt: "jpeg" or "png". colour_encoding: the source image's encoding; mono8 compresses one grey channel, any
+    other bgr8. The format string reads "<colour_encoding>; <fmt> compressed <mono8|bgr8>".
+    """
+    if fmt not in ("jpeg", "png"):
+        raise ValueError(f"encode_compressed supports jpeg and png, not {fmt!r}")
+    if colour_encoding == "mono8":
+        pixels, target = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), "mono8"
+    else:
+        pixels, target = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), "bgr8"
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, buf = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", pixels, params)
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        raise RuntimeError(f"OpenCV could not encode a {fmt} image")
+    return f"{colour_encoding}; {fmt} compressed {target}", buf.tobytes()
 
 
 def encode_depth(depth_m: np.ndarray, encoding: str) -> tuple[bytes, int]:

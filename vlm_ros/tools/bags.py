@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from vlm_ros.core.images import encode_depth, encode_image
+from vlm_ros.core.images import encode_compressed, encode_depth, encode_image
 from vlm_ros.core.types import Box, CameraIntrinsics
 from vlm_ros.embedded import tasks
 from vlm_ros.embedded.scenes import Scene, render_scene
@@ -405,20 +404,10 @@ def _raw_image(ns: int, frame_id: str, data: bytes, step: int, width: int, heigh
 
 
 def _compressed(ns: int, frame_id: str, rgb: np.ndarray, colour_encoding: str, fmt: str, jpeg_quality: int):
-    """A CompressedImage as compressed_image_transport writes it: format `<source enc>; <fmt> compressed <enc>`."""
-    if colour_encoding == "mono8":
-        pixels, target = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), "mono8"
-    else:
-        pixels, target = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), "bgr8"
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
-    ok, buf = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", pixels, params)
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise RuntimeError(f"OpenCV could not encode a {fmt} image")
+    """A CompressedImage as compressed_image_transport writes it (see core.images.encode_compressed)."""
+    format_string, data = encode_compressed(rgb, fmt, colour_encoding, jpeg_quality)
     return typestore().types["sensor_msgs/msg/CompressedImage"](
-        header=_header(ns, frame_id),
-        format=f"{colour_encoding}; {fmt} compressed {target}",
-        data=np.asarray(buf, np.uint8).ravel(),
-    )
+        header=_header(ns, frame_id), format=format_string, data=np.frombuffer(data, np.uint8))
 
 
 def _check_args(

@@ -23,9 +23,9 @@ import sys
 import threading
 import time
 
-import cv2
 import numpy as np
 
+from vlm_ros.core.images import encode_compressed
 from vlm_ros.tools.plot import bar_chart
 from vlm_ros.tools.processes import cpu_seconds, stop_process_group
 from vlm_ros.tools.stats import percentile
@@ -108,8 +108,8 @@ class Bench:
 
         header = make_header(self.node.get_clock().now().nanoseconds, "camera_optical_frame")
         if encoding == "jpeg":
-            ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            return self.jpeg, self.CompressedImage(header=header, format="jpeg", data=data.tobytes())
+            format_string, data = encode_compressed(image, "jpeg")
+            return self.jpeg, self.CompressedImage(header=header, format=format_string, data=data)
         h, w = image.shape[:2]
         return self.raw, self.Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3,
                                     data=image.tobytes())
