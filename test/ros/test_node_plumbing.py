@@ -174,10 +174,16 @@ def test_action_streams_feedback_and_honours_cancel(start_process, tiny_model, h
         feedback = []
         handle_box = {}
 
+        def cancel_when_due():
+            # feedback can arrive before the goal's handle does: cancel on whichever comes second
+            if cancel_after is not None and len(feedback) >= cancel_after and "handle" in handle_box \
+                    and not handle_box.get("cancel_sent"):
+                handle_box["cancel_sent"] = True
+                handle_box["handle"].cancel_goal_async()
+
         def on_feedback(msg):
             feedback.append((msg.feedback.generated_tokens, msg.feedback.partial_answer))
-            if cancel_after is not None and len(feedback) == cancel_after and "handle" in handle_box:
-                handle_box["handle"].cancel_goal_async()
+            cancel_when_due()
 
         send = client.send_goal_async(goal, feedback_callback=on_feedback)
         t0 = time.monotonic()
@@ -186,6 +192,7 @@ def test_action_streams_feedback_and_honours_cancel(start_process, tiny_model, h
             time.sleep(0.01)
         handle_box["handle"] = send.result()
         assert handle_box["handle"].accepted
+        cancel_when_due()
         result = handle_box["handle"].get_result_async()
         while not result.done():
             assert time.monotonic() - t0 < 30
