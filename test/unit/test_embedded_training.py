@@ -10,7 +10,8 @@ import torch
 
 from vlm_ros.embedded.model import build_model, build_tokenizer, load
 from vlm_ros.embedded.scenes import COLORS, SHAPES, render_scene
-from vlm_ros.embedded.train import Batcher, Objective, main, patch_targets, render_pool
+from vlm_ros.embedded.tasks import make_example
+from vlm_ros.embedded.train import PAD_MULTIPLE, Batcher, Objective, main, patch_targets, render_pool
 
 from test_embedded_model import TINY
 
@@ -57,6 +58,27 @@ def test_multi_turn_sequence_supervises_only_the_answers(pool):
     assert batch["pixel_values"].shape == (4, 3, TINY.image_size, TINY.image_size)
     assert batch["patch_classes"].shape == (4, TINY.num_image_tokens, 3)
     assert int((batch["labels"] == tok.eos_token_id).sum()) == 4 * 3
+    assert batch["input_ids"].shape[1] % PAD_MULTIPLE == 0
+
+
+def test_token_budget_packs_more_questions_into_short_sequences(pool):
+    tok = build_tokenizer()
+    eos = tok.eos_token_id
+    budget = TINY.num_image_tokens + 60
+    batcher = Batcher(tok, pool, TINY.num_image_tokens, seed=2)
+    turns = []
+    for scene in pool.scenes:
+        for _ in range(20):
+            ids, supervised = batcher.sequence(scene, 8, budget)
+            turns.append(ids.count(eos))
+            assert len(ids) <= budget or turns[-1] == 1  # a first turn longer than the budget stays alone
+    assert min(turns) >= 1 and max(turns) > 3 and np.mean(turns) > 2, (min(turns), max(turns), np.mean(turns))
+
+    # without a budget: exactly `turns` questions, the same ones `encode` makes from the same random draws
+    a, b = Batcher(tok, pool, TINY.num_image_tokens, seed=3), Batcher(tok, pool, TINY.num_image_tokens, seed=3)
+    scene = pool.scenes[0]
+    examples = [make_example(scene, b.rng) for _ in range(3)]
+    assert a.sequence(scene, 3) == b.encode([(e.instruction, e.answer) for e in examples])
 
 
 def test_objective_soft_location_target_prefers_near_bins(pool):
@@ -96,6 +118,21 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     assert facts["train"]["steps"] == 3 and facts["config"] == TINY.to_dict()
     assert (tmp_path / "weights.train.log").read_text().count("step 3/3") == 1
     assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved
+
+
+def test_bf16_autocast_training_run(tmp_path):
+    from vlm_ros.embedded.train import cpu_has_bf16_matmul
+
+    assert isinstance(cpu_has_bf16_matmul(), bool)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TINY.to_dict()))
+    out = tmp_path / "weights"
+    assert main(["--out", str(out), "--steps", "2", "--minutes", "0", "--pool", "4", "--workers", "1",
+                 "--batch", "2", "--config", str(cfg), "--device", "cpu", "--precision", "bf16"]) == 0
+    facts = json.loads((out / "embedded_config.json").read_text())["train"]
+    assert facts["precision"] == "bf16 autocast" and np.isfinite(facts["final_loss"])
+    model, _ = load(out)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
 
 
 CURRICULUM_CHECK = """

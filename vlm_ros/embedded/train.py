@@ -1,12 +1,14 @@
 """Train the embedded model on rendered scenes: `python -m vlm_ros.embedded.train [--out DIR] [--steps N] ...`.
 
 Data: a pool of scenes rendered from the train seed range (pixel values pre-computed at model resolution, and
-dense per-patch targets), several questions per image per sequence, fewer objects per scene early on
-(curriculum). Loss: answer tokens (+ EOS) with soft location targets, plus the dense auxiliary loss of
+dense per-patch targets), as many questions per image as fit in a sequence of --seq-tokens, fewer objects per
+scene early on (curriculum). Loss: answer tokens (+ EOS) with soft location targets, plus the dense auxiliary loss of
 `Objective`. AdamW, linear warmup, cosine decay over --steps. --minutes is a budget for the whole run (rendering
 included): only when the measured speed says --steps will not fit is the step count re-planned down (the
 schedule then changes, so such a run is not comparable); the step count actually used is logged and saved.
-The defaults (2,400 steps, 57 min) take about 50 min on the 2-core development CPU when it is otherwise idle. TRAINING.md has the recipe and the results.
+On a CPU with bf16 matrix instructions (AMX, AVX512-BF16) the step runs under bf16 autocast. The defaults
+(3,400 steps, 57 min budget) take about 45 min on the 2-core development CPU (AMX) when it is otherwise idle.
+TRAINING.md has the recipe and the results.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from vlm_ros.embedded.tasks import make_example
 
 TRAIN_SEED_START = 0  # train scenes: seeds [0, 10_000_000)
 EVAL_SEED_START = 10_000_000  # held-out scenes for evaluation start here (disjoint)
+PAD_MULTIPLE = 32  # batches are padded to a multiple of this many tokens: few distinct shapes for the CPU kernels
 log = logging.getLogger("vlm_ros.embedded.train")
 
 
@@ -157,20 +160,39 @@ class Batcher:
         """
         ids, supervised = [self.image_id] * self.n_img, [False] * self.n_img
         for k, (instruction, answer) in enumerate(turns):
-            prompt_text = build_prompt(instruction) if k == 0 else instruction.strip() + ANSWER_MARKER
-            prompt = self.tok(prompt_text, add_special_tokens=False).input_ids
-            full = self.tok(prompt_text + " " + answer, add_special_tokens=False).input_ids
-            if full[: len(prompt)] != prompt:
-                raise AssertionError(f"prompt tokens are not a prefix: {instruction!r} / {answer!r}")
-            if k == 0:
-                assert prompt[0] == self.image_id
-                prompt, full = prompt[1:], full[1:]
-            ids += full + [self.eos]
-            supervised += [False] * len(prompt) + [True] * (len(full) - len(prompt) + 1)
+            turn_ids, turn_supervised = self._turn(k, instruction, answer)
+            ids += turn_ids
+            supervised += turn_supervised
         return ids, supervised
 
-    def batch(self, size: int, turns: int = 1, max_objects: int | None = None):
-        """A batch of `size` sequences of `turns` questions on scenes with at most `max_objects` objects."""
+    def _turn(self, k: int, instruction: str, answer: str) -> tuple[list[int], list[bool]]:
+        prompt_text = build_prompt(instruction) if k == 0 else instruction.strip() + ANSWER_MARKER
+        prompt = self.tok(prompt_text, add_special_tokens=False).input_ids
+        full = self.tok(prompt_text + " " + answer, add_special_tokens=False).input_ids
+        if full[: len(prompt)] != prompt:
+            raise AssertionError(f"prompt tokens are not a prefix: {instruction!r} / {answer!r}")
+        if k == 0:
+            assert prompt[0] == self.image_id
+            prompt, full = prompt[1:], full[1:]
+        return full + [self.eos], [False] * len(prompt) + [True] * (len(full) - len(prompt) + 1)
+
+    def sequence(self, scene: Scene, turns: int, max_tokens: int = 0) -> tuple[list[int], list[bool]]:
+        """`encode` of `turns` questions on `scene`; with `max_tokens`, of as many of them as fit in that many
+        tokens (at least one): short answers then share an image with more questions, and a batch holds
+        fewer pad tokens."""
+        ids, supervised = [self.image_id] * self.n_img, [False] * self.n_img
+        for k in range(turns):
+            ex = make_example(scene, self.rng)
+            turn_ids, turn_supervised = self._turn(k, ex.instruction, ex.answer)
+            if k and max_tokens and len(ids) + len(turn_ids) > max_tokens:
+                break
+            ids += turn_ids
+            supervised += turn_supervised
+        return ids, supervised
+
+    def batch(self, size: int, turns: int = 1, max_objects: int | None = None, max_tokens: int = 0):
+        """A batch of `size` sequences of up to `turns` questions (see `sequence`) on scenes with at most
+        `max_objects` objects."""
         import torch
 
         allowed = self.up_to.get(max_objects) if max_objects is not None else None
@@ -178,11 +200,8 @@ class Batcher:
             idx = self.rng.integers(len(self.scenes), size=size)
         else:
             idx = allowed[self.rng.integers(len(allowed), size=size)]
-        seqs = []
-        for i in idx:
-            examples = [make_example(self.scenes[int(i)], self.rng) for _ in range(turns)]
-            seqs.append(self.encode([(ex.instruction, ex.answer) for ex in examples]))
-        T = max(len(ids) for ids, _ in seqs)
+        seqs = [self.sequence(self.scenes[int(i)], turns, max_tokens) for i in idx]
+        T = -(-max(len(ids) for ids, _ in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE
         input_ids = torch.full((size, T), self.pad, dtype=torch.long)  # (B, T)
         labels = torch.full((size, T), -100, dtype=torch.long)  # (B, T)
         attn = torch.zeros((size, T), dtype=torch.long)
@@ -211,7 +230,7 @@ def curriculum_max_objects(step: int, total: int, ramp: float) -> int | None:
 
 def batch_stream(
     tokenizer, pool: Pool, num_image_tokens: int, seed: int, batch: int, turns: int, workers: int,
-    max_objects: Callable[[], int | None] = lambda: None,
+    max_objects: Callable[[], int | None] = lambda: None, max_tokens: int = 0,
 ):
     """Endless iterator of batches; with workers > 0 they are made in DataLoader worker processes."""
     import torch
@@ -219,7 +238,7 @@ def batch_stream(
     if workers <= 0:
         b = Batcher(tokenizer, pool, num_image_tokens, seed)
         while True:
-            yield b.batch(batch, turns, max_objects())
+            yield b.batch(batch, turns, max_objects(), max_tokens)
 
     def current() -> int:
         n = max_objects()
@@ -234,7 +253,7 @@ def batch_stream(
             wid = info.id if info is not None else 0
             b = Batcher(tokenizer, pool, num_image_tokens, seed * 1000 + wid)
             while True:
-                yield b.batch(batch, turns, limit.value if limit.value >= 0 else None)
+                yield b.batch(batch, turns, limit.value if limit.value >= 0 else None, max_tokens)
 
     loader = torch.utils.data.DataLoader(
         _Stream(), batch_size=None, num_workers=workers, prefetch_factor=4, persistent_workers=True, timeout=600,
@@ -325,6 +344,14 @@ def answer_mean(per_token, supervised):
     return (per_token / length[answer]).sum() / length.numel()
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    import torch
+
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private; absent in some torch versions
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -335,7 +362,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights directory (written when done)")
-    ap.add_argument("--steps", type=int, default=2400, help="optimizer steps (re-planned down only if --minutes "
+    ap.add_argument("--steps", type=int, default=3400, help="optimizer steps (re-planned down only if --minutes "
                     "would be exceeded); 0: only render the pool (into --pool-cache)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=57.0, help="wall-clock budget for the whole run; 0 = none")
@@ -343,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--vision-lr-scale", type=float, default=1.0, help="learning rate of the vision tower / --lr")
     ap.add_argument("--pool-cache", type=Path, default=None, help="pickle file to load the rendered pool from / save it to")
-    ap.add_argument("--turns", type=int, default=3, help="questions per image in one training sequence")
+    ap.add_argument("--turns", type=int, default=8, help="most questions per image in one training sequence")
+    ap.add_argument("--seq-tokens", type=int, default=160,
+                    help="a sequence takes further questions only while it stays within this many tokens (0: always --turns)")
     ap.add_argument("--curriculum", type=float, default=0.3,
                     help="fraction of the run over which the objects per scene ramp from 1 to all (0: off)")
     ap.add_argument("--loc-sigma", type=float, default=1.0, help="width in bins of the soft location target")
@@ -356,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the pool")
     ap.add_argument("--loader-workers", type=int, default=-1, help="batch-making processes (-1: 0 on CPU, 6 on CUDA)")
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="bf16: autocast (auto: on a CPU with bf16 matrix instructions, e.g. AMX; fp32 + TF32 on CUDA)")
     ap.add_argument("--config", type=Path, default=None, help="JSON file with EmbeddedConfig fields")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: <out>.train.log beside --out)")
     args = ap.parse_args(argv)
@@ -388,7 +419,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
-    log.info("args %s, config %s, device %s", vars(args), cfg.to_dict(), device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cpu" and cpu_has_bf16_matmul())
+    log.info("args %s, config %s, device %s, %s", vars(args), cfg.to_dict(), device, "bf16 autocast" if bf16 else "fp32")
 
     seed_start = TRAIN_SEED_START + args.seed * args.pool
     grid = cfg.image_size // cfg.patch_size
@@ -409,6 +441,9 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %d parameters", n_params)
     model.to(device).train()
+    saved_attention = model.config._attn_implementation
+    if bf16 and device.type == "cpu":
+        model.set_attn_implementation("eager")  # SDPA's bf16 backward on the CPU took 3x the whole fp32 step
     objective = Objective(
         model, cfg.text_hidden, processor.tokenizer.convert_tokens_to_ids("<loc_0>"), cfg.loc_bins,
         args.loc_sigma, args.aux_weight, per_answer=args.loss_weighting == "answer",
@@ -428,7 +463,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     loader_workers = args.loader_workers if args.loader_workers >= 0 else (6 if device.type == "cuda" else 0)
     stream = batch_stream(
         processor.tokenizer, pool, cfg.num_image_tokens, args.seed + 1, args.batch, args.turns, loader_workers,
-        max_objects=lambda: curriculum_max_objects(step, total, args.curriculum),
+        max_objects=lambda: curriculum_max_objects(step, total, args.curriculum), max_tokens=args.seq_tokens,
     )
 
     total = args.steps
@@ -460,7 +495,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
-        loss, parts = objective(batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, parts = objective(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -484,6 +520,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     train_s = time.monotonic() - t_train
     final_loss = float(np.mean(losses[-50:]))
     model.to("cpu").eval()
+    model.set_attn_implementation(saved_attention)
     facts = {
         "train": {
             "command": "python -m vlm_ros.embedded.train " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -494,6 +531,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
             "train_seconds": round(train_s, 1),
             "wall_seconds": round(time.monotonic() - t0, 1),
             "device": str(device),
+            "precision": "bf16 autocast" if bf16 else "fp32",
             "parameters": n_params,
             "train_seeds": [pool.seed_start, pool.seed_start + len(pool.scenes)],
         }
