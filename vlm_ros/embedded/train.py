@@ -7,7 +7,7 @@ scene early on (curriculum). Loss: answer tokens (+ EOS) with soft location targ
 included): only when the measured speed says --steps will not fit is the step count re-planned down (the
 schedule then changes, so such a run is not comparable); the step count actually used is logged and saved.
 On a CPU with bf16 matrix instructions (AMX, AVX512-BF16) the step runs under bf16 autocast. The defaults
-(3,400 steps, 57 min budget) take about 45 min on the 2-core development CPU (AMX) when it is otherwise idle.
+(3,400 steps, 57 min budget) took 46-48 min on the 2-core development CPU (AMX) when it was otherwise idle.
 TRAINING.md has the recipe and the results.
 """
 
