@@ -133,6 +133,8 @@ def test_bf16_autocast_training_run(tmp_path):
     assert facts["precision"] == "bf16 autocast" and np.isfinite(facts["final_loss"])
     model, _ = load(out)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+    with pytest.raises(SystemExit, match="exceeds the model's"):
+        main(["--out", str(out), "--config", str(cfg), "--seq-tokens", str(TINY.max_positions + 1)])
 
 
 CURRICULUM_CHECK = """

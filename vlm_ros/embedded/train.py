@@ -412,6 +412,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     from tqdm import tqdm
 
     cfg = EmbeddedConfig.from_dict(json.loads(args.config.read_text())) if args.config else EmbeddedConfig()
+    if args.seq_tokens > cfg.max_positions:
+        raise SystemExit(f"--seq-tokens {args.seq_tokens} exceeds the model's {cfg.max_positions} positions")
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if args.device == "auto" else args.device))
     if device.type == "cpu":
