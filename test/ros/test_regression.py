@@ -24,6 +24,11 @@ MIN_ACCURACY = 0.2
 # Questions answered OK from a frame of their own scene. Not 1.0: on a loaded 2-core machine one scene change
 # can reach the node after a question about the new scene (the bag has 2-4 frames per second).
 MIN_ANSWERED = 0.85
+# The committed bag asks five questions in the last 1.4 s of each 2-s scene, without waiting for answers; the
+# node answers from the newest frame when it serves a question. A clean-clone CI run on a loaded 2-core machine
+# once served three of them after the next scene had begun. Half speed leaves each question twice the time;
+# speed is measured by the latency threshold and the benchmarks, not by this test.
+RATE = 0.5
 MAX_P95_LATENCY_S = 5.0  # generous: CI machines are slow and share two cores
 
 
@@ -41,7 +46,8 @@ def run_harness(bag: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
 
 
 def test_committed_bag_meets_accuracy_and_latency_thresholds(tmp_path):
-    rc, output = run_harness(BAG, tmp_path, "--min-answered", str(MIN_ANSWERED), "--min-accuracy", str(MIN_ACCURACY),
+    rc, output = run_harness(BAG, tmp_path, "--rate", str(RATE), "--min-answered", str(MIN_ANSWERED),
+                             "--min-accuracy", str(MIN_ACCURACY),
                              "--max-p95-latency", str(MAX_P95_LATENCY_S))
     print(output)
     assert rc == 0, output

@@ -58,14 +58,58 @@ def test_a_query_between_a_colour_frame_and_its_depth_waits_briefly_for_that_dep
     late = threading.Timer(0.05, lambda: buf.put_depth(np.full((2, 3), 2.0, np.float32), int(1.067 * S), "depth"))
     late.start()
     t0 = time.monotonic()
-    frame, status, _ = buf.snapshot(int(1.07 * S), S, depth_wait_s=1.0)
+    frame, status, _ = buf.snapshot(int(1.07 * S), S, companion_wait_s=1.0)
     assert status == Status.OK and frame.stamp_ns == int(1.067 * S) and frame.depth[0, 0] == 2.0
     assert time.monotonic() - t0 < 0.5  # woken by the depth, not by the end of the wait
     buf.put_image(rgb(3), int(1.133 * S), "cam")  # no depth comes for this one
     t0 = time.monotonic()
-    frame, _, _ = buf.snapshot(int(1.14 * S), S, depth_wait_s=0.1)
+    frame, _, _ = buf.snapshot(int(1.14 * S), S, companion_wait_s=0.1)
     assert frame.depth is None and 0.09 <= time.monotonic() - t0 < 0.5
-    frame, _, _ = CameraBuffer("no depth").snapshot(0, S, depth_wait_s=1.0)  # no depth stream: no wait
+    frame, _, _ = CameraBuffer("no depth").snapshot(0, S, companion_wait_s=1.0)  # no depth stream: no wait
+
+
+def test_the_first_frame_waits_for_its_depth_when_a_depth_publisher_is_known():
+    """No depth has arrived yet (nothing says depth is streaming), but the node sees a depth publisher."""
+    import threading
+
+    buf = CameraBuffer("front")
+    buf.put_image(rgb(1), S, "cam")
+    threading.Timer(0.05, lambda: buf.put_depth(np.full((2, 3), 2.0, np.float32), S, "depth")).start()
+    frame, _, _ = buf.snapshot(S, S, companion_wait_s=1.0, depth_expected=True)
+    assert frame.depth is not None and frame.depth[0, 0] == 2.0
+
+
+def test_each_frame_takes_the_camera_info_with_its_own_stamp_and_waits_briefly_for_it():
+    """CameraInfo comes on its own topic: a frame can arrive before its CameraInfo, after the previous one's.
+    The node once paired a frame with the previous scene's intrinsics (focal length 5% off: a 3-D point
+    5.1 cm from the truth instead of 1.6)."""
+    import threading
+
+    buf = CameraBuffer("front")
+    t0 = time.monotonic()
+    for i, f in enumerate((500.0, 520.0)):
+        buf.put_intrinsics(CameraIntrinsics(f, f, 1.0, 1.0), stamp_ns=(i + 1) * S)
+    buf.put_image(rgb(1), S, "cam")
+    assert buf.snapshot(S, S, companion_wait_s=1.0)[0].intrinsics.fx == 500.0  # its own, not the newest
+    buf.put_image(rgb(2), 3 * S, "cam")  # its CameraInfo is on the way
+    threading.Timer(0.05, lambda: buf.put_intrinsics(CameraIntrinsics(540.0, 540.0, 1.0, 1.0), stamp_ns=3 * S)).start()
+    assert buf.snapshot(3 * S, S, companion_wait_s=1.0)[0].intrinsics.fx == 540.0
+    assert time.monotonic() - t0 < 0.5  # woken by the CameraInfo, not by the end of the wait
+    buf.put_image(rgb(3), 4 * S, "cam")  # none comes for this one: after the wait, the newest
+    assert buf.snapshot(4 * S, S, companion_wait_s=0.1)[0].intrinsics.fx == 540.0
+
+
+def test_camera_info_stamped_apart_from_the_frames_is_used_without_waiting():
+    unsynchronised = CameraBuffer("front")
+    unsynchronised.put_intrinsics(CameraIntrinsics(500.0, 500.0, 1.0, 1.0), stamp_ns=S // 3)
+    unsynchronised.put_image(rgb(1), S, "cam")
+    t0 = time.monotonic()
+    frame, _, _ = unsynchronised.snapshot(S, S, companion_wait_s=1.0, intrinsics_expected=True)
+    assert frame.intrinsics.fx == 500.0 and time.monotonic() - t0 < 0.5
+    no_info = CameraBuffer("no camera_info")  # and no publisher known: no wait either
+    no_info.put_image(rgb(1), S, "cam")
+    t0 = time.monotonic()
+    assert no_info.snapshot(S, S, companion_wait_s=1.0)[0].intrinsics is None and time.monotonic() - t0 < 0.5
 
 
 def test_a_frame_delivered_late_is_dropped_without_a_reset():

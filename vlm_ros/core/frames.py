@@ -1,10 +1,11 @@
 """Newest-frame buffers, one per camera: what the image callbacks write and the query worker reads.
 
 Callbacks only decode and store; no inference. A buffer keeps the newest colour image (older ones are
-simply replaced: no backlog), a short history of depth images to pair with it by timestamp, and the latest
-intrinsics. Colour and depth come on separate topics, so a query can arrive between a colour frame and
-its depth: the reader may wait a moment for that depth (`snapshot(depth_wait_s=...)`). Time going backwards (a looping bag replay) resets the buffer, so a query never answers from a
-frame "from the future".
+simply replaced: no backlog), and short histories of depth images and CameraInfo intrinsics to pair with it
+by timestamp. Colour, depth and CameraInfo come on separate topics in no guaranteed order, so a query can
+arrive between a colour frame and its companions: the reader may wait a moment for them
+(`snapshot(companion_wait_s=...)`). Time going backwards (a looping bag replay) resets the buffer, so a
+query never answers from a frame "from the future".
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class _Image:
 
 
 @dataclass
+class _Intrinsics:
+    value: CameraIntrinsics | None
+    stamp_ns: int
+
+
+@dataclass
 class CameraStats:
     received: int = 0
     depth_received: int = 0
@@ -44,14 +51,15 @@ class CameraStats:
 class CameraBuffer:
     """Thread-safe newest-frame store of one camera."""
 
-    def __init__(self, name: str, depth_tolerance_ns: int = 50_000_000, depth_history: int = 8):
+    def __init__(self, name: str, depth_tolerance_ns: int = 50_000_000, history: int = 8):
         self.name = name
         self.depth_tolerance_ns = depth_tolerance_ns
         self.stats = CameraStats()
         self._lock = threading.Condition()  # put_depth notifies a reader waiting for a depth image
         self._image: _Image | None = None
-        self._depths: deque[_Image] = deque(maxlen=depth_history)
-        self._intrinsics: CameraIntrinsics | None = None
+        self._depths: deque[_Image] = deque(maxlen=history)
+        self._intrinsics: deque[_Intrinsics] = deque(maxlen=history)
+        self._intrinsics_match_frames = False  # a CameraInfo has carried a frame's exact stamp (a synchronised driver)
         self._depth_intrinsics: CameraIntrinsics | None = None
         self._depth_size: tuple[int, int] | None = None
 
@@ -80,12 +88,13 @@ class CameraBuffer:
             self._lock.notify_all()
 
     def put_intrinsics(self, intrinsics: CameraIntrinsics | None, depth: bool = False,
-                       size: tuple[int, int] | None = None) -> None:
+                       size: tuple[int, int] | None = None, stamp_ns: int = 0) -> None:
         with self._lock:
             if depth:
                 self._depth_intrinsics, self._depth_size = intrinsics, size
             else:
-                self._intrinsics = intrinsics
+                self._intrinsics.append(_Intrinsics(intrinsics, stamp_ns))
+                self._lock.notify_all()
 
     def drop(self, reason: str) -> None:
         with self._lock:
@@ -105,11 +114,15 @@ class CameraBuffer:
         with self._lock:
             return None if self._image is None else self._image.stamp_ns
 
-    def snapshot(self, now_ns: int, max_age_ns: int, depth_wait_s: float = 0.0) -> tuple[Frame | None, Status, str]:
+    def snapshot(self, now_ns: int, max_age_ns: int, companion_wait_s: float = 0.0,
+                 depth_expected: bool = False, intrinsics_expected: bool = False) -> tuple[Frame | None, Status, str]:
         """The newest frame with its matching depth and intrinsics, or why there is none.
 
-        When depth is streaming (a depth image arrived in the last second) but the newest frame's has not
-        arrived yet, wait up to `depth_wait_s` for it.
+        A companion of the newest frame that is still on the way is waited for, up to `companion_wait_s`:
+        its depth image when depth is expected (`depth_expected`: the caller knows a depth publisher, or a
+        depth image arrived in the last second); its own CameraInfo (same stamp) when the camera's CameraInfo
+        has carried frame stamps before, or none has arrived yet and the caller knows a publisher
+        (`intrinsics_expected`). Without its own CameraInfo the frame takes the newest one.
         """
         with self._lock:
             image = self._image
@@ -119,14 +132,22 @@ class CameraBuffer:
             if age > max_age_ns:
                 return None, Status.STALE_FRAME, (
                     f"newest frame of camera '{self.name}' is {age / 1e9:.2f} s old (max_frame_age_s {max_age_ns / 1e9:g})")
-            depth = self._depth_for(image)
-            if depth is None and self._depths and time.monotonic() - self._depths[-1].received < 1.0:
-                give_up = time.monotonic() + depth_wait_s
-                while depth is None and (left := give_up - time.monotonic()) > 0:
-                    self._lock.wait(left)
-                    depth = self._depth_for(image)
-            intrinsics = self._intrinsics or self._scaled_depth_intrinsics(image.array.shape[1], image.array.shape[0])
-        frame = Frame(image.array, image.stamp_ns, image.frame_id, self.name, intrinsics,
+            depth_expected = depth_expected or bool(self._depths and time.monotonic() - self._depths[-1].received < 1.0)
+            give_up = time.monotonic() + companion_wait_s
+            while True:
+                depth, intrinsics = self._depth_for(image), self._intrinsics_for(image)
+                missing = (depth is None and depth_expected) or (
+                    intrinsics is None and (self._intrinsics_match_frames or intrinsics_expected and not self._intrinsics))
+                if not missing or (left := give_up - time.monotonic()) <= 0:
+                    break
+                self._lock.wait(left)
+            if intrinsics is not None:
+                self._intrinsics_match_frames = True
+            else:  # a driver that stamps CameraInfo apart from its frames, or this frame's is late: the newest
+                intrinsics = self._intrinsics[-1] if self._intrinsics else None
+            k = (intrinsics.value if intrinsics is not None else None) or self._scaled_depth_intrinsics(
+                image.array.shape[1], image.array.shape[0])
+        frame = Frame(image.array, image.stamp_ns, image.frame_id, self.name, k,
                       depth.array if depth is not None else None)
         return frame, Status.OK, ""
 
@@ -134,6 +155,10 @@ class CameraBuffer:
         """The depth image nearest in time to `image`, if within the tolerance."""
         depth = min(self._depths, key=lambda d: abs(d.stamp_ns - image.stamp_ns), default=None)
         return depth if depth is not None and abs(depth.stamp_ns - image.stamp_ns) <= self.depth_tolerance_ns else None
+
+    def _intrinsics_for(self, image: _Image) -> _Intrinsics | None:
+        """The CameraInfo intrinsics stamped exactly like `image` (one header for both, as camera drivers do)."""
+        return next((k for k in reversed(self._intrinsics) if k.stamp_ns == image.stamp_ns), None)
 
     def _scaled_depth_intrinsics(self, width: int, height: int) -> CameraIntrinsics | None:
         """Depth CameraInfo rescaled to the colour resolution (registered depth: same field of view)."""

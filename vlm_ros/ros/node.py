@@ -101,8 +101,17 @@ class CameraIngest:
         self._thread = threading.Thread(target=spin, args=(self.node, self._executor), name=name, daemon=True)
         self._thread.start()
 
-    def subscribe(self, msg_type, topic: str, callback: Callable[[Any], None]) -> None:
+    def subscribe(self, msg_type, topic: str, callback: Callable[[Any], None]):
         self._subscriptions.append(self.node.create_subscription(msg_type, topic, callback, CAMERA_QOS))
+        return self._subscriptions[-1]
+
+    def has_publisher(self, subscription) -> bool:
+        try:
+            if hasattr(subscription, "get_publisher_count"):  # rclpy >= Iron
+                return subscription.get_publisher_count() > 0
+            return self.node.count_publishers(subscription.topic_name) > 0  # Humble: by the resolved (remapped) name
+        except Exception:  # noqa: BLE001 -- destroyed by a deactivation in the meantime: nothing to wait for
+            return False
 
     def unsubscribe_all(self) -> None:
         for subscription in self._subscriptions:
@@ -136,6 +145,7 @@ class PerceptionNode(LifecycleNode):
 
         self.buffers = {c: CameraBuffer(c, int(self.p("depth_sync_tolerance_s") * 1e9)) for c in self.p("cameras")}
         self._cameras = CameraIngest(self)
+        self._companions: dict[str, tuple] = {}  # camera -> (depth, CameraInfo) subscriptions, None where not set
         self._pipeline = None
         self._backend = "none"
         self._active = False
@@ -236,6 +246,7 @@ class PerceptionNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        self._companions.clear()
         self._cameras.unsubscribe_all()
         if self._description_timer is not None:
             self.destroy_timer(self._description_timer)
@@ -313,10 +324,12 @@ class PerceptionNode(LifecycleNode):
                 except Exception as exc:  # noqa: BLE001 -- any bug or surprise in decoding must not kill the node
                     self._drop(buffer, "callback error", exc)
             return call
+        subscriptions = {}
         for key, (msg_type, callback) in handlers.items():
             topic = self.p(f"cameras.{camera}.{key}")
             if topic:
-                self._cameras.subscribe(msg_type, topic, guarded(callback))
+                subscriptions[key] = self._cameras.subscribe(msg_type, topic, guarded(callback))
+        self._companions[camera] = (subscriptions.get("depth_topic"), subscriptions.get("camera_info_topic"))
 
     def _drop(self, buffer: CameraBuffer, reason: str, exc: Exception) -> None:
         buffer.drop(reason)
@@ -355,7 +368,7 @@ class PerceptionNode(LifecycleNode):
             buffer.drop("invalid camera_info")
             self.get_logger().warning(f"camera '{buffer.name}': CameraInfo has an invalid focal length; "
                                       "no 3-D targets from it", throttle_duration_sec=10.0)
-        buffer.put_intrinsics(intrinsics, depth=depth, size=(msg.width, msg.height))
+        buffer.put_intrinsics(intrinsics, depth=depth, size=(msg.width, msg.height), stamp_ns=stamp_to_ns(msg.header.stamp))
 
     # --- queries ------------------------------------------------------------------------------------------
     def _on_service(self, request: Query.Request, response: Query.Response) -> Query.Response:
@@ -451,9 +464,11 @@ class PerceptionNode(LifecycleNode):
         if not self._active or pipeline is None:
             return job.finish(Answer(Status.NOT_READY, "node was deactivated while the query waited"))
         now_ns = self.get_clock().now().nanoseconds
-        # a frame whose depth is still on the way is worth waiting for briefly (two sync tolerances at most)
+        # a frame whose depth or CameraInfo is still on the way is worth waiting for briefly (two sync tolerances)
+        depth, info = (s is not None and self._cameras.has_publisher(s) for s in self._companions.get(job.camera, (None, None)))
         frame, status, message = self.buffers[job.camera].snapshot(
-            now_ns, int(self.p("max_frame_age_s") * 1e9), depth_wait_s=2 * self.p("depth_sync_tolerance_s"))
+            now_ns, int(self.p("max_frame_age_s") * 1e9), companion_wait_s=2 * self.p("depth_sync_tolerance_s"),
+            depth_expected=depth, intrinsics_expected=info)
         if frame is None:
             return job.finish(Answer(status, message))
         answer = pipeline.answer(frame, job.request, deadline=job.deadline, on_text=job.on_text, cancel=job.cancel,
