@@ -48,10 +48,12 @@ def ask_about(harness, scene, obj, instruction: str, ground: bool, compressed: s
     frame = dict(depth_m=scene.depth, k=(k.fx, k.fy, k.cx, k.cy), compressed=compressed)
     stamp_ns, frame_id = harness.publish_frame(scene.image, **frame)
     deadline = time.monotonic() + 30
-    while True:  # until the node has this very frame (the response header says which one it used)
+    while True:  # until the node has this very frame (the response header says which one it used) and, when
+        # grounding, its depth: depth and colour arrive on separate topics, the depth image can come in later
         resp = harness.query(instruction=instruction, ground=ground, timeout_s=20.0)
         stamp = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
-        if resp.status == 0 and stamp == stamp_ns or time.monotonic() > deadline:
+        has_depth = not ground or any(t.position_valid for t in resp.targets)
+        if resp.status == 0 and stamp == stamp_ns and has_depth or time.monotonic() > deadline:
             return resp, stamp_ns, frame_id
         harness.publish_frame(scene.image, stamp_ns=stamp_ns, **frame)
         time.sleep(0.2)

@@ -596,7 +596,8 @@ def spin(node: Node, executor) -> None:
     deactivate destroys the camera subscriptions from an executor thread while another thread may be building
     the wait set with them; rclpy then raises InvalidHandle out of spin() (ros2/rclpy issues 1206 and 1284;
     seen here with rclpy 9.1 when deactivating under a 20 Hz camera), which would end the node. The next
-    wait set no longer holds the destroyed entity, so spinning again is safe.
+    wait set no longer holds the destroyed entity, so spinning again is safe. A shutdown (Ctrl-C, the context
+    shut down) ends the spin quietly.
     """
     import rclpy.exceptions
 
@@ -604,6 +605,8 @@ def spin(node: Node, executor) -> None:
     while True:
         try:
             executor.spin()
+            return
+        except ExternalShutdownException:
             return
         except invalid_handle as exc:
             if not rclpy.ok():
@@ -626,7 +629,7 @@ def main(args: list[str] | None = None) -> None:
             node.trigger_activate()
     try:
         spin(node, executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
         pass
     finally:
         # Ctrl-C in a terminal reaches the node twice (from the terminal and from ros2 launch): a second
