@@ -11,7 +11,16 @@ import torch
 from vlm_ros.embedded.model import build_model, build_tokenizer, load
 from vlm_ros.embedded.scenes import COLORS, SHAPES, render_scene
 from vlm_ros.embedded.tasks import make_example
-from vlm_ros.embedded.train import PAD_MULTIPLE, Batcher, Objective, main, patch_targets, render_pool
+from vlm_ros.embedded.train import (
+    PAD_MULTIPLE,
+    Batcher,
+    Objective,
+    compile_layers,
+    cxx_compiler,
+    main,
+    patch_targets,
+    render_pool,
+)
 
 from test_embedded_model import TINY
 
@@ -96,6 +105,29 @@ def test_objective_soft_location_target_prefers_near_bins(pool):
     assert torch.isfinite(per_answer_loss) and float(per_answer_loss) != float(loss)
 
 
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_layers_give_the_eager_loss_and_gradients(pool):
+    """--compile changes how the layers run, not what they compute (fp32 here, so the match is tight)."""
+    import copy
+
+    torch.manual_seed(0)
+    eager_model, processor = build_model(TINY)
+    compiled_model = copy.deepcopy(eager_model)
+    assert compile_layers(compiled_model) == TINY.vision_layers + TINY.text_layers
+    batch = Batcher(processor.tokenizer, pool, TINY.num_image_tokens, seed=1).batch(4, turns=2)
+    results = []
+    for model in (eager_model, compiled_model):
+        torch.manual_seed(1)  # the same auxiliary head
+        loss, _ = Objective(model, TINY.text_hidden, processor.tokenizer.convert_tokens_to_ids("<loc_0>"),
+                            TINY.loc_bins, loc_sigma=1.0, aux_weight=0.5)(batch)
+        loss.backward()
+        results.append((float(loss), model.model.language_model.layers[0].mlp.up_proj.weight.grad.clone()))
+    (eager_loss, eager_grad), (compiled_loss, compiled_grad) = results
+    assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+    assert torch.allclose(compiled_grad, eager_grad, rtol=1e-3, atol=1e-6)
+    assert compiled_model.state_dict().keys() == eager_model.state_dict().keys()  # saved exactly as before
+
+
 def test_answer_mean_weighs_every_answer_the_same():
     from vlm_ros.embedded.train import answer_mean
 
@@ -116,6 +148,7 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     model, processor = load(out)
     facts = json.loads((out / "embedded_config.json").read_text())
     assert facts["train"]["steps"] == 3 and facts["config"] == TINY.to_dict()
+    assert facts["train"]["compiled"] == (cxx_compiler() is not None)  # --compile auto, on the CPU
     assert (tmp_path / "weights.train.log").read_text().count("step 3/3") == 1
     assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved
 
@@ -128,7 +161,7 @@ def test_bf16_autocast_training_run(tmp_path):
     cfg.write_text(json.dumps(TINY.to_dict()))
     out = tmp_path / "weights"
     assert main(["--out", str(out), "--steps", "2", "--minutes", "0", "--pool", "4", "--workers", "1",
-                 "--batch", "2", "--config", str(cfg), "--device", "cpu", "--precision", "bf16"]) == 0
+                 "--batch", "2", "--config", str(cfg), "--device", "cpu", "--precision", "bf16", "--compile", "off"]) == 0
     facts = json.loads((out / "embedded_config.json").read_text())["train"]
     assert facts["precision"] == "bf16 autocast" and np.isfinite(facts["final_loss"])
     model, _ = load(out)
