@@ -70,6 +70,35 @@ def test_multi_turn_sequence_supervises_only_the_answers(pool):
     assert batch["input_ids"].shape[1] % PAD_MULTIPLE == 0
 
 
+def test_turn_tokens_equal_tokenizing_the_whole_turn(pool):
+    """Batcher tokenizes prompt and answer apart (and caches prompts); that must equal tokenizing the turn whole."""
+    from vlm_ros.embedded.model import ANSWER_MARKER, build_prompt
+    from vlm_ros.embedded.tasks import KINDS
+
+    tok = build_tokenizer()
+    batcher = Batcher(tok, pool, TINY.num_image_tokens, seed=4)
+    rng = np.random.default_rng(4)
+    checked = 0
+    for seed in range(40):
+        scene = render_scene(seed)
+        for kind in KINDS:
+            try:
+                ex = make_example(scene, rng, kind)
+            except ValueError:  # no question of this kind applies to the scene
+                continue
+            for k in (0, 1):
+                prompt_text = build_prompt(ex.instruction) if k == 0 else ex.instruction.strip() + ANSWER_MARKER
+                prompt = tok(prompt_text, add_special_tokens=False).input_ids
+                whole = tok(prompt_text + " " + ex.answer, add_special_tokens=False).input_ids
+                if k == 0:
+                    prompt, whole = prompt[1:], whole[1:]  # the image token: the image tokens stand before
+                ids, supervised = batcher._turn(k, ex.instruction, ex.answer)
+                assert ids == whole + [tok.eos_token_id], (ex, k)
+                assert supervised == [False] * len(prompt) + [True] * (len(whole) - len(prompt) + 1), (ex, k)
+                checked += 1
+    assert checked > 500
+
+
 def test_token_budget_packs_more_questions_into_short_sequences(pool):
     tok = build_tokenizer()
     eos = tok.eos_token_id

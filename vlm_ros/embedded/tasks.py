@@ -31,6 +31,9 @@ KIND_WEIGHTS: dict[str, float] = {
     "ground": 0.30,
     "list": 0.12,
 }
+_KINDS = tuple(KIND_WEIGHTS)
+_KIND_P = np.array([KIND_WEIGHTS[k] for k in _KINDS])
+_KIND_P = _KIND_P / _KIND_P.sum()
 PLURALS: dict[str, str] = {s: s + "s" for s in SHAPES}
 NUMBERS: tuple[str, ...] = tuple(str(i) for i in range(11))
 NONE_ANSWER = "none"
@@ -320,10 +323,8 @@ def make_example(scene: Scene, rng: np.random.Generator, kind: str | None = None
         if ex is None:
             raise ValueError(f"no {kind} question applies to scene {scene.seed}")
         return ex
-    names = list(KIND_WEIGHTS)
-    p = np.array([KIND_WEIGHTS[k] for k in names])
     for _ in range(50):
-        k = names[int(rng.choice(len(names), p=p / p.sum()))]
+        k = _KINDS[int(rng.choice(len(_KINDS), p=_KIND_P))]
         ex = GENERATORS[k](scene, rng)
         if ex is not None:
             return ex
