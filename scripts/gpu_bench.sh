@@ -2,6 +2,8 @@
 # GPU checks and benchmarks for the lent GPU machine (no network there). Run from the repository root with
 # the transformers wheel this project pins carried in .device/wheels (the machine's image has an older one):
 #   mkdir -p .device/wheels && pip download --no-deps -d .device/wheels transformers==5.24.0
+# SKIP_STATIC=1 skips the static-cache generate() baseline (it compiles for 30-70 s); COMPILE=1 also compiles the
+# engine's decode step (torch.compile, about a minute per model; 1.7x on the 0.5B model, 3B not yet measured).
 # Writes logs and JSON under $OUT (default /tmp/vlm_gpu).
 set -uo pipefail
 OUT="${OUT:-/tmp/vlm_gpu}"; mkdir -p "$OUT"
@@ -27,8 +29,9 @@ for seed in range(3):
     print(f"seed {seed}: {len(ours)} tokens, identical to generate(): {ours == ref}")
 PY
 for model in so400m-qwen2-0.5b qwen2.5-vl-3b; do
-  echo "== $model, bf16"
+  echo "== $model, bf16${COMPILE:+, compiled decode step}"
   timeout "${BENCH_TIMEOUT:-150}" python3 -m vlm_ros.tools.benchmark_engine --model "$model" --device cuda \
-    --dtype bfloat16 --tokens 64 --repeats 3 ${SKIP_STATIC:+--skip-static} --json "$OUT/bench_$model.json" 2>&1 \
+    --dtype bfloat16 --tokens 64 --repeats 3 ${SKIP_STATIC:+--skip-static} ${COMPILE:+--compile} \
+    --json "$OUT/bench_$model.json" 2>&1 \
     | grep -v "Loading weights\|Writing model" | tee "$OUT/bench_$model.txt"
 done
