@@ -142,7 +142,6 @@ class Batcher:
     """Random (scene, question) batches as padded tensors; labels -100 except answer tokens and EOS."""
 
     def __init__(self, tokenizer, pool: Pool, num_image_tokens: int, seed: int):
-        self.tok = tokenizer
         self._encode = tokenizer.backend_tokenizer.encode  # the Rust tokenizer: its Python wrapper cost half a batch
         self._prompt_ids: dict[str, list[int]] = {}  # instructions repeat (templates x attributes), answers less
         self.pool = pool
