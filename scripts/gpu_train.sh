@@ -16,14 +16,15 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/vlm_train}"; mkdir -p "$OUT"
 WORK=/tmp/vlm_train_work; mkdir -p "$WORK"
-deadline=$((SECONDS + ${SECONDS_TOTAL:-540} - ${EVAL_S:-75}))
+SECONDS_TOTAL=${SECONDS_TOTAL:-540} EVAL_S=${EVAL_S:-75} POOL=${POOL:-8000}
+deadline=$((SECONDS + SECONDS_TOTAL - EVAL_S))
 if compgen -G ".device/wheels/transformers-*.whl" >/dev/null; then
   python3 -m pip install -q --no-deps --target /tmp/vlm_tf .device/wheels/transformers-*.whl >/dev/null 2>&1
 fi
 export PYTHONPATH="/tmp/vlm_tf:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 RUNS="${RUNS:-default}"
-common=(--batch "${BATCH:-128}" --pool "${POOL:-8000}" --steps "${STEPS:-40000}")
+common=(--batch "${BATCH:-128}" --pool "$POOL" --steps "${STEPS:-40000}")
 
 config_of() { grep -o -- '--config [^ ]*' <<<"$1" | cut -d' ' -f2; }
 pool_of() { local c; c=$(config_of "$1"); echo "$WORK/pool_$(basename "${c:-default}" .json).pkl"; }
@@ -34,7 +35,7 @@ while read -r _ args; do pool_config["$(pool_of "$args")"]=$(config_of "$args");
 cores=$(nproc); pids=()
 for p in "${!pool_config[@]}"; do
   cfg=${pool_config[$p]}
-  python3 -m vlm_ros.embedded.train --out "$WORK/unused" --steps 0 --pool-cache "$p" --pool "${POOL:-8000}" \
+  python3 -m vlm_ros.embedded.train --out "$WORK/unused" --steps 0 --pool-cache "$p" --pool "$POOL" \
     --workers $((cores / ${#pool_config[@]})) ${cfg:+--config "$cfg"} 2>&1 | grep "rendered" &
   pids+=($!)
 done
@@ -57,7 +58,7 @@ names=$(cut -d' ' -f1 <<<"$RUNS" | while read -r n; do [ -f "$WORK/$n/model.safe
 # shellcheck disable=SC2086
 (cd "$WORK" && tar -cf - $names ./*.train.log) | split -b 15M - "$OUT/weights.tar.part-"
 for n in $names; do
-  timeout $((${SECONDS_TOTAL:-540} - SECONDS)) \
+  timeout $((SECONDS_TOTAL - SECONDS)) \
     python3 -m vlm_ros.embedded.evaluate --weights "$WORK/$n" --n "${EVAL_N:-100}" --threads $((cores > 4 ? cores / 4 : 1)) >"$OUT/eval_$n.json" 2>/dev/null &
 done
 wait

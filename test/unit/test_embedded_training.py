@@ -72,7 +72,6 @@ def test_multi_turn_sequence_supervises_only_the_answers(pool):
 
 def test_turn_tokens_equal_tokenizing_the_whole_turn(pool):
     """Batcher tokenizes prompt and answer apart (and caches prompts); that must equal tokenizing the turn whole."""
-    from vlm_ros.embedded.model import ANSWER_MARKER, build_prompt
     from vlm_ros.embedded.tasks import KINDS
 
     tok = build_tokenizer()
@@ -87,7 +86,7 @@ def test_turn_tokens_equal_tokenizing_the_whole_turn(pool):
             except ValueError:  # no question of this kind applies to the scene
                 continue
             for k in (0, 1):
-                prompt_text = build_prompt(ex.instruction) if k == 0 else ex.instruction.strip() + ANSWER_MARKER
+                prompt_text = Batcher.turn_prompt(k, ex.instruction)
                 prompt = tok(prompt_text, add_special_tokens=False).input_ids
                 whole = tok(prompt_text + " " + ex.answer, add_special_tokens=False).input_ids
                 if k == 0:

@@ -167,8 +167,13 @@ class Batcher:
             supervised += turn_supervised
         return ids, supervised
 
+    @staticmethod
+    def turn_prompt(k: int, instruction: str) -> str:
+        """The text before the answer of turn k: the inference prompt first, "instruction answer:" after."""
+        return build_prompt(instruction) if k == 0 else instruction.strip() + ANSWER_MARKER
+
     def _turn(self, k: int, instruction: str, answer: str) -> tuple[list[int], list[bool]]:
-        prompt_text = build_prompt(instruction) if k == 0 else instruction.strip() + ANSWER_MARKER
+        prompt_text = self.turn_prompt(k, instruction)
         prompt = self._prompt_ids.get(prompt_text)
         if prompt is None:
             prompt = self._encode(prompt_text, add_special_tokens=False).ids
