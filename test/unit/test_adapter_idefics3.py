@@ -28,8 +28,10 @@ def adapter(request, tmp_path_factory):
 # --- generation through the engine ---------------------------------------------------------------------
 
 
-def test_engine_tokens_equal_generate_for_every_task(adapter):
-    engine = TorchEngine(adapter)  # one engine: later queries reuse its cache and the frame's vision features
+@pytest.mark.parametrize("form", [None, "sliced", "static"])  # None: the CPU default (numpy)
+def test_engine_tokens_equal_generate_for_every_task(adapter, form):
+    # one engine: later queries reuse its cache and the frame's vision features
+    engine = TorchEngine(adapter, decode_form=form)
     cached = []
     for seed in (0, 1):
         f = frame(seed, stamp_ns=seed + 1)

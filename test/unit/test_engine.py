@@ -44,6 +44,25 @@ def test_cpu_default_decode_form_is_numpy_for_float32_and_torch_otherwise(adapte
         LeanDecoder(half.model, 64, form="numpy")
 
 
+def test_torch_decode_forms_fuse_projections_into_the_models_own_weights(adapter):
+    """One matrix product for q/k/v and one for gate/up, without a second copy of the weights (the tokens are
+    checked against generate() above, whose forward then runs on the fused weights' row slices)."""
+    from vlm_ros.engine.lean_decoder import LeanDecoder, _language_model
+
+    layer = _language_model(adapter.model).layers[0]
+    q, k, v = (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight)
+    before = [w.detach().clone() for w in (q, k, v)]
+    first = LeanDecoder(adapter.model, 64, form="sliced")
+    qkv, bias = first._qkv[0]
+    assert qkv.shape[0] == q.shape[0] + k.shape[0] + v.shape[0] and bias is None
+    assert torch.equal(qkv, torch.cat(before))
+    assert q.data_ptr() == qkv.data_ptr() and v.data_ptr() + v.numel() * v.element_size() == (
+        qkv.data_ptr() + qkv.numel() * qkv.element_size())  # the layer's weights are row slices of the fused one
+    second = LeanDecoder(adapter.model, 128, form="static")  # a larger buffer later: the same fused storage
+    assert second._qkv[0][0].data_ptr() == qkv.data_ptr() and second._gate_up[0][0].data_ptr() == (
+        first._gate_up[0][0].data_ptr())
+
+
 def test_second_query_on_same_frame_reuses_vision_features(adapter):
     engine = TorchEngine(adapter)
     f = frame(3)

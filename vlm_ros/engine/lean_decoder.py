@@ -13,6 +13,9 @@ Three forms of the step:
 - sliced (CPU, other dtypes): attend to the cached positions [0, pos] only; no mask at all.
 - static (CUDA default): fixed shapes, the position is a device tensor and a mask hides the unused tail, so
   the whole step is captured once in a CUDA graph and replayed per token (small models are launch-bound).
+The two torch forms run one matrix product for q, k and v together and one for gate and up (the model's own
+modules then hold row slices of the fused weights, so no memory is added), and attend with each KV head's
+group of query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
 """
 
 from __future__ import annotations
@@ -95,6 +98,13 @@ class LeanDecoder:
         self._static_fn = torch.compile(self._static_step, dynamic=False) if compile and self.static else self._static_step
         self._logits: torch.Tensor | None = None
         self._numpy = _NumpyStep(self) if form == "numpy" else None
+        # the torch forms' fused projections (numpy's per-call cost is small enough without)
+        self._qkv, self._gate_up = [], []
+        for layer in self.layers if self._numpy is None else ():
+            attn, mlp = layer.self_attn, layer.mlp
+            self._qkv.append(_fuse_rows((attn.q_proj, attn.k_proj, attn.v_proj)))
+            gated = hasattr(mlp, "gate_proj") and hasattr(mlp, "act_fn")
+            self._gate_up.append(_fuse_rows((mlp.gate_proj, mlp.up_proj)) if gated else None)
 
     def load_prefix(self, cache, length: int) -> None:
         """Copy the prefill's KV cache (a transformers Cache) into the buffers."""
@@ -133,26 +143,34 @@ class LeanDecoder:
 
     # --- the two forms of one step ---------------------------------------------------------------------------
     def _layer(self, i, layer, x, cos, sin, attend):
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = attn.q_proj(h).view(1, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (1, NH, 1, D)
-        k = attn.k_proj(h).view(1, 1, self.n_kv, self.head_dim).transpose(1, 2)  # (1, KVH, 1, D)
-        v = attn.v_proj(h).view(1, 1, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        o = attend(i, q, k, v)  # (1, NH, 1, D)
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+        attn, mlp = layer.self_attn, layer.mlp
+        h = layer.input_layernorm(x)  # (1, 1, H)
+        if self._qkv[i] is not None:
+            q, k, v = F.linear(h, *self._qkv[i]).split(
+                (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim), dim=-1)
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        # the query heads of one KV head are that head's query rows: (1, KVH, group, D)
+        q = self._rotate(q.view(1, self.n_kv, self.n_heads // self.n_kv, self.head_dim), cos, sin)
+        k = self._rotate(k.view(1, self.n_kv, 1, self.head_dim), cos, sin)  # (1, KVH, 1, D)
+        v = v.view(1, self.n_kv, 1, self.head_dim)
+        o = attend(i, q, k, v)  # (1, KVH, group, D)
+        x = x + attn.o_proj(o.reshape(1, 1, -1))
+        h = layer.post_attention_layernorm(x)
+        if self._gate_up[i] is None:
+            return x + mlp(h)
+        gate, up = F.linear(h, *self._gate_up[i]).chunk(2, dim=-1)
+        return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _sliced_step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
         cos, sin = self.cos[pos + self.offset], self.sin[pos + self.offset]  # (D,)
-        gqa = self.n_kv != self.n_heads
         scale = self.layers[0].self_attn.scaling
 
         def attend(i, q, k, v):
             self.k[i, :, :, pos] = k[:, :, 0]
             self.v[i, :, :, pos] = v[:, :, 0]
             return F.scaled_dot_product_attention(q, self.k[i, :, :, : pos + 1], self.v[i, :, :, : pos + 1],
-                                                  scale=scale, enable_gqa=gqa)
+                                                  scale=scale)
 
         x = self.lm.embed_tokens(token)  # (1, 1, H)
         for i, layer in enumerate(self.layers):
@@ -163,14 +181,12 @@ class LeanDecoder:
         cos = self.cos.index_select(0, self._rope_pos)  # (1, D)
         sin = self.sin.index_select(0, self._rope_pos)
         mask = (self._positions <= self._pos).view(1, 1, 1, -1)  # (1, 1, 1, T): cached positions only
-        gqa = self.n_kv != self.n_heads
         scale = self.layers[0].self_attn.scaling
 
         def attend(i, q, k, v):
             self.k[i].index_copy_(2, self._pos, k)
             self.v[i].index_copy_(2, self._pos, v)
-            return F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=scale,
-                                                  enable_gqa=gqa)
+            return F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=scale)
 
         x = self.lm.embed_tokens(self._tok)  # (1, 1, H)
         for i, layer in enumerate(self.layers):
@@ -194,6 +210,43 @@ class LeanDecoder:
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph):
             self._logits = self._static_fn()
+
+
+def _fuse_rows(linears: tuple[torch.nn.Module, ...]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """One weight (and bias) whose row blocks are the given linear layers', so one matrix product serves them all.
+
+    The layers are pointed at row slices of the fused tensors (made once; a later call finds them adjacent and
+    returns views), so the model's own forward keeps working and no memory is added. None when they cannot be
+    fused (not plain `nn.Linear`, mixed dtypes, devices or biases).
+    """
+    if any(type(m) is not torch.nn.Linear for m in linears):
+        return None
+    weights = [m.weight for m in linears]
+    biases = [m.bias for m in linears]
+    if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1 or len({b is None for b in biases}) != 1:
+        return None
+    return _adjacent_rows(weights), None if biases[0] is None else _adjacent_rows(biases)
+
+
+def _adjacent_rows(params: list[torch.Tensor]) -> torch.Tensor:
+    """A tensor of the params stacked by rows that the params are views of (copied together on the first call)."""
+    first = params[0]
+    rows = sum(p.shape[0] for p in params)
+    shape, strides = (rows, *first.shape[1:]), first.stride()
+    offset, storage = first.storage_offset(), first.untyped_storage().data_ptr()
+    for p in params:
+        if not p.is_contiguous() or p.untyped_storage().data_ptr() != storage or p.storage_offset() != offset:
+            break
+        offset += p.numel()
+    else:
+        return first.detach().as_strided(shape, strides, first.storage_offset())
+    with torch.no_grad():
+        fused = torch.cat([p.detach() for p in params])
+    start = 0
+    for p in params:
+        p.data = fused[start: start + p.shape[0]]
+        start += p.shape[0]
+    return fused
 
 
 class _NumpyStep:
