@@ -176,6 +176,7 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     model, processor = load(out)
     facts = json.loads((out / "embedded_config.json").read_text())
     assert facts["train"]["steps"] == 3 and facts["config"] == TINY.to_dict()
+    assert float(facts["train"]["args"]["lr"]) == 2e-3 * (2 / 128) ** 0.5  # no --lr: scaled to the batch of 2
     assert facts["train"]["compiled"] == (cxx_compiler() is not None)  # --compile auto, on the CPU
     assert (tmp_path / "weights.train.log").read_text().count("step 3/3") == 1
     assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved

@@ -8,7 +8,7 @@ included): only when the measured speed says --steps will not fit is the step co
 schedule then changes, so such a run is not comparable); the step count actually used is logged and saved.
 On a CPU with bf16 matrix instructions (AMX, AVX512-BF16) the step runs under bf16 autocast, and on a CPU with a
 C++ compiler the transformer layers are compiled (torch.compile fuses their element-wise work). The defaults
-(5,000 steps, 57 min budget) took 46-50 min on the 2-core development CPU (AMX) when it was otherwise idle.
+(5,000 steps, 57 min budget) took 45-50 min on the 2-core development CPU (AMX) when it was otherwise idle.
 TRAINING.md has the recipe and the results.
 """
 
@@ -379,6 +379,12 @@ def compile_layers(model) -> int:
     return len(layers)
 
 
+def default_lr(batch: int) -> float:
+    """Peak learning rate for a batch size: 2e-3 at 128 (the GPU runs), scaled by the square root of the batch.
+    At the CPU's batch of 32 that gives 1e-3, the best of 5e-4 / 1e-3 / 2e-3 / 4e-3 in 1,200-step pilots."""
+    return 2e-3 * math.sqrt(batch / 128)
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.02) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -394,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=57.0, help="wall-clock budget for the whole run; 0 = none")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="peak learning rate (default: 2e-3 at batch 128, times sqrt(batch / 128): 1e-3 at batch 32)")
     ap.add_argument("--vision-lr-scale", type=float, default=1.0, help="learning rate of the vision tower / --lr")
     ap.add_argument("--pool-cache", type=Path, default=None, help="pickle file to load the rendered pool from / save it to")
     ap.add_argument("--turns", type=int, default=8, help="most questions per image in one training sequence")
@@ -450,6 +457,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
     torch.manual_seed(args.seed)
+    if args.lr is None:
+        args.lr = default_lr(args.batch)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cpu" and cpu_has_bf16_matmul())
     log.info("args %s, config %s, device %s, %s", vars(args), cfg.to_dict(), device, "bf16 autocast" if bf16 else "fp32")
 
