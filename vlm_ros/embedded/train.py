@@ -8,7 +8,7 @@ included): only when the measured speed says --steps will not fit is the step co
 schedule then changes, so such a run is not comparable); the step count actually used is logged and saved.
 On a CPU with bf16 matrix instructions (AMX, AVX512-BF16) the step runs under bf16 autocast, and on a CPU with a
 C++ compiler the transformer layers are compiled (torch.compile fuses their element-wise work). The defaults
-(5,000 steps, 57 min budget) took 45-50 min on the 2-core development CPU (AMX) when it was otherwise idle.
+(5,000 steps, 57 min budget) took 45-50 min on a 2-core CPU with AMX (bf16) and 56 min on one without (fp32).
 TRAINING.md has the recipe and the results.
 """
 
