@@ -21,14 +21,23 @@ def adapter(tmp_path_factory):
     return LlavaAdapter.from_pretrained(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava")))
 
 
-@pytest.mark.parametrize("lean,form", [(True, "numpy"), (True, "sliced"), (True, "static"), (False, None)],
-                         ids=["lean-numpy", "lean-sliced", "lean-static-step", "hf-static-cache"])
+@pytest.mark.parametrize("lean,form,threads", [(True, "numpy", 2), (True, "numpy", 1), (True, "sliced", None),
+                                               (True, "static", None), (False, None, None)],
+                         ids=["lean-numpy-torch-products", "lean-numpy-1-thread", "lean-sliced", "lean-static-step",
+                              "hf-static-cache"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_engine_tokens_equal_generate(adapter, lean, form, seed):
+def test_engine_tokens_equal_generate(adapter, lean, form, threads, seed):
     inputs = adapter.prepare(frame(seed), Request(Task.ANSWER, "where is the red ball ?"))
     engine = TorchEngine(adapter, use_lean_decoder=lean, decode_form=form)
     assert engine._lean_supported == lean  # the tiny LLaVA's Llama decoder is a supported one
-    result = engine.generate(inputs, 40)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:  # the numpy step takes its matrix products from torch with more than one thread, from numpy with one
+        result = engine.generate(inputs, 40)
+    finally:
+        torch.set_num_threads(before)
+    if form == "numpy":
+        assert engine._lean._numpy.threaded == (threads > 1)
     assert result.token_ids == reference_tokens(adapter, inputs, 40)
     assert len(result.token_ids) > 5  # random weights still produce a real sequence to compare
 
@@ -44,7 +53,7 @@ def test_cpu_default_decode_form_is_numpy_for_float32_and_torch_otherwise(adapte
         LeanDecoder(half.model, 64, form="numpy")
 
 
-def test_torch_decode_forms_fuse_projections_into_the_models_own_weights(adapter):
+def test_decode_forms_fuse_projections_into_the_models_own_weights(adapter):
     """One matrix product for q/k/v and one for gate/up, without a second copy of the weights (the tokens are
     checked against generate() above, whose forward then runs on the fused weights' row slices)."""
     from vlm_ros.engine.lean_decoder import LeanDecoder, _language_model

@@ -9,13 +9,14 @@ positions); its KV cache is copied into the buffers once.
 Three forms of the step:
 - numpy (CPU float32 default): the sliced step written in numpy on the same weights and KV buffers (views,
   no copies). A small decoder's step is a few hundred tiny operations, and numpy's per-call overhead is a
-  fraction of torch's (embedded model on a 2-core x86 CPU: about 1 ms vs 2 ms per token).
+  fraction of torch's; its matrix products go through torch when torch has more than one thread (see
+  `_NumpyStep`).
 - sliced (CPU, other dtypes): attend to the cached positions [0, pos] only; no mask at all.
 - static (CUDA default): fixed shapes, the position is a device tensor and a mask hides the unused tail, so
   the whole step is captured once in a CUDA graph and replayed per token (small models are launch-bound).
-The two torch forms run one matrix product for q, k and v together and one for gate and up (the model's own
-modules then hold row slices of the fused weights, so no memory is added), and attend with each KV head's
-group of query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
+Every form runs one matrix product for q, k and v together and one for gate and up (the model's own modules
+then hold row slices of the fused weights, so no memory is added), and attends with each KV head's group of
+query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
 """
 
 from __future__ import annotations
@@ -71,7 +72,15 @@ class LeanDecoder:
         self.max_len = max_len
         p = next(model.parameters())
         self.device = p.device
-        numpy_ok = not p.is_cuda and p.dtype == torch.float32 and _NumpyStep.supports(self.layers)
+        # one matrix product for q, k and v and one for gate and up (the modules then hold row slices of them)
+        self._qkv, self._gate_up = [], []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self._qkv.append(_fuse_rows((attn.q_proj, attn.k_proj, attn.v_proj)))
+            gated = hasattr(mlp, "gate_proj") and hasattr(mlp, "act_fn")
+            self._gate_up.append(_fuse_rows((mlp.gate_proj, mlp.up_proj)) if gated else None)
+        numpy_ok = (not p.is_cuda and p.dtype == torch.float32 and _NumpyStep.supports(self.layers)
+                    and None not in self._qkv + self._gate_up)
         if form is None:
             form = "static" if p.is_cuda else "numpy" if numpy_ok else "sliced"
         if form not in FORMS or (form == "numpy" and not numpy_ok):
@@ -98,13 +107,6 @@ class LeanDecoder:
         self._static_fn = torch.compile(self._static_step, dynamic=False) if compile and self.static else self._static_step
         self._logits: torch.Tensor | None = None
         self._numpy = _NumpyStep(self) if form == "numpy" else None
-        # the torch forms' fused projections (numpy's per-call cost is small enough without)
-        self._qkv, self._gate_up = [], []
-        for layer in self.layers if self._numpy is None else ():
-            attn, mlp = layer.self_attn, layer.mlp
-            self._qkv.append(_fuse_rows((attn.q_proj, attn.k_proj, attn.v_proj)))
-            gated = hasattr(mlp, "gate_proj") and hasattr(mlp, "act_fn")
-            self._gate_up.append(_fuse_rows((mlp.gate_proj, mlp.up_proj)) if gated else None)
 
     def load_prefix(self, cache, length: int) -> None:
         """Copy the prefill's KV cache (a transformers Cache) into the buffers."""
@@ -250,32 +252,43 @@ def _adjacent_rows(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 class _NumpyStep:
-    """The sliced step in numpy, for a LeanDecoder's float32 CPU model: the same math in the same order.
+    """The sliced step in numpy, for a LeanDecoder's float32 CPU model: the same math.
 
     Weights and KV buffers are numpy views of the model's tensors and of the decoder's buffers (the prefill
-    fills those through torch). Rotary embedding is one (D, D) matrix per step, shared by every layer.
+    fills those through torch). Rotary embedding is one (D, D) matrix per step, shared by every layer, with the
+    attention scale folded into the queries' copy. The matrix-vector products read every weight once per token
+    and a decoder's weights outgrow a core's cache (the embedded model's: 14 MB), so memory bandwidth bounds
+    them: with more than one torch thread they go through torch, whose BLAS splits a product over the cores
+    (numpy's OpenBLAS did not on the 2-core CPU; docs/performance.md), with one thread through numpy.
     """
 
     def __init__(self, decoder: LeanDecoder):
-        def arr(t: torch.Tensor | None) -> np.ndarray | None:
-            return None if t is None else t.detach().numpy()
+        self.threaded = threaded = torch.get_num_threads() > 1
 
-        def linear(mod: torch.nn.Module) -> tuple[np.ndarray, np.ndarray | None]:
-            return arr(mod.weight), arr(mod.bias)
+        def product(weight: torch.Tensor, bias: torch.Tensor | None):
+            """x -> weight @ x + bias on numpy vectors."""
+            b = None if bias is None else bias.detach().numpy()
+            if threaded:
+                w = weight.detach()
+                if b is None:
+                    return lambda x: torch.mv(w, torch.from_numpy(x)).numpy()
+                return lambda x: torch.mv(w, torch.from_numpy(x)).numpy() + b
+            w = weight.detach().numpy()
+            return (lambda x: w @ x) if b is None else (lambda x: w @ x + b)
 
         def norm(mod: torch.nn.Module) -> tuple[np.ndarray, float]:
-            return arr(mod.weight), float(mod.variance_epsilon)
+            return mod.weight.detach().numpy(), float(mod.variance_epsilon)
 
         self.layers = []
-        for layer in decoder.layers:
+        for i, layer in enumerate(decoder.layers):
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append((
-                norm(layer.input_layernorm), linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj),
-                linear(attn.o_proj), norm(layer.post_attention_layernorm), linear(mlp.gate_proj),
-                linear(mlp.up_proj), linear(mlp.down_proj)))
+                norm(layer.input_layernorm), product(*decoder._qkv[i]), product(attn.o_proj.weight, attn.o_proj.bias),
+                norm(layer.post_attention_layernorm), product(*decoder._gate_up[i]),
+                product(mlp.down_proj.weight, mlp.down_proj.bias)))
         lm = decoder.lm
-        self.embed, self.norm = arr(lm.embed_tokens.weight), norm(lm.norm)
-        self.head = linear(decoder.lm_head)
+        self.embed, self.norm = lm.embed_tokens.weight.detach().numpy(), norm(lm.norm)
+        self.head = product(decoder.lm_head.weight, decoder.lm_head.bias)
         self.k = [decoder.k[i, 0].numpy() for i in range(len(decoder.layers))]  # (KVH, T, D) views
         self.v = [decoder.v[i, 0].numpy() for i in range(len(decoder.layers))]
         self.cos, self.sin = decoder.cos.numpy(), decoder.sin.numpy()
@@ -286,7 +299,8 @@ class _NumpyStep:
         self.rotate_half[np.arange(half), np.arange(half) + half] = 1.0
         self.decoder = decoder
         self.heads, self.kv_heads, self.head_dim = decoder.n_heads, decoder.n_kv, d
-        self.scale = float(decoder.layers[0].self_attn.scaling)
+        self.intermediate = decoder.layers[0].mlp.gate_proj.out_features
+        self.scale = np.float32(decoder.layers[0].self_attn.scaling)
 
     @staticmethod
     def supports(layers) -> bool:
@@ -297,29 +311,24 @@ class _NumpyStep:
         weight, eps = weight_eps
         return weight * (x * (1.0 / math.sqrt(float(np.dot(x, x)) / x.shape[0] + eps)))
 
-    @staticmethod
-    def _linear(x: np.ndarray, weight_bias: tuple[np.ndarray, np.ndarray | None]) -> np.ndarray:
-        weight, bias = weight_bias
-        return weight @ x if bias is None else weight @ x + bias
-
     def step(self, token_id: int, pos: int) -> np.ndarray:
         rope_pos = pos + self.decoder.offset
-        cos, sin = self.cos[rope_pos], self.sin[rope_pos]
-        rope = np.diag(cos) + self.rotate_half * sin  # x @ rope == x * cos + rotate_half(x) * sin
-        heads, kv_heads, d, scale = self.heads, self.kv_heads, self.head_dim, self.scale
-        rms, linear = self._rms, self._linear
+        rope = np.diag(self.cos[rope_pos]) + self.rotate_half * self.sin[rope_pos]  # x @ rope: rotary embedding
+        rope_q = rope * self.scale
+        heads, kv_heads, d, rms = self.heads, self.kv_heads, self.head_dim, self._rms
+        q_end, k_end, inter = heads * d, (heads + kv_heads) * d, self.intermediate
         x = self.embed[token_id]
-        for i, (norm1, q_proj, k_proj, v_proj, o_proj, norm2, gate, up, down) in enumerate(self.layers):
-            h = rms(x, norm1)
-            q = linear(h, q_proj).reshape(kv_heads, heads // kv_heads, d) @ rope  # (KVH, group, D)
+        for i, (norm1, qkv, o_proj, norm2, gate_up, down) in enumerate(self.layers):
+            projected = qkv(rms(x, norm1))
+            q = projected[:q_end].reshape(kv_heads, heads // kv_heads, d) @ rope_q  # (KVH, group, D)
             keys, values = self.k[i], self.v[i]
-            keys[:, pos] = linear(h, k_proj).reshape(kv_heads, d) @ rope
-            values[:, pos] = linear(h, v_proj).reshape(kv_heads, d)
-            scores = (q @ keys[:, : pos + 1].transpose(0, 2, 1)) * scale  # (KVH, group, pos + 1)
+            keys[:, pos] = projected[q_end:k_end].reshape(kv_heads, d) @ rope
+            values[:, pos] = projected[k_end:].reshape(kv_heads, d)
+            scores = q @ keys[:, : pos + 1].transpose(0, 2, 1)  # (KVH, group, pos + 1)
             weights = np.exp(scores - scores.max(-1, keepdims=True))
             attended = (weights @ values[:, : pos + 1]) / weights.sum(-1, keepdims=True)  # (KVH, group, D)
-            x = x + linear(attended.reshape(-1), o_proj)
-            h = rms(x, norm2)
-            g = linear(h, gate)
-            x = x + linear(g * (0.5 + 0.5 * np.tanh(0.5 * g)) * linear(h, up), down)  # silu(g) * up
-        return linear(rms(x, self.norm), self.head)
+            x = x + o_proj(attended.reshape(-1))
+            g_u = gate_up(rms(x, norm2))
+            g = g_u[:inter]
+            x = x + down(g * (0.5 + 0.5 * np.tanh(0.5 * g)) * g_u[inter:])  # silu(gate) * up
+        return self.head(rms(x, self.norm))
