@@ -7,7 +7,7 @@
 Same model, same frame, same prompt, same run: our engine (lean decoder: numpy step on the CPU, CUDA graph
 on GPU), generate() with the dynamic cache (eager), and generate() with the static cache. Greedy, batch 1, a
 fixed number of new tokens (EOS ignored). Prints a table with ratios and the peak RSS; timings are medians
-over --repeats.
+over --repeats rounds, each of which times every contestant in turn (a shared machine's speed drifts).
 """
 
 from __future__ import annotations
@@ -41,15 +41,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_timed(fn, device) for _ in range(repeats))
 
 
 def machine_name(device: torch.device) -> str:
@@ -76,54 +77,66 @@ def decoder_weight_bytes(model: torch.nn.Module) -> int:
     return total - (0 if tied else embed.numel() * embed.element_size())  # one embedding row only is read
 
 
-def _engine_figures(engine: TorchEngine, inputs, tokens: int, repeats: int, warmup: int, device) -> dict:
-    def run(n: int, cached: bool):
-        if not cached:
-            engine.clear_vision_cache()
+def _engine_runner(engine, inputs) -> Callable[[int], object]:
+    """n -> one query of n new tokens on a new frame (the vision cache cleared first)."""
+    def run(n: int):
+        engine.clear_vision_cache()
         return engine.generate(inputs, n, ignore_eos=True)
+    return run
 
-    for _ in range(warmup):
-        run(tokens, False)
-    vision = statistics.median(run(1, False).vision_encode_s for _ in range(repeats))
-    t1 = _median_time(lambda: run(1, False), repeats, device)
-    tn = _median_time(lambda: run(tokens, False), repeats, device)
-    t1_cached = _median_time(lambda: run(1, True), repeats, device)
-    return {"ttft_s": t1, "ttft_cached_frame_s": t1_cached, "vision_encode_s": vision,
-            "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
+
+def _time_rounds(runners: dict[str, Callable[[int], object]], tokens: int, repeats: int, device) -> dict:
+    """Time 1-token and `tokens`-token queries of every runner in interleaved rounds, so that the slow and fast
+    phases of a shared machine fall on all of them alike; {name: {ttft_s, decode_tok_s, total_s}} of the medians."""
+    one: dict[str, list[float]] = {name: [] for name in runners}
+    full: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            one[name].append(_timed(lambda: run(1), device))
+            full[name].append(_timed(lambda: run(tokens), device))
+    figures = {}
+    for name in runners:
+        t1, tn = statistics.median(one[name]), statistics.median(full[name])
+        figures[name] = {"ttft_s": t1, "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
+    return figures
 
 
 def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2,
               static_baseline: bool = True, compile_decoder: bool = False, onnx: bool = False) -> dict:
     """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines."""
     device = adapter.device
-    request = Request(Task.ANSWER, instruction, max_new_tokens=tokens)
-    inputs = adapter.prepare(frame, request)
+    inputs = adapter.prepare(frame, Request(Task.ANSWER, instruction, max_new_tokens=tokens))
     results: dict[str, dict] = {}
+    runners: dict[str, Callable[[int], object]] = {}
+
+    def enter(name: str, run: Callable[[int], object], **extra) -> bool:
+        """Warm a runner up: it joins the timed rounds, or its error is reported (not hidden)."""
+        try:
+            for _ in range(warmup):
+                run(tokens)
+        except Exception as exc:  # e.g. a family that refuses a static cache or has no export
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            return False
+        runners[name], results[name] = run, extra
+        return True
+
     first = {"compile_decoder": True} if compile_decoder else {}
     for engine_kwargs in (first, {"decode_form": "sliced", "graph_vision": False}):  # the second only if the first fails
         engine = TorchEngine(adapter, **engine_kwargs)
-        try:
-            results["engine"] = _engine_figures(engine, inputs, tokens, repeats, warmup, device)
-            results["engine"]["options"] = engine_kwargs or "default"
+        if enter("engine", _engine_runner(engine, inputs), options=engine_kwargs or "default"):
             break
-        except Exception as exc:
-            results[f"engine {engine_kwargs or 'default'}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    if onnx:  # the same model exported to ONNX, on onnxruntime (the `onnxruntime` backend)
+        results[f"engine {engine_kwargs or 'default'}"] = results.pop("engine")
+    directory = tempfile.mkdtemp(prefix="vlm_ros_bench_onnx_") if onnx else None
+    if directory is not None:  # the same model exported to ONNX, on onnxruntime (the `onnxruntime` backend)
         from vlm_ros.engine.onnx_engine import OnnxEngine
         from vlm_ros.export.onnx_export import export_model
 
-        directory = tempfile.mkdtemp(prefix="vlm_ros_bench_onnx_")
         try:
             shapes = export_model(adapter, Path(directory), lambda *_: None).shapes
-            engine = OnnxEngine(adapter, directory, shapes, threads=torch.get_num_threads())
-            results["onnxruntime engine"] = _engine_figures(engine, inputs, tokens, repeats, warmup, device)
+            onnx_engine = OnnxEngine(adapter, directory, shapes, threads=torch.get_num_threads())
+            enter("onnxruntime engine", _engine_runner(onnx_engine, inputs))
         except Exception as exc:  # families without an export
             results["onnxruntime engine"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-    if device.type == "cuda" and "engine" in results:  # the vision encoder alone, eager (vs the engine's graph)
-        with torch.inference_mode():
-            results["engine"]["vision_encode_eager_s"] = _median_time(lambda: adapter.encode_vision(inputs), repeats, device)
     model = adapter.model
     baselines = [("generate (dynamic cache)", {})]
     if static_baseline:
@@ -133,14 +146,21 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
             with torch.inference_mode():
                 return model.generate(**inputs.tensors, max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
 
-        try:
-            for _ in range(warmup):
-                gen(tokens)
-            t1 = _median_time(lambda: gen(1), repeats, device)
-            tn = _median_time(lambda: gen(tokens), repeats, device)
-            results[name] = {"ttft_s": t1, "decode_tok_s": (tokens - 1) / max(tn - t1, 1e-9), "total_s": tn}
-        except Exception as exc:  # report, don't hide: some families refuse a static cache
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+        enter(name, gen)
+    try:
+        for name, figures in _time_rounds(runners, tokens, repeats, device).items():
+            results[name].update(figures)
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    if "engine" in runners:  # vision encode, and a second query on the same frame (vision features reused)
+        engine_results, run = results["engine"], runners["engine"]
+        engine_results["vision_encode_s"] = statistics.median(run(1).vision_encode_s for _ in range(repeats))
+        engine_results["ttft_cached_frame_s"] = _median_time(lambda: engine.generate(inputs, 1), repeats, device)
+        if device.type == "cuda":  # the vision encoder alone, eager (vs the engine's graph)
+            with torch.inference_mode():
+                engine_results["vision_encode_eager_s"] = _median_time(
+                    lambda: adapter.encode_vision(inputs), repeats, device)
     return results
 
 
