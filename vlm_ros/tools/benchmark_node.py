@@ -7,8 +7,9 @@
    of its image callback (decode + validation). Reported per rate: delivered fraction, callback ms per frame,
    and the node process's whole CPU time per received frame (DDS, deserialisation, executor and callback, from
    /proc, less the node's idle CPU rate measured first).
-2. Queries: sequential /vlm/query calls on a 640x480 camera at 30 Hz: latency p50/p95/p99, tokens, and the age
-   of the frame used (call time - stamp of the image the answer used).
+2. Queries: sequential /vlm/query calls on a 640x480 camera at 30 Hz: latency p50/p95/p99, tokens, the age
+   of the frame used (call time - stamp of the image the answer used), and the fraction of the camera's frames
+   the node received while it answered.
 The node runs in a subprocess on this machine with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST.
 """
 
@@ -145,15 +146,20 @@ class Bench:
     def queries(self, n: int, tokens: int) -> dict:
         image = scene_image("640x480")
         stop = threading.Event()
+        sent = 0
 
         def camera():
+            nonlocal sent
             publisher, msg = self._message(image, "rgb8")
             while not stop.is_set():
                 msg.header.stamp = self.node.get_clock().now().to_msg()
                 publisher.publish(msg)
+                sent += 1
                 time.sleep(1 / 30)
 
-        threading.Thread(target=camera, daemon=True).start()
+        received_before = self.received()  # the camera is quiet: an exact count
+        publishing = threading.Thread(target=camera, daemon=True)
+        publishing.start()
         latencies, ages, generated = [], [], []
         try:
             time.sleep(1.0)
@@ -168,10 +174,12 @@ class Bench:
                 generated.append(resp.timings.generated_tokens)
         finally:
             stop.set()
+            publishing.join()
+        delivered = (self.received() - received_before) / max(sent, 1)  # frames the queries' load let through
         latencies, ages, generated = latencies[2:], ages[2:], generated[2:]  # two warm-up queries
         return {"n": n, "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
                 "p99_s": percentile(latencies, 0.99), "tokens_mean": statistics.mean(generated),
-                "frame_age_p50_s": percentile(ages, 0.5), "frame_age_max_s": max(ages),
+                "frame_age_p50_s": percentile(ages, 0.5), "frame_age_max_s": max(ages), "camera_delivered": delivered,
                 "node_rss_mb": float(self.model.get("rss_mb", "nan"))}
 
 
@@ -204,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         results["queries"] = q
         print(f"/vlm/query over DDS, 640x480 camera at 30 Hz, {q['tokens_mean']:.1f} tokens: p50 {q['p50_s'] * 1e3:.0f} ms, "
               f"p95 {q['p95_s'] * 1e3:.0f} ms, p99 {q['p99_s'] * 1e3:.0f} ms; frame age p50 {q['frame_age_p50_s'] * 1e3:.0f} ms, "
-              f"max {q['frame_age_max_s'] * 1e3:.0f} ms; node peak RSS {q['node_rss_mb']:.0f} MB")
+              f"max {q['frame_age_max_s'] * 1e3:.0f} ms; camera frames delivered meanwhile {q['camera_delivered']:.0%}; "
+              f"node peak RSS {q['node_rss_mb']:.0f} MB")
     finally:
         bench.close()
     if args.json:
