@@ -7,6 +7,7 @@ when the shipped weights were trained (see the embedded model's TRAINING.md), so
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,9 @@ def test_committed_bag_meets_accuracy_and_latency_thresholds(tmp_path):
     assert rc == 0, output
     assert "overall accuracy" in output and "FAIL" not in output
     assert list((tmp_path / "annotated").glob("annotated_*.png")), "no annotated image was saved"
+    # each answer's round trip and the node's own share of it (which cannot be longer)
+    pairs = [(int(a), int(b)) for a, b in re.findall(r"(\d+) ms \((\d+) ms in the node\)", output)]
+    assert len(pairs) == output.count("-> ") and pairs and all(0 < node <= trip + 1 for trip, node in pairs), pairs
 
 
 def test_harness_fails_when_the_threshold_is_not_met(tmp_path):
