@@ -10,10 +10,11 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from vlm_ros.core.geometry import target_position
-from vlm_ros.core.types import Answer, Frame, Request, Status, Target, Timings
+from vlm_ros.core.types import Answer, Frame, Request, Status, Target, Task, Timings
 from vlm_ros.engine import Engine, EngineError, StopReason, TorchEngine
 from vlm_ros.models.base import VlmAdapter
 
@@ -69,6 +70,12 @@ class Pipeline:
         if parsed.dropped:
             message = (message + "; " if message else "") + f"{len(parsed.dropped)} malformed model outputs dropped"
         return Answer(status, message, parsed.text, targets, timings, generated_tokens=len(result.token_ids))
+
+    def warm_up(self, height: int = 480, width: int = 640, timeout_s: float = 600.0) -> Answer:
+        """One short query on a blank frame, so that the first real one finds the engine's first-use work done
+        (KV buffers, numpy views; on a GPU, CUDA-graph capture and compilation, which take seconds)."""
+        frame = Frame(np.full((height, width, 3), 128, np.uint8), camera="warm-up")
+        return self.answer(frame, Request(Task.ANSWER, "what is in the picture?", max_new_tokens=4, timeout_s=timeout_s))
 
     @staticmethod
     def _target(label: str, box, frame: Frame) -> Target:

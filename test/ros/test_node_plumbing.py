@@ -78,6 +78,8 @@ def test_lifecycle_not_ready_then_no_frame_then_answer_with_source_header(start_
     stamp_ns = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
     assert (stamp_ns, resp.header.frame_id) in harness.published  # the header of an image we really sent
     assert resp.camera == "front" and resp.timings.generated_tokens == 6 and resp.timings.total > 0
+    node.wait_for_log("warm-up query: ")  # on the worker, after configure, before the first real query
+    assert "warm-up query failed" not in node.log()
 
     assert change_state(harness, Transition.TRANSITION_DEACTIVATE)
     assert harness.query(instruction="hi").status == Query.Response.NOT_READY

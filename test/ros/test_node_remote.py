@@ -74,6 +74,7 @@ def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_s
             time.sleep(0.1)
         assert peer.base_url in diagnostics["backend"] and diagnostics["server"] == peer.base_url
         assert float(diagnostics["remote_last_latency_s"]) > 0
+        assert diagnostics["warmup_s"] == ""  # no warm-up query is sent to a remote server
 
         # the action streams the server's tokens as feedback
         client = ActionClient(harness.node, QueryAction, "/vlm/query")

@@ -72,6 +72,16 @@ def test_decode_forms_fuse_projections_into_the_models_own_weights(adapter):
         first._gate_up[0][0].data_ptr())
 
 
+def test_warm_up_does_the_first_use_work_and_changes_no_answer(adapter):
+    request = Request(Task.ANSWER, "what color is the cube ?", max_new_tokens=8)
+    cold = Pipeline(adapter).answer(frame(4), request)
+    warm = Pipeline(adapter)
+    answer = warm.warm_up(48, 64)
+    assert answer.status == Status.OK and answer.timings.total > 0 and answer.generated_tokens <= 4
+    assert warm.engine._lean is not None  # the decode buffers exist before the first real query
+    assert warm.answer(frame(4), request).text == cold.text and cold.status == Status.OK
+
+
 def test_second_query_on_same_frame_reuses_vision_features(adapter):
     engine = TorchEngine(adapter)
     f = frame(3)

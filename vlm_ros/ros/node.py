@@ -148,6 +148,7 @@ class PerceptionNode(LifecycleNode):
         self._companions: dict[str, tuple] = {}  # camera -> (depth, CameraInfo) subscriptions, None where not set
         self._pipeline = None
         self._backend = "none"
+        self._warmup_s: float | None = None  # the last warm-up query's time
         self._active = False
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=self.p("queue_size"))
         self._worker: threading.Thread | None = None
@@ -225,9 +226,6 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:  # a clear reason in the log, and the node stays unconfigured
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
-        model = getattr(getattr(self._pipeline, "adapter", None), "model", None)
-        if self._faults is not None and model is not None and self._faults.arm_model(model):
-            self.get_logger().warning("TEST FAULT INJECTION: model faults armed")
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vlm_worker", daemon=True)
         self._worker.start()
@@ -440,6 +438,11 @@ class PerceptionNode(LifecycleNode):
 
     # --- worker -------------------------------------------------------------------------------------------
     def _work(self) -> None:
+        if self.p("warmup") and self.p("backend") != "remote":  # a remote server warms itself; don't bill a query
+            self._warm_up()
+        model = getattr(getattr(self._pipeline, "adapter", None), "model", None)
+        if self._faults is not None and model is not None and self._faults.arm_model(model):  # counts real queries
+            self.get_logger().warning("TEST FAULT INJECTION: model faults armed")
         while not self._stop.is_set():
             try:
                 job = self._queue.get(timeout=0.1)
@@ -455,6 +458,16 @@ class PerceptionNode(LifecycleNode):
                 self._running_job = None
             if job.on_done is not None and job.answer is not None:
                 job.on_done(job)
+
+    def _warm_up(self) -> None:
+        """The first-use work (buffers, CUDA graphs) on this thread, before the first real query; queries that
+        arrive meanwhile wait in the queue under their deadlines."""
+        answer = self._pipeline.warm_up(self.p("engine_image_height"), self.p("engine_image_width"))
+        self._warmup_s = answer.timings.total
+        if answer.status == Status.OK:
+            self.get_logger().info(f"warm-up query: {self._warmup_s * 1e3:.0f} ms")
+        else:
+            self.get_logger().warning(f"warm-up query failed ({answer.status.name}): {answer.message}")
 
     def _serve(self, job: Job) -> None:
         queue_wait = time.monotonic() - job.enqueued
@@ -557,6 +570,7 @@ class PerceptionNode(LifecycleNode):
                   "last_total_s": f"{timings.total:.3f}" if timings else "",
                   "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
                   "last_decode_s": f"{timings.decode:.3f}" if timings else "",
+                  "warmup_s": "" if self._warmup_s is None else f"{self._warmup_s:.3f}",
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
                   "rss_now_mb": f"{current_rss_mb():.0f}"}
         engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)

@@ -83,6 +83,9 @@ NODE_PARAMS = [
     ParamSpec("remote.max_image_side", 0, "downscale sent frames to this longer side; 0 = source size",
               range=(0, 8192)),
     ParamSpec("autostart", True, "configure and activate on start", startup=True),
+    ParamSpec("warmup", True, "after configure, the worker answers one short query on a blank frame of "
+              "engine_image_width x engine_image_height before any real one (first-use work: buffers, CUDA graphs); "
+              "not for backend remote"),
     ParamSpec("cameras", ["front"], "camera names; each has cameras.<name>.* parameters", startup=True),
     ParamSpec("default_camera", "front", "camera used when a query names none"),
     ParamSpec("max_frame_age_s", 2.0, "a query on an older newest frame gets STALE_FRAME", range=(0.01, 3600.0)),

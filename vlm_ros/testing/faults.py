@@ -5,7 +5,7 @@ The plan comes from one environment variable, read once when the node is created
     VLM_ROS_FAULT_INJECTION="model_error@2,cuda_oom@4,image_callback@30-34"
 
 Each entry is `<fault>@<calls>`: the fault fires on those calls (1-based, counted per fault site, `N`, `N-M`
-or `N+`). Faults and their sites:
+or `N+`; model calls are counted from the first query after the node's warm-up). Faults and their sites:
 
 - `model_error`: a RuntimeError raised inside the model's forward (a torch forward pre-hook on the model).
 - `cuda_oom`: `torch.cuda.OutOfMemoryError` raised inside the model's forward, as a CUDA allocator raises it.
