@@ -141,7 +141,7 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
         on_outcome=None) -> Report:
     """Replay the bag and ask its questions. rclpy must be initialised; a node must serve `service`."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
@@ -151,7 +151,7 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
     gt = load_groundtruth(bag)
     node = rclpy.create_node("vlm_regression")
     player_node = rclpy.create_node("vlm_regression_player")
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = SingleThreadedExecutor()  # rclpy's multi-threaded one stalled answers here for up to 2.3 s
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -113,7 +113,7 @@ class Soak:
     def _start_client(self) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         from vlm_ros.srv import Query
@@ -122,7 +122,7 @@ class Soak:
             rclpy.init()
             self._owns_rclpy = True
         self.node = rclpy.create_node("vlm_soak")
-        self.executor = MultiThreadedExecutor(num_threads=3)
+        self.executor = SingleThreadedExecutor()  # short callbacks only (see vlm_ros.ros.node.CameraIngest)
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
         self._spin.start()
