@@ -97,7 +97,7 @@ def onnxruntime_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline,
     log(f"loading {model_dir} (family {settings.family}) for onnxruntime ...")
     adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
     directory, shapes = ensure_export(adapter, model_dir, root, policy, log, export_image_size(settings))
-    engine = OnnxEngine(adapter, directory, shapes, providers=providers)
+    engine = OnnxEngine(adapter, directory, shapes, providers=providers, threads=int(settings.extra.get("cpu_threads", 0)))
     return Pipeline(adapter, engine), f"{engine.runner.name}, float32, {directory.name}"
 
 

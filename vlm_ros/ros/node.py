@@ -149,6 +149,7 @@ class PerceptionNode(LifecycleNode):
         self._pipeline = None
         self._backend = "none"
         self._warmup_s: float | None = None  # the last warm-up query's time
+        self._cpu_threads: int | None = None  # torch's intra-op threads, as the worker set them
         self._active = False
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=self.p("queue_size"))
         self._worker: threading.Thread | None = None
@@ -281,7 +282,8 @@ class PerceptionNode(LifecycleNode):
 
         settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
         settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
-                                                       "dla_core", "engine_image_height", "engine_image_width")})
+                                                       "dla_core", "engine_image_height", "engine_image_width",
+                                                       "cpu_threads")})
         settings.extra.update({k: self.p(k) for k in self._specs if k.startswith("remote.")})
         return build_pipeline(settings, self.get_logger().info)
 
@@ -438,6 +440,11 @@ class PerceptionNode(LifecycleNode):
 
     # --- worker -------------------------------------------------------------------------------------------
     def _work(self) -> None:
+        import torch
+
+        if self.p("cpu_threads") > 0:  # process-wide; set here, where the model runs
+            torch.set_num_threads(self.p("cpu_threads"))
+        self._cpu_threads = torch.get_num_threads()
         if self.p("warmup") and self.p("backend") != "remote":  # a remote server warms itself; don't bill a query
             self._warm_up()
         model = getattr(getattr(self._pipeline, "adapter", None), "model", None)
@@ -571,6 +578,7 @@ class PerceptionNode(LifecycleNode):
                   "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
                   "last_decode_s": f"{timings.decode:.3f}" if timings else "",
                   "warmup_s": "" if self._warmup_s is None else f"{self._warmup_s:.3f}",
+                  "cpu_threads": "" if self._cpu_threads is None else self._cpu_threads,
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
                   "rss_now_mb": f"{current_rss_mb():.0f}"}
         engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)

@@ -82,6 +82,9 @@ NODE_PARAMS = [
     ParamSpec("remote.jpeg_quality", 90, "JPEG quality of sent frames", range=(1, 100)),
     ParamSpec("remote.max_image_side", 0, "downscale sent frames to this longer side; 0 = source size",
               range=(0, 8192)),
+    ParamSpec("cpu_threads", 1, "threads of the model's CPU work (torch intra-op, onnxruntime intra-op); 0 = one per "
+              "core. More than 1 is faster only while those cores are free: with another process on one core of two, "
+              "2 threads made the first token 60x slower (docs/performance.md)", range=(0, 1024)),
     ParamSpec("autostart", True, "configure and activate on start", startup=True),
     ParamSpec("warmup", True, "after configure, the worker answers one short query on a blank frame of "
               "engine_image_width x engine_image_height before any real one (first-use work: buffers, CUDA graphs); "

@@ -46,7 +46,7 @@ def scene_image(resolution: str) -> np.ndarray:
 
 
 class Bench:
-    def __init__(self, model: str, publisher_qos: str):
+    def __init__(self, model: str, publisher_qos: str, node_params: list[str] = ()):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
@@ -57,7 +57,8 @@ class Bench:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model or chr(39) * 2}",
-             "-p", "cameras.front.compressed_topic:=camera/image_raw/compressed", "-p", "diagnostics_period_s:=0.2"],
+             "-p", "cameras.front.compressed_topic:=camera/image_raw/compressed", "-p", "diagnostics_period_s:=0.2",
+             *(arg for param in node_params for arg in ("-p", param))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         rclpy.init()
         self.node = rclpy.create_node("vlm_benchmark")
@@ -183,7 +184,7 @@ class Bench:
                 "frame_age_p50_s": percentile(ages, 0.5), "frame_age_max_s": max(ages), "camera_delivered": delivered,
                 "node_total_p50_s": percentile([t for t, _ in inside], 0.5),  # the node's own timing of a query
                 "node_decode_p50_s": percentile([d for _, d in inside], 0.5),
-                "node_rss_mb": float(self.model.get("rss_mb", "nan"))}
+                "node_rss_mb": float(self.model.get("rss_mb", "nan")), "node_cpu_threads": self.model.get("cpu_threads")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--publisher-qos", choices=("reliable", "best_effort"), default="reliable",
                         help="the camera publishers' reliability (the node follows it where rclpy can)")
+    parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="a further node parameter, e.g. cpu_threads:=0")
     parser.add_argument("--json")
     parser.add_argument("--plot", help="write a PNG bar chart of the results here")
     args = parser.parse_args(argv)
-    bench = Bench(args.model, args.publisher_qos)
-    results: dict = {"ingest": [], "machine": f"{os.cpu_count()} CPUs", "publisher_qos": args.publisher_qos}
+    bench = Bench(args.model, args.publisher_qos, args.node_param)
+    results: dict = {"ingest": [], "machine": f"{os.cpu_count()} CPUs", "publisher_qos": args.publisher_qos,
+                     "node_params": args.node_param}
     try:
         idle_rate = results["node_idle_cpu"] = bench.idle_cpu_rate()
         for resolution in RESOLUTIONS:
