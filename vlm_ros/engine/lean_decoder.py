@@ -259,7 +259,8 @@ class _NumpyStep:
     attention scale folded into the queries' copy. The matrix-vector products read every weight once per token
     and a decoder's weights outgrow a core's cache (the embedded model's: 14 MB), so memory bandwidth bounds
     them: with more than one torch thread they go through torch, whose BLAS splits a product over the cores
-    (numpy's OpenBLAS did not on the 2-core CPU; docs/performance.md), with one thread through numpy.
+    (numpy's OpenBLAS did not on the 2-core CPU; docs/performance.md), with one thread through numpy. More
+    threads help only while their cores are free, which is why the node defaults to one (`cpu_threads`).
     Run the model from one thread: torch's OpenMP keeps a thread team per calling thread, and once two threads
     have run parallel work on a small machine, every parallel region waits on sleeping threads (a 20-token
     query on the 2-core CPU: 42 ms, then 415 ms from a second thread). The node uses one worker thread.
