@@ -133,18 +133,99 @@ class Request:
     timeout_s: float = 10.0
 
 
+def _finite(values) -> bool:
+    return all(math.isfinite(float(v)) for v in values)
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Which pixels of the source image belong to a target: a boolean patch placed at (x0, y0).
+
+    data: (h, w) bool, True = object; it covers source-image pixels [x0, x0 + w) x [y0, y0 + h) (usually the
+    target's box). source: what produced it: "segmenter" (a box-prompted segmentation model), "polygon" (the
+    VLM's own polygons, Florence-2) or "depth_layer" (the object's depth layer inside the box, model-free).
+    """
+
+    x0: int
+    y0: int
+    data: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 2 or self.data.dtype != np.bool_:
+            raise ValueError(f"mask data must be (h, w) bool, got {self.data.shape} {self.data.dtype}")
+        if self.x0 < 0 or self.y0 < 0:
+            raise ValueError(f"mask origin must be inside the image, got ({self.x0}, {self.y0})")
+
+    @property
+    def area(self) -> int:
+        return int(self.data.sum())
+
+    def full(self, width: int, height: int) -> np.ndarray:
+        """(height, width) bool mask of the whole image (the patch clipped to it)."""
+        out = np.zeros((height, width), dtype=bool)
+        h = max(0, min(self.data.shape[0], height - self.y0))
+        w = max(0, min(self.data.shape[1], width - self.x0))
+        out[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.data[:h, :w]
+        return out
+
+
+class GeometryMethod(str, enum.Enum):
+    """How a target's 3-D geometry was computed (GroundedTarget.msg carries the value)."""
+
+    MASK = "mask"  # the valid depth points under a segmentation mask (segmenter or polygons)
+    DEPTH_LAYER = "depth_layer"  # the valid depth points of the object's depth layer inside the box
+    BOX_MEDIAN = "box_median"  # the box centre's ray at the robust depth of the box's central part
+    POINT = "point"  # a 2-D point answer: the ray through the point at the depth around it
+
+
+@dataclass(frozen=True)
+class Shape3D:
+    """What depth shows of a target, in the camera optical frame (metres).
+
+    extent_min / extent_max: the axis-aligned box of the valid points used (a single view sees the object's
+    front surface only: its depth extent is that surface's). valid_points: how many depth points were used;
+    valid_fraction: their share of the pixels considered (mask, or box region).
+    """
+
+    extent_min: tuple[float, float, float]
+    extent_max: tuple[float, float, float]
+    valid_points: int
+    valid_fraction: float
+    method: GeometryMethod
+
+    def __post_init__(self) -> None:
+        if not _finite(self.extent_min + self.extent_max + (self.valid_fraction,)):
+            raise ValueError("target extent must be finite")
+
+    @property
+    def size(self) -> tuple[float, float, float]:
+        return tuple(hi - lo for lo, hi in zip(self.extent_min, self.extent_max))  # type: ignore[return-value]
+
+
 @dataclass
 class Target:
+    """One grounded object. A box target has `box`; a point target (a model that answers with points) has `point`
+    and no box. position: the 3-D point a planner acts on (camera optical frame, metres): the centroid of the valid
+    depth points used (see `shape.method`), None = unknown. All fields are finite whenever set."""
+
     label: str
-    box: Box
+    box: Box | None
     score: float = 1.0
-    position: tuple[float, float, float] | None = None  # camera optical frame, metres; None = unknown
+    position: tuple[float, float, float] | None = None
+    point: tuple[float, float] | None = None  # source-image pixels (edge coordinates, like Box)
+    mask: Mask | None = None
+    shape: Shape3D | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.score):
             raise ValueError("target score must be finite")
-        if self.position is not None and not all(math.isfinite(v) for v in self.position):
+        if self.box is None and self.point is None:
+            raise ValueError("a target needs a box or a point")
+        if self.position is not None and not _finite(self.position):
             raise ValueError("target position must be finite (use None for unknown)")
+        if self.point is not None and not _finite(self.point):
+            raise ValueError("target point must be finite")
 
 
 @dataclass
@@ -156,10 +237,13 @@ class Timings:
     vision_encode: float = 0.0
     prefill: float = 0.0
     decode: float = 0.0
+    ground: float = 0.0  # open-vocabulary detector boxing what the VLM named (0 when not used)
+    segment: float = 0.0  # masks and 3-D geometry of the targets
 
     @property
     def total(self) -> float:
-        return self.queue_wait + self.preprocess + self.vision_encode + self.prefill + self.decode
+        return (self.queue_wait + self.preprocess + self.vision_encode + self.prefill + self.decode + self.ground
+                + self.segment)
 
 
 @dataclass
