@@ -20,6 +20,44 @@ from vlm_ros.core.types import Box, Frame, Request
 from vlm_ros.models.parsing import ParseResult, ResizeTransform, map_box
 
 
+class CheckpointError(ValueError):
+    """A model directory that would load wrong: weights that do not fit the config, or an unsupported layout."""
+
+
+MAX_LISTED_KEYS = 5  # keys named per kind in a refusal; the rest are counted
+
+
+def load_checked_model(model_class: Any, path: str | Path, dtype: torch.dtype | None = None,
+                       **kwargs: Any) -> torch.nn.Module:
+    """`model_class.from_pretrained`, refused when the checkpoint's tensors do not match the config.
+
+    transformers only warns about missing or unexpected keys and initialises missing tensors randomly: a model
+    that would then answer with garbage. Missing, unexpected and shape-mismatched keys raise CheckpointError
+    naming the first few of each kind.
+    """
+    model, info = model_class.from_pretrained(path, dtype=dtype or torch.float32, output_loading_info=True,
+                                              ignore_mismatched_sizes=True, **kwargs)
+    problems = []
+    for kind in ("missing", "unexpected"):
+        keys = sorted(info.get(f"{kind}_keys") or ())
+        if keys:
+            problems.append(f"{len(keys)} {kind} ({_first_few(keys)})")
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        shapes = [f"{key} {tuple(ckpt)} vs {tuple(expected)}" for key, ckpt, expected in mismatched]
+        problems.append(f"{len(mismatched)} with another shape ({_first_few(shapes)})")
+    problems += [f"error: {msg}" for msg in info.get("error_msgs") or ()]
+    if problems:
+        raise CheckpointError(f"the weights in '{path}' do not match its config.json for {model_class.__name__}: "
+                              + "; ".join(problems) + ". Loading them would leave random weights: refused")
+    return model
+
+
+def _first_few(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED_KEYS])
+    return shown + (f", ... {len(items) - MAX_LISTED_KEYS} more" if len(items) > MAX_LISTED_KEYS else "")
+
+
 @dataclass
 class ModelInputs:
     """Processor output for one (frame, request), on the model's device, plus how to map boxes back."""
@@ -68,7 +106,7 @@ class VlmAdapter(ABC):
         from transformers import AutoProcessor
 
         kwargs = {"local_files_only": local_files_only}
-        model = cls.model_class.from_pretrained(path, dtype=dtype or torch.float32, **kwargs).to(device)
+        model = load_checked_model(cls.model_class, path, dtype, **kwargs).to(device)
         processor = AutoProcessor.from_pretrained(path, **kwargs)
         return cls(model, processor)
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from vlm_ros.core.types import Box, Frame
+from vlm_ros.models.base import load_checked_model
 
 __all__ = [
     "Detection",
@@ -190,7 +191,7 @@ class OpenVocabularyDetector:
             raise ValueError(f"{path}: model_type {family!r} is not an open-vocabulary detector we support "
                              f"({sorted(cls.FAMILIES)})")
         model_class = getattr(transformers, cls.FAMILIES[family].model_class)
-        model = model_class.from_pretrained(path, dtype=dtype or torch.float32, **kwargs).to(device)
+        model = load_checked_model(model_class, path, dtype, **kwargs).to(device)
         processor = AutoProcessor.from_pretrained(path, **kwargs)
         return cls(model, processor, family)
 

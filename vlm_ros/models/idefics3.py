@@ -24,7 +24,7 @@ from transformers import Idefics3ForConditionalGeneration, ProcessorMixin
 from transformers.models.smolvlm.processing_smolvlm import SmolVLMProcessor
 
 from vlm_ros.core.types import Frame, Request, Task
-from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
+from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter, load_checked_model
 from vlm_ros.models.parsing import ResizeTransform
 
 __all__ = ["DESCRIBE_INSTRUCTION", "Idefics3Adapter", "ImageOnlySmolVLMProcessor", "idefics3_input_size"]
@@ -110,7 +110,7 @@ class Idefics3Adapter(VlmAdapter):
             from transformers import SmolVLMForConditionalGeneration as model_class
         else:
             model_class = cls.model_class
-        model = model_class.from_pretrained(path, dtype=dtype or torch.float32, **kwargs).to(device)
+        model = load_checked_model(model_class, path, dtype, **kwargs).to(device)
         return cls(model, load_processor(path, model_type, **kwargs))
 
     # --- prompt -----------------------------------------------------------------------------------------

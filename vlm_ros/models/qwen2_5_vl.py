@@ -21,7 +21,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from vlm_ros.core.types import Frame, Request, Task
-from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
+from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter, load_checked_model
 from vlm_ros.models.paligemma import object_phrases
 from vlm_ros.models.parsing import ResizeTransform, parse_qwen_json
 
@@ -67,7 +67,7 @@ class Qwen25VLAdapter(VlmAdapter):
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
                         local_files_only: bool = True) -> Qwen25VLAdapter:
         kwargs: dict[str, Any] = {"local_files_only": local_files_only}
-        model = cls.model_class.from_pretrained(path, dtype=dtype or torch.float32, **kwargs).to(device)
+        model = load_checked_model(cls.model_class, path, dtype, **kwargs).to(device)
         processor = load_processor(path, **kwargs)
         return cls(model, processor)
 

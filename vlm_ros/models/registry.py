@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vlm_ros.models.base import VlmAdapter
+from vlm_ros.models.base import CheckpointError, VlmAdapter
 
 # family -> "module:Class"; imported only when used, so one family's import problem cannot break another.
 ADAPTERS = {
@@ -53,6 +53,25 @@ def detect_family(path: str | Path) -> str:
     return MODEL_TYPES[model_type]
 
 
+def refuse_remote_code_layout(path: Path) -> None:
+    """Refuse a known remote-code (trust_remote_code) layout of a family we serve natively.
+
+    The original Florence-2 repositories name modeling_florence2.py in config.json's `auto_map`; their tensor
+    names differ from transformers' Florence2ForConditionalGeneration, so they would load with hundreds of random
+    tensors (and then fail in the processor). Other mismatches are caught by `load_checked_model`.
+    """
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    remote_code = bool(config.get("auto_map")) or (path / "modeling_florence2.py").is_file()
+    if config.get("model_type") == "florence2" and remote_code:
+        raise CheckpointError(
+            f"'{path}' is an original Florence-2 repository (remote-code layout: config.json auto_map, "
+            "modeling_florence2.py); its weights do not fit transformers' Florence2ForConditionalGeneration. "
+            "Use a transformers-native Florence-2 checkpoint (model_type florence2 without auto_map, e.g. the "
+            "florence-community/Florence-2-base or -large conversions), or convert this one with transformers' "
+            "models/florence2/convert_florence2_original_pytorch_to_hf.py")
+
+
 def adapter_class(family: str) -> type[VlmAdapter]:
     if family not in ADAPTERS:
         raise ValueError(f"unknown model family '{family}'; choose one of {sorted(ADAPTERS)} or 'auto'")
@@ -66,5 +85,6 @@ def load_adapter(model: str | Path = "", family: str = "auto", device: str = "cp
     path = Path(model) if str(model) else default_model_dir()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory '{path}' does not exist (no model hub is contacted)")
+    refuse_remote_code_layout(path)
     family = detect_family(path) if family == "auto" else family
     return adapter_class(family).from_pretrained(path, device=device, dtype=dtype, local_files_only=True)
