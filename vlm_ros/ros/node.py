@@ -148,6 +148,7 @@ class PerceptionNode(LifecycleNode):
         self._companions: dict[str, tuple] = {}  # camera -> (depth, CameraInfo) subscriptions, None where not set
         self._pipeline = None
         self._backend = "none"
+        self._configure_error = ""  # why the last configure failed, shown in diagnostics until one succeeds
         self._warmup_s: float | None = None  # the last warm-up query's time
         self._cpu_threads: int | None = None  # torch's intra-op threads, as the worker set them
         self._active = False
@@ -224,9 +225,11 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._pipeline, self._backend = self._load_pipeline()
-        except Exception as exc:  # a clear reason in the log, and the node stays unconfigured
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a clear reason in the log and diagnostics, and the node stays unconfigured
+            self._configure_error = f"configure failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self._configure_error)
             return TransitionCallbackReturn.FAILURE
+        self._configure_error = ""
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="vlm_worker", daemon=True)
         self._worker.start()
@@ -568,6 +571,9 @@ class PerceptionNode(LifecycleNode):
             statuses.append(self._status(f"vlm: camera {name}", level, message, values))
         state = "active" if self._active else ("configured" if self._pipeline is not None else "unconfigured")
         level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
+        message = state
+        if self._pipeline is None and self._configure_error:
+            level, message = DiagnosticStatus.ERROR, self._configure_error
         timings = self._last_timings
         values = {"state": state, "backend": self._backend, "model": self.p("model") or "embedded default",
                   "family": getattr(getattr(self._pipeline, "adapter", None), "family", ""),
@@ -584,7 +590,7 @@ class PerceptionNode(LifecycleNode):
         engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)
         if engine_diagnostics is not None:  # e.g. the remote engine: server, last latency, last error
             values.update(engine_diagnostics())
-        statuses.append(self._status("vlm: model", level, state, values))
+        statuses.append(self._status("vlm: model", level, message, values))
         self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                       status=statuses))
 

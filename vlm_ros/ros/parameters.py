@@ -11,7 +11,8 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
-FAMILIES = ("auto", "embedded", "llava", "florence2", "qwen2_5_vl", "idefics3", "paligemma", "blip2", "instructblip")
+FAMILIES = ("auto", "embedded", "llava", "florence2", "qwen2_5_vl", "qwen3_vl", "idefics3", "paligemma", "blip2",
+            "instructblip")
 
 
 @dataclass(frozen=True)
