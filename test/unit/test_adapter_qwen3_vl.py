@@ -118,3 +118,10 @@ def test_plain_answers_have_no_boxes(adapter):
     inputs = adapter.prepare(f, request)
     parsed = adapter.parse("  It is red.\n", inputs, f, request)
     assert parsed.text == "It is red." and parsed.boxes == []
+
+
+def test_onnx_export_is_refused_with_the_reason(adapter):
+    from vlm_ros.export.onnx_export import UnsupportedModelError, check_exportable
+
+    with pytest.raises(UnsupportedModelError, match="qwen3_vl.*DeepStack.*use backend torch"):
+        check_exportable(adapter)

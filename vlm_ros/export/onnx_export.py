@@ -59,7 +59,10 @@ CONSTANT_VISION_POSITION_FAMILIES = ("idefics3",)  # see _constant_vision_positi
 QFORMER_TEXT_FAMILIES = ("instructblip",)  # the vision graph's Q-Former also reads the instruction
 PREFIX_LM_FAMILIES = ("paligemma",)  # the prefill attends bidirectionally over image + prompt
 DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of the frames a frame-sized export is for (VGA camera)
-REFUSED: dict[str, str] = {}  # family -> why it has no export (every registered family has one now)
+REFUSED: dict[str, str] = {  # family -> why it has no export
+    "qwen3_vl": "its Qwen3 decoder (q/k norms, interleaved M-RoPE) adds the vision tower's DeepStack features into "
+                "the hidden states of its first layers, which the exported decoder graphs do not take as inputs",
+}
 _GEMMA_LAYERS = {"GemmaDecoderLayer"}  # same layer structure as Llama; scaled embeddings inside embed_tokens
 
 
