@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
@@ -62,14 +62,14 @@ class Qwen25VLAdapter(VlmAdapter):
     family = "qwen2_5_vl"
     model_class = Qwen2_5_VLForConditionalGeneration
     vision_input_names = ("pixel_values",)  # image_grid_thw also feeds the prefill's 3-D positions: kept there
+    image_only_processor: ClassVar[type] = ImageOnlyQwen2_5_VLProcessor  # where the full processor cannot load
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
                         local_files_only: bool = True) -> Qwen25VLAdapter:
         kwargs: dict[str, Any] = {"local_files_only": local_files_only}
         model = load_checked_model(cls.model_class, path, dtype, **kwargs).to(device)
-        processor = load_processor(path, **kwargs)
-        return cls(model, processor)
+        return cls(model, load_processor(path, cls.image_only_processor, **kwargs))
 
     # --- prompt -----------------------------------------------------------------------------------------
     @staticmethod
@@ -125,12 +125,12 @@ class Qwen25VLAdapter(VlmAdapter):
         return ParsedAnswer(text, cls.boxes_from(result, t, frame), result.dropped)
 
 
-def load_processor(path: str | Path, **kwargs: Any) -> Qwen2_5_VLProcessor:
-    """The checkpoint's processor; without its video half where that cannot be built (no torchvision)."""
+def load_processor(path: str | Path, image_only: type = ImageOnlyQwen2_5_VLProcessor, **kwargs: Any) -> Any:
+    """The checkpoint's processor; without its video half (`image_only`) where that cannot be built (no torchvision)."""
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
     except (ImportError, ValueError, TypeError, OSError) as exc:  # the video processor needs torchvision
-        log.info("full Qwen2.5-VL processor unavailable (%s); loading the image-only processor", exc)
-        return ImageOnlyQwen2_5_VLProcessor.from_pretrained(path, **kwargs)
+        log.info("full processor unavailable (%s); loading %s", exc, image_only.__name__)
+        return image_only.from_pretrained(path, **kwargs)

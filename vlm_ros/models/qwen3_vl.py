@@ -14,21 +14,14 @@ The released template has no default system turn; the prompt is whatever the che
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Any
-
-import torch
 from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
 from vlm_ros.core.types import Frame, Request
-from vlm_ros.models.base import ModelInputs, ParsedAnswer, load_checked_model
+from vlm_ros.models.base import ModelInputs, ParsedAnswer
 from vlm_ros.models.parsing import ResizeTransform
 from vlm_ros.models.qwen2_5_vl import Qwen25VLAdapter
 
 __all__ = ["ImageOnlyQwen3VLProcessor", "Qwen3VLAdapter", "RELATIVE_RANGE", "relative_transform"]
-
-log = logging.getLogger(__name__)
 
 RELATIVE_RANGE = 1000  # grounding coordinates are 0..1000 over each axis of the whole image
 
@@ -52,24 +45,7 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
 class Qwen3VLAdapter(Qwen25VLAdapter):
     family = "qwen3_vl"
     model_class = Qwen3VLForConditionalGeneration
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                        local_files_only: bool = True) -> Qwen3VLAdapter:
-        kwargs: dict[str, Any] = {"local_files_only": local_files_only}
-        model = load_checked_model(cls.model_class, path, dtype, **kwargs).to(device)
-        return cls(model, load_processor(path, **kwargs))
+    image_only_processor = ImageOnlyQwen3VLProcessor
 
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
         return self.parse_text(raw_text, relative_transform(frame.width, frame.height), frame, request)
-
-
-def load_processor(path: str | Path, **kwargs: Any) -> Qwen3VLProcessor:
-    """The checkpoint's processor; without its video half where that cannot be built (no torchvision)."""
-    from transformers import AutoProcessor
-
-    try:
-        return AutoProcessor.from_pretrained(path, **kwargs)
-    except (ImportError, ValueError, TypeError, OSError) as exc:  # the video processor needs torchvision
-        log.info("full Qwen3-VL processor unavailable (%s); loading the image-only processor", exc)
-        return ImageOnlyQwen3VLProcessor.from_pretrained(path, **kwargs)
