@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,7 +31,7 @@ from vlm_ros.core.types import Box, Frame, Mask, Request, Target, Task, Timings
 from vlm_ros.models.parsing import box_or_reason, clean_label
 from vlm_ros.models.phrases import grounding_phrases, object_phrases
 
-__all__ = ["GROUNDING_MODES", "Grounder", "GroundingSettings", "naming_question"]
+__all__ = ["GROUNDING_MODES", "Grounded", "Grounder", "GroundingSettings", "naming_question"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,24 @@ class GroundingSettings:
             raise ValueError(f"grounding_detector_threshold must be in [0, 1); got {self.detector_threshold}")
         if not 1 <= self.max_targets <= 100:
             raise ValueError(f"max_targets must be in [1, 100]; got {self.max_targets}")
+
+
+@dataclass
+class Grounded:
+    """The grounding stage's result for one answer: targets, notes for the answer's message (why there are none,
+    what was dropped), and whether the deadline cut grounding work short (the answer is then TIMEOUT)."""
+
+    targets: list[Target] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cut_by_deadline: bool = False
+
+    def stop_for_deadline(self, deadline: float, what: str) -> bool:
+        """True (and noted) when the deadline has passed before `what`."""
+        if time.monotonic() < deadline:
+            return False
+        self.cut_by_deadline = True
+        self.notes.append(f"deadline reached before {what}")
+        return True
 
 
 class Detector(Protocol):
@@ -134,39 +152,35 @@ class Grounder:
 
     # --- targets ----------------------------------------------------------------------------------------
     def targets(self, frame: Frame, request: Request, parsed, adapter, *, timings: Timings, deadline: float,
-                polygons: Callable[[str], Any] | None = None) -> tuple[list[Target], list[str]]:
-        """Targets for one answer (boxes or points, masks, 3-D) and notes for the answer's message.
+                polygons: Callable[[str], Any] | None = None) -> Grounded:
+        """Targets for one answer (boxes or points, masks, 3-D) with notes for the answer's message.
 
         parsed: the adapter's ParsedAnswer of the VLM's text. polygons(label) -> PolygonResult runs the VLM's
         polygon prompt for a label, or returns None when its family has none.
         """
-        notes: list[str] = []
+        out = Grounded()
         if request.task == Task.GROUND and self.uses_detector(adapter):
-            targets = self._detect(frame, request, parsed.text, timings, deadline, notes)
+            out.targets = self._detect(frame, request, parsed.text, timings, deadline, out)
         else:
-            targets = self._from_vlm(parsed, notes)
-            if request.task == Task.GROUND and not targets:
-                notes.append(self._why_no_vlm_targets(adapter, parsed))
-        if len(targets) > self.settings.max_targets:
-            extra = len(targets) - self.settings.max_targets
+            out.targets = [Target(label=label, box=box) for label, box in parsed.boxes]
+            out.targets += [Target(label=label, box=None, point=point) for label, point in parsed.points]
+            if request.task == Task.GROUND and not out.targets:
+                out.notes.append(self._why_no_vlm_targets(adapter, parsed))
+        if len(out.targets) > self.settings.max_targets:
+            extra = len(out.targets) - self.settings.max_targets
             self.drops["too many targets"] += extra
-            notes.append(f"{extra} targets beyond max_targets={self.settings.max_targets} dropped")
-            targets = targets[: self.settings.max_targets]
+            out.notes.append(f"{extra} targets beyond max_targets={self.settings.max_targets} dropped")
+            out.targets = out.targets[: self.settings.max_targets]
         t0 = time.perf_counter()
-        if any(t.box is not None for t in targets):
+        if any(t.box is not None for t in out.targets):
             if self.segmenter is not None:
-                self._segment(frame, targets, notes)
+                self._segment(frame, out)
             elif polygons is not None:
-                self._polygon_masks(frame, targets, polygons, deadline, notes)
-        for t in targets:
+                self._polygon_masks(frame, polygons, deadline, out)
+        for t in out.targets:
             t.position, t.shape = _geometry(frame, t)
         timings.segment = time.perf_counter() - t0
-        return targets, notes
-
-    def _from_vlm(self, parsed, notes: list[str]) -> list[Target]:
-        targets = [Target(label=label, box=box) for label, box in parsed.boxes]
-        targets += [Target(label=label, box=None, point=point) for label, point in parsed.points]
-        return targets
+        return out
 
     def _why_no_vlm_targets(self, adapter, parsed) -> str:
         family = getattr(adapter, "family", "this model")
@@ -179,13 +193,12 @@ class Grounder:
         return f"the model's answer has no {'parseable ' if parsed.dropped else ''}box or point"
 
     def _detect(self, frame: Frame, request: Request, answer: str, timings: Timings, deadline: float,
-                notes: list[str]) -> list[Target]:
+                out: Grounded) -> list[Target]:
         phrases = grounding_phrases(request.instruction, answer)
         if not phrases:
-            notes.append("no object named in the instruction or the answer for the detector to box")
+            out.notes.append("no object named in the instruction or the answer for the detector to box")
             return []
-        if time.monotonic() >= deadline:
-            notes.append("deadline reached before the detector ran")
+        if out.stop_for_deadline(deadline, "the detector ran"):
             return []
         threshold = self.settings.detector_threshold or None
         t0 = time.perf_counter()
@@ -193,20 +206,20 @@ class Grounder:
             raw = self.detector.detect(frame, phrases, threshold, max_detections=self.settings.max_targets)
         except Exception as exc:  # noqa: BLE001 -- third-party model code: report, count, keep serving
             self.drops["detector failure"] += 1
-            notes.append(f"the detector failed: {type(exc).__name__}: {exc}"[:200])
+            out.notes.append(f"the detector failed: {type(exc).__name__}: {exc}"[:200])
             return []
         finally:
             timings.ground = time.perf_counter() - t0
-        targets = self._valid_detections(raw, frame, notes)
+        targets = self._valid_detections(raw, frame, out.notes)
         if not targets:
             shown = ", ".join(phrases)
-            notes.append(f"the detector found none of [{shown}] above its threshold"
-                         f" ({threshold if threshold is not None else 'family default'}; grounding_detector_threshold)")
+            out.notes.append(f"the detector found none of [{shown}] above its threshold ("
+                             f"{threshold if threshold is not None else 'family default'}; grounding_detector_threshold)")
         return targets
 
     def _valid_detections(self, raw, frame: Frame, notes: list[str]) -> list[Target]:
-        """Detector output -> box targets: finite score, known label, corners inside the image (small overshoot
-        clipped), positive size; sorted by score; at most max_targets; everything else counted."""
+        """Detector output -> box targets, best first: a string label, a finite score, corners inside the image
+        (overshoot up to DETECTOR_BOX_MARGIN clipped), at least a pixel wide and high; everything else counted."""
         entries = list(itertools.islice(raw, MAX_INSPECTED))
         good: list[Target] = []
         bad: collections.Counter[str] = collections.Counter()
@@ -226,9 +239,10 @@ class Grounder:
         return good
 
     # --- masks ------------------------------------------------------------------------------------------
-    def _segment(self, frame: Frame, targets: list[Target], notes: list[str]) -> None:
+    def _segment(self, frame: Frame, out: Grounded) -> None:
         """One segmenter call for all box targets; each valid mask is cropped to its box (source "segmenter")."""
-        boxed = [t for t in targets if t.box is not None]
+        notes = out.notes
+        boxed = [t for t in out.targets if t.box is not None]
         try:
             masks = list(self.segmenter.segment(frame, [t.box for t in boxed]))
         except Exception as exc:  # noqa: BLE001 -- third-party model code: report, count, keep serving
@@ -247,17 +261,16 @@ class Grounder:
             self.drops["segmenter mask"] += dropped
             notes.append(f"{dropped} segmenter masks dropped (wrong shape or empty inside the box)")
 
-    def _polygon_masks(self, frame: Frame, targets: list[Target], polygons: Callable[[str], Any], deadline: float,
-                       notes: list[str]) -> None:
+    def _polygon_masks(self, frame: Frame, polygons: Callable[[str], Any], deadline: float, out: Grounded) -> None:
         """The VLM's own polygons for each distinct label (source "polygon"); the mask goes to the target of that
         label whose box holds most of it."""
+        notes, targets = out.notes, out.targets
         labels = list(dict.fromkeys(t.label for t in targets if t.box is not None))
         if len(labels) > MAX_POLYGON_QUERIES:
             notes.append(f"polygons for the first {MAX_POLYGON_QUERIES} of {len(labels)} labels only")
         dropped = 0
         for label in labels[:MAX_POLYGON_QUERIES]:
-            if time.monotonic() >= deadline:
-                notes.append("deadline reached before all polygons were generated")
+            if out.stop_for_deadline(deadline, "all polygons were generated"):
                 break
             try:
                 result = polygons(label)
@@ -268,7 +281,7 @@ class Grounder:
             if result is None:  # the family has no polygon output
                 return
             dropped += len(result.dropped)
-            full = rasterise_polygons(result.polygons, frame.width, frame.height)
+            full = _rasterise_polygons(result.polygons, frame.width, frame.height)
             if full is None:
                 continue
             same = [t for t in targets if t.label == label and t.box is not None]
@@ -332,7 +345,7 @@ def _pixels_inside(full: np.ndarray, box: Box) -> int:
     return int(full[y0:y1, x0:x1].sum())
 
 
-def rasterise_polygons(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray | None:
+def _rasterise_polygons(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray | None:
     """The union of polygons (each (K, 2) x, y in source edge coordinates) as a (height, width) bool mask, or None
     when nothing is filled. Vertices must be finite and inside the image (the parsers guarantee it)."""
     import cv2

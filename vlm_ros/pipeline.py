@@ -64,9 +64,8 @@ class Pipeline:
                 result.vision_encode_s, result.prefill_s, result.decode_s)
             parsed = self.adapter.parse(result.text, inputs, frame, vlm_request)
             self.grounder.drops["model output"] += len(parsed.dropped)
-            targets, notes = self.grounder.targets(
-                frame, request, parsed, self.adapter, timings=timings, deadline=deadline,
-                polygons=lambda label: self._polygons(frame, label, deadline, cancel))
+            grounded = self.grounder.targets(frame, request, parsed, self.adapter, timings=timings, deadline=deadline,
+                                             polygons=lambda label: self._polygons(frame, label, deadline, cancel))
         except EngineError as exc:
             return Answer(Status.MODEL_ERROR, str(exc)[:300], timings=timings)
         except torch.cuda.OutOfMemoryError as exc:
@@ -81,10 +80,12 @@ class Pipeline:
             message = f"cancelled after {len(result.token_ids)} tokens; answer is partial"
         elif result.stop_reason == StopReason.LENGTH:
             message = f"token budget of {request.max_new_tokens} reached"
+        if grounded.cut_by_deadline:
+            status = Status.TIMEOUT
         if parsed.dropped:
             message = (message + "; " if message else "") + f"{len(parsed.dropped)} malformed model outputs dropped"
-        message = "; ".join(m for m in (message, *notes) if m)
-        return Answer(status, message, parsed.text, targets, timings, generated_tokens=len(result.token_ids))
+        message = "; ".join(m for m in (message, *grounded.notes) if m)
+        return Answer(status, message, parsed.text, grounded.targets, timings, generated_tokens=len(result.token_ids))
 
     def _polygons(self, frame: Frame, label: str, deadline: float, cancel: threading.Event | None
                   ) -> PolygonResult | None:

@@ -163,24 +163,6 @@ def test_grounding_dino_pairs_too(adapters, models):
     assert_finite(answer)
 
 
-def test_phrases_come_from_the_answer_when_the_instruction_names_none(adapters, models):
-    class Recording:
-        def __init__(self):
-            self.phrases = None
-
-        def detect(self, frame, phrases, threshold=None, *, max_detections=100):
-            self.phrases = phrases
-            return []
-
-    recording = Recording()
-    pipeline = Pipeline(adapters["llava"], grounder=Grounder(GroundingSettings("d"), detector=recording))
-    answer = pipeline.answer(depth_frame(), Request(Task.GROUND, "what can I grasp?", max_new_tokens=8))
-    if recording.phrases is None:  # the random model's answer named nothing either
-        assert "no object named" in answer.message
-    else:
-        assert "found none of" in answer.message and "grounding_detector_threshold" in answer.message
-
-
 # --- segmenters -------------------------------------------------------------------------------------------------
 
 
@@ -219,6 +201,31 @@ class FixedText:
         self.calls.append(max_new_tokens)
         text = self.texts(len(self.calls)) if callable(self.texts) else self.texts
         return GenerationResult(token_ids=[1], text=text, stop_reason=self.stop)
+
+
+class Recording:
+    """A detector that records what it is asked for and finds nothing."""
+
+    def __init__(self):
+        self.phrases = None
+
+    def detect(self, frame, phrases, threshold=None, *, max_detections=100):
+        self.phrases = phrases
+        return []
+
+
+def test_phrases_come_from_the_answer_when_the_instruction_names_none(adapters):
+    recording = Recording()
+    pipeline = Pipeline(adapters["llava"], engine=FixedText("I see a red cup and a blue ball."),
+                        grounder=Grounder(GroundingSettings("d"), detector=recording))
+    answer = pipeline.answer(depth_frame(), Request(Task.GROUND, "what can I grasp?"))
+    assert recording.phrases == ["red cup", "blue ball"]
+    assert answer.status == Status.OK and not answer.targets
+    assert "the detector found none of [red cup, blue ball]" in answer.message
+    assert "grounding_detector_threshold" in answer.message
+    nothing = Pipeline(adapters["llava"], engine=FixedText("yes"),
+                       grounder=Grounder(GroundingSettings("d"), detector=Recording()))
+    assert "no object named" in nothing.answer(depth_frame(), Request(Task.GROUND, "what can I grasp?")).message
 
 
 def test_qwen_points_become_point_targets_with_3d(adapters):
@@ -347,8 +354,27 @@ def test_an_out_of_box_mask_is_empty_inside_the_box_and_dropped(adapters):
     assert answer.targets[0].mask is None and grounder.drops["segmenter mask"] == 1
 
 
-def test_the_deadline_stops_grounding_work(adapters, models):
-    grounder = Grounder(GroundingSettings("d"), detector=models["owlv2"])
-    pipeline = Pipeline(adapters["llava"], grounder=grounder)
-    answer = pipeline.answer(depth_frame(), GROUND, deadline=time.monotonic() + 1e-4)
-    assert answer.status == Status.TIMEOUT and not answer.targets and answer.message
+class SlowText(FixedText):
+    """Answers after `delay` seconds (a model that used up the query's time)."""
+
+    def __init__(self, texts, delay):
+        super().__init__(texts)
+        self.delay = delay
+
+    def generate(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().generate(*args, **kwargs)
+
+
+def test_the_deadline_stops_grounding_work(adapters):
+    recording = Recording()
+    pipeline = Pipeline(adapters["llava"], engine=SlowText("a red cup", 0.3),
+                        grounder=Grounder(GroundingSettings("d"), detector=recording))
+    answer = pipeline.answer(depth_frame(), GROUND, deadline=time.monotonic() + 0.2)
+    assert answer.status == Status.TIMEOUT and not answer.targets and recording.phrases is None
+    assert "deadline reached before the detector ran" in answer.message and answer.text == "a red cup"
+    florence = Pipeline(adapters["florence2"], engine=SlowText("mug<loc_250><loc_250><loc_750><loc_750>", 0.3))
+    answer = florence.answer(depth_frame(), GROUND, deadline=time.monotonic() + 0.2)
+    assert answer.status == Status.TIMEOUT and len(answer.targets) == 1 and answer.targets[0].mask is None
+    assert "deadline reached before all polygons were generated" in answer.message
+    assert len(florence.engine.calls) == 1  # no polygon generation after the deadline

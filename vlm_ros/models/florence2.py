@@ -8,7 +8,9 @@ from the processor's configuration, so a checkpoint with another resize (or a cr
 
 Florence-2 has no question-answering task: an ANSWER request returns the most detailed caption (the question
 itself is not used), and GROUND uses open-vocabulary detection for one object phrase, phrase grounding for
-several, and plain object detection when the instruction names none.
+several, and plain object detection when the instruction names none. Masks: `polygon_prompt` asks for
+referring-expression segmentation of a target's label (``<REFERRING_EXPRESSION_SEGMENTATION>``), whose
+``<loc_x><loc_y>`` polygons `parse_polygons` maps to source pixels (the grounding stage rasterises them).
 
 Checkpoints: the transformers-native ones (model_type "florence2", e.g. the florence-community conversions),
 loaded with ``Florence2ForConditionalGeneration``; the original trust_remote_code repositories are not.

@@ -139,7 +139,8 @@ def box_or_reason(
     return box, ""
 
 
-def _point_or_reason(x: float, y: float, width: float, height: float, margin: float) -> tuple[tuple[float, float] | None, str]:
+def _point_or_reason(x: float, y: float, width: float, height: float, margin: float
+                     ) -> tuple[tuple[float, float] | None, str]:
     """Validate a point against an image of width x height; clip overshoot up to margin * size."""
     if not (math.isfinite(x) and math.isfinite(y)):
         return None, "non-finite"
@@ -497,7 +498,7 @@ def parse_qwen_json(
     ``json`` is used to read it. ``label`` may be missing (empty label). An entry with ``bbox_2d`` is a box
     (a ``point_2d`` beside it is ignored); one with only ``point_2d`` (2 numbers) is a point. Corners and points
     may overshoot the image by ``margin`` (a fraction of its size) and are clipped; further out is "out of
-    range". The adapter maps the result to source pixels with :func:`map_box` / :func:`map_point`.
+    range". The adapter maps the result to source pixels with :func:`map_box` / :func:`map_points`.
     """
     w, h = _check_size(input_width, input_height)
     if not (math.isfinite(margin) and margin >= 0):

@@ -116,8 +116,7 @@ class BoxSegmenter:
             inputs = dict(self.processor(images=[frame.image], input_boxes=corners, return_tensors="pt",
                                          input_data_format="channels_last"))
         dtype = next(self.model.parameters()).dtype
-        model_inputs = {k: (inputs[k].to(self.device, dtype) if inputs[k].is_floating_point() else inputs[k].to(self.device))
-                        for k in ("pixel_values", "input_boxes")}
+        model_inputs = {k: inputs[k].to(self.device, dtype) for k in ("pixel_values", "input_boxes")}  # both float
         pred = self.model(**model_inputs, multimask_output=False).pred_masks[0]  # (N, 1, h, w) logits
         if isinstance(self.processor, ImageOnlySam2Processor):
             masks = self.processor.post_process_masks(pred, h, w)

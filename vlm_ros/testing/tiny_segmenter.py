@@ -60,7 +60,8 @@ def build_tiny_sam2(path: str | Path, seed: int = 0) -> Path:
     prompt = Sam2PromptEncoderConfig(hidden_size=16, image_size=IMAGE_SIZE, patch_size=16, mask_input_channels=4)
     decoder = Sam2MaskDecoderConfig(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
                                     iou_head_hidden_dim=16)
-    model = Sam2Model(Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)).eval()
+    config = Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    model = Sam2Model(config).eval()
     path = Path(path)
     model.save_pretrained(path)
     image_processor = {
