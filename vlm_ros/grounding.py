@@ -213,8 +213,9 @@ class Grounder:
         targets = self._valid_detections(raw, frame, out.notes)
         if not targets:
             shown = ", ".join(phrases)
-            out.notes.append(f"the detector found none of [{shown}] above its threshold ("
-                             f"{threshold if threshold is not None else 'family default'}; grounding_detector_threshold)")
+            limit = threshold if threshold is not None else "family default"
+            out.notes.append(f"the detector found none of [{shown}] above its threshold ({limit}; "
+                             "grounding_detector_threshold)")
         return targets
 
     def _valid_detections(self, raw, frame: Frame, notes: list[str]) -> list[Target]:
@@ -360,15 +361,19 @@ def _rasterise_polygons(polygons: list[np.ndarray], width: int, height: int) -> 
 
 
 def _geometry(frame: Frame, target: Target):
-    """(3-D position, Shape3D) of a target. PLACEHOLDER until core.geometry.target_geometry (box, mask, point ->
-    centroid, extent) lands: the box's robust 3-D point, or a point's, and no shape."""
+    """(3-D position, Shape3D) of a target from the frame's depth: its mask, else its box, else its point."""
     if frame.depth is None or frame.intrinsics is None:
         return None, None
-    if target.box is not None:
-        box = target.box
-    else:
-        x, y = target.point
-        box = Box(max(0.0, x - 2), max(0.0, y - 2), min(frame.width, x + 2), min(frame.height, y + 2))
-    position = target_position(frame.depth, box, frame.intrinsics, image_size=(frame.width, frame.height),
-                               inner_fraction=1.0 if target.box is None else 0.5)
+    return target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=target.box,
+                           mask=target.mask, point=target.point)
+
+
+def target_geometry(depth, intrinsics, image_size, *, box=None, mask=None, point=None):
+    """PLACEHOLDER for core.geometry.target_geometry (mask/box/point -> centroid, extent; another change brings it):
+    the box's robust 3-D point, or the point's, and no shape. The mask is not used here."""
+    if box is None:
+        x, y = point
+        box = Box(max(0.0, x - 2), max(0.0, y - 2), min(image_size[0], x + 2), min(image_size[1], y + 2))
+    inner = 0.5 if point is None else 1.0
+    position = target_position(depth, box, intrinsics, image_size=image_size, inner_fraction=inner)
     return position, None

@@ -9,6 +9,11 @@ cropped and resized back; Sam2Processor: plain resize to a square, masks resized
 half needs torchvision; where torchvision does not import, the same steps (resize to the configured size,
 rescale, normalise; boxes scaled per axis; masks resized back bilinearly and thresholded at 0) run here from the
 checkpoint's processor configuration, with OpenCV's bilinear resize in place of torchvision's.
+
+Not supported: SAM 3 (``Sam3Model``, text-prompted: boxes and masks from a phrase, a detector and segmenter in
+one). A tiny one builds from its config and runs on CPU here, but its processor, including the post-processing
+that turns its queries into boxes, masks and presence scores, is torchvision-only, so nothing of the path a user
+would run could be checked on this project's machines; it also takes one text prompt per forward pass.
 """
 
 from __future__ import annotations
