@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlm_ros.grounding import Grounder, GroundingSettings
 from vlm_ros.pipeline import Pipeline
 
 Log = Callable[[str], None]
@@ -144,8 +145,20 @@ BACKENDS: dict[str, Callable[[BackendSettings, Log], tuple[Pipeline, str]]] = {
 }
 
 
-def build_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
-    """The Pipeline for `settings`; raises with a clear message when the backend cannot run here."""
+def build_pipeline(settings: BackendSettings, log: Log, grounding: GroundingSettings | None = None
+                   ) -> tuple[Pipeline, str]:
+    """The Pipeline for `settings` with the grounding stage `grounding` names (detector, segmenter; loaded on the
+    backend's device, torch); raises with a clear message when the backend or a grounding model cannot run here."""
+    pipeline, description = _vlm_pipeline(settings, log)
+    if grounding is not None:
+        import torch
+
+        device, dtype = resolve_device(settings.device, settings.dtype)
+        pipeline.grounder = Grounder.load(grounding, device, getattr(torch, dtype), log)
+    return pipeline, description
+
+
+def _vlm_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     name = settings.backend
     if name == "auto":  # a fallback is logged and shown in the description (diagnostics)
         name, reason = auto_backend()

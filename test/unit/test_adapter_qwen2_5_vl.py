@@ -137,11 +137,25 @@ def test_untrusted_output_is_dropped_with_reasons_not_raised(adapter):
     f = frame(0, 120, 160)
     request = Request(Task.GROUND, "ball")
     inputs = adapter.prepare(f, request)
-    text = '```json\n[{"point_2d": [50, 50], "label": "ball"}, {"bbox_2d": [0, 0, 9000, 10], "label": "x"}, ' \
+    text = '```json\n[{"point_2d": [50, NaN], "label": "ball"}, {"bbox_2d": [0, 0, 9000, 10], "label": "x"}, ' \
            '{"bbox_2d": [10, 10, 40, 40], "label": "ball"}, {"bbox_2d": [1, 2'
     parsed = adapter.parse(text, inputs, f, request)
-    assert [label for label, _ in parsed.boxes] == ["ball"]
-    assert sorted(d.split(":")[0] for d in parsed.dropped) == ["out of range", "point", "truncated"]
+    assert [label for label, _ in parsed.boxes] == ["ball"] and parsed.points == []
+    assert sorted(d.split(":")[0] for d in parsed.dropped) == ["non-finite", "out of range", "truncated"]
+
+
+def test_pointing_instruction_gets_the_pointing_prompt_and_points_map_to_source_pixels(adapter):
+    f = frame(0, 120, 160)  # -> 168x112: x scaled by 1.05, y by 0.9333
+    request = Request(Task.GROUND, "point to the red mug")
+    assert "Locate every red mug in the image, output the point coordinates in JSON format." in adapter.prompt(request)
+    assert "bbox" in adapter.prompt(Request(Task.GROUND, "where is the red mug?"))
+    inputs = adapter.prepare(f, request)
+    parsed = adapter.parse('[{"point_2d": [21, 14], "label": "red mug"}, {"point_2d": [168, 112]}]', inputs, f,
+                           request)
+    assert parsed.boxes == [] and parsed.dropped == []
+    [(label, (x, y)), (_, corner)] = parsed.points
+    assert label == "red mug" and (x, y) == pytest.approx((20, 15))
+    assert corner == pytest.approx((160, 120))
 
 
 def test_plain_answers_have_no_boxes_and_answers_with_json_keep_theirs(adapter):

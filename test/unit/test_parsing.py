@@ -7,6 +7,7 @@ import math
 import time
 import unicodedata
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from vlm_ros.models.parsing import (
     map_box,
     parse_loc_tokens,
     parse_paligemma,
+    parse_loc_polygons,
     parse_qwen_json,
 )
 
@@ -313,7 +315,12 @@ def test_qwen_truncated_reason() -> None:
         ('{"bbox_2d": "10, 20, 30, 40", "label": "a"}', "malformed"),
         ('{"bbox_2d": [10, 20, 30, 40], "label": 7}', "malformed"),
         ('{"label": "a"}', "malformed"),
-        ('{"point_2d": [10, 20], "label": "a"}', "point"),
+        ('{"point_2d": [10, 20, 30], "label": "a"}', "malformed"),
+        ('{"point_2d": [NaN, 20], "label": "a"}', "non-finite"),
+        ('{"point_2d": [10, 1e400], "label": "a"}', "non-finite"),
+        ('{"point_2d": [-10, 20], "label": "a"}', "out of range"),
+        ('{"point_2d": "10, 20", "label": "a"}', "malformed"),
+        ('{"point_2d": [true, 20], "label": "a"}', "malformed"),
         ('[10, 20, 30, 40]', "malformed"),
         ('"__import__(\'os\').system(\'rm -rf /\')"', "malformed"),
         ('{"bbox_2d": [10, 20, 30, 40], "label": "' + "z" * 65 + '"}', "label too long"),
@@ -324,6 +331,39 @@ def test_qwen_hostile_entries(entry: str, reason: str) -> None:
     r = parse_qwen_json(f"[{entry}, {good}]", 100, 100)
     assert boxes(r) == [("ok", (1.0, 1.0, 5.0, 5.0))]
     assert reasons(r) == [reason]
+
+
+# Qwen2.5-VL pointing output (the cookbook's "Output the point coordinates in JSON format." prompts): absolute
+# pixels of the smart-resized input, like its boxes.
+QWEN_POINTS = (
+    "```json\n"
+    "[\n"
+    '\t{"point_2d": [418, 305], "label": "free space on the white table"},\n'
+    '\t{"point_2d": [99.5, 700], "label": "red mug"}\n'
+    "]\n"
+    "```"
+)
+
+
+def points(result: ParseResult) -> list[tuple[str, float, float]]:
+    return [(p.label, p.x, p.y) for p in result.points]
+
+
+def test_qwen_points_golden() -> None:
+    r = parse_qwen_json(QWEN_POINTS, 1008, 756)
+    assert r.boxes == [] and r.dropped == []
+    assert points(r) == [("free space on the white table", 418.0, 305.0), ("red mug", 99.5, 700.0)]
+
+
+def test_qwen_boxes_and_points_mixed_box_wins_and_limits() -> None:
+    text = json.dumps([{"bbox_2d": [1, 2, 30, 40], "point_2d": [5, 5], "label": "mug"}, {"point_2d": [101, -2]},
+                       {"point_2d": [50, 60], "label": "ball"}])
+    r = parse_qwen_json(text, 100, 100)
+    assert boxes(r) == [("mug", (1.0, 2.0, 30.0, 40.0))]
+    assert points(r) == [("", 100.0, 0.0), ("ball", 50.0, 60.0)]  # a small overshoot is clipped
+    flood = json.dumps([{"point_2d": [i % 100, 1]} for i in range(5000)])
+    r = parse_qwen_json(flood, 100, 100, max_boxes=10)
+    assert len(r.points) == 10 and r.dropped == ["too many: 4990 boxes beyond max_boxes=10"]
 
 
 def test_qwen_small_overshoot_is_clipped_and_label_optional() -> None:
@@ -387,6 +427,17 @@ def test_fuzz_loc_tokens(text: str, size, bins: int, order: str, max_boxes: int)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(soup([*LOC_PIECES, "<sep>", "<poly>", "</poly>"]), sizes, st.integers(0, 4), st.integers(3, 8))
+def test_fuzz_loc_polygons(text: str, size, max_polygons: int, max_vertices: int) -> None:
+    w, h = size
+    r = parse_loc_polygons(text, w, h, max_polygons=max_polygons, max_vertices=max_vertices)
+    assert len(r.polygons) <= max_polygons and len(r.dropped) <= MAX_DROPPED + 2
+    for p in r.polygons:
+        assert 3 <= p.shape[0] <= max_vertices and p.shape[1] == 2 and np.isfinite(p).all()
+        assert (p >= 0).all() and (p[:, 0] <= w).all() and (p[:, 1] <= h).all()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(soup(PG_PIECES), sizes, st.integers(1, 5))
 def test_fuzz_paligemma(text: str, size, max_label_len: int) -> None:
     w, h = size
@@ -428,7 +479,54 @@ def qwen_texts(draw) -> str:
 @given(qwen_texts(), sizes)
 def test_fuzz_qwen_json(text: str, size) -> None:
     w, h = size
-    assert_valid(parse_qwen_json(text, w, h), w, h)
+    r = parse_qwen_json(text, w, h)
+    assert_valid(r, w, h)
+    assert len(r.boxes) + len(r.points) <= 100
+    assert all(math.isfinite(p.x) and math.isfinite(p.y) and 0 <= p.x <= w and 0 <= p.y <= h for p in r.points)
+
+
+# ------------------------------------------------------------------------------------------------
+# Florence-2 polygons (<REFERRING_EXPRESSION_SEGMENTATION>): loc pairs, <sep> between the polygons of one object,
+# optionally wrapped in <poly>...</poly> (the format transformers' Florence-2 post-processor parses).
+
+FLORENCE_POLYGON = "</s><s>red mug<loc_100><loc_200><loc_300><loc_200><loc_300><loc_400><loc_100><loc_400></s>"
+FLORENCE_POLYGONS = ("<poly><loc_0><loc_0><loc_10><loc_0><loc_10><loc_10><sep>"
+                     "<loc_500><loc_500><loc_600><loc_500><loc_550><loc_600></poly>")
+
+
+def test_florence_polygon_golden() -> None:
+    r = parse_loc_polygons(FLORENCE_POLYGON, 640, 480)
+    assert r.dropped == [] and len(r.polygons) == 1
+    expected = [((k + 0.5) * 640 / 1000, (m + 0.5) * 480 / 1000) for k, m in [(100, 200), (300, 200), (300, 400),
+                                                                              (100, 400)]]
+    np.testing.assert_allclose(r.polygons[0], expected)
+    two = parse_loc_polygons(FLORENCE_POLYGONS, 1000, 1000)
+    assert [p.shape for p in two.polygons] == [(3, 2), (3, 2)] and two.dropped == []
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("<loc_1><loc_2><loc_3><loc_4>", "degenerate"),  # two vertices
+    ("<loc_1><loc_2><loc_3><loc_4><loc_5><loc_6><loc_7>", "malformed"),  # odd: last token ignored, still kept
+    ("<loc_1><loc_2><loc_3><loc_4><loc_5><loc_1000>", "out of range"),
+    ("<loc_1><loc_2><loc_3><loc_x><loc_5><loc_6>", "malformed"),
+    ("<loc_1><loc_2><loc_3><loc_99999999999999999999><loc_5><loc_6>", "out of range"),
+    ("".join(f"<loc_{i % 1000}>" for i in range(2000)), "too many"),  # 1000 vertices > 512
+])
+def test_florence_polygon_hostile(text: str, reason: str) -> None:
+    r = parse_loc_polygons(text + "<sep><loc_10><loc_10><loc_20><loc_10><loc_20><loc_20>", 100, 100)
+    assert reasons(r)[0] == reason
+    for p in r.polygons:
+        assert p.shape[1] == 2 and p.shape[0] >= 3 and np.isfinite(p).all()
+        assert (p >= 0).all() and (p[:, 0] <= 100).all() and (p[:, 1] <= 100).all()
+
+
+def test_florence_polygon_limits_and_plain_text() -> None:
+    many = "<sep>".join("<loc_1><loc_1><loc_9><loc_1><loc_9><loc_9>" for _ in range(40))
+    r = parse_loc_polygons(many, 100, 100)
+    assert len(r.polygons) == 16 and r.dropped == ["too many: 24 polygons beyond max_polygons=16"]
+    assert parse_loc_polygons("a mug on a table", 100, 100).polygons == []
+    with pytest.raises(ValueError):
+        parse_loc_polygons("", 0, 100)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -196,6 +196,20 @@ def test_qwen_boxes_are_pixels_of_the_smart_resized_sent_image(server):
     assert body["messages"][0]["content"][1]["text"] == Qwen25VLAdapter.user_text(request)
 
 
+def test_qwen_points_are_pixels_of_the_smart_resized_sent_image(server):
+    url, script = server
+    frame = _frame(640, 480)
+    in_w, in_h = qwen_input_size(320, 240)
+    script.chunks = [json.dumps([{"point_2d": [in_w // 2, in_h // 4], "label": "mug"}])]
+    request = Request(Task.GROUND, "point to the mug", 64, 10)
+    answer = _pipeline(url, "qwen2_5_vl", "jpeg", max_image_side=320).answer(frame, request)
+    assert answer.status == Status.OK, answer.message
+    [target] = answer.targets
+    assert target.box is None and target.label == "mug"
+    assert target.point == pytest.approx((in_w // 2 * 640 / in_w, in_h // 4 * 480 / in_h))
+    assert "point coordinates in JSON" in script.requests[0]["body"]["messages"][0]["content"][1]["text"]
+
+
 def test_florence2_boxes_are_bins_over_the_source_and_loc_tokens_are_asked_for(server):
     url, script = server
     frame = _frame(640, 480)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vlm_ros.core.types import Box, Frame, Request
-from vlm_ros.models.parsing import ParseResult, ResizeTransform, map_box
+from vlm_ros.models.parsing import ParseResult, PolygonResult, ResizeTransform, map_box, map_points
 
 
 class CheckpointError(ValueError):
@@ -74,11 +74,13 @@ class ModelInputs:
 
 @dataclass
 class ParsedAnswer:
-    """The model's text made useful: answer text (location tokens removed) and labelled source-pixel boxes."""
+    """The model's text made useful: answer text (location tokens removed), labelled source-pixel boxes and, for
+    models that point, labelled source-pixel points (x, y)."""
 
     text: str
     boxes: list[tuple[str, Box]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # reasons for model output that was refused
+    points: list[tuple[str, tuple[float, float]]] = field(default_factory=list)
 
 
 class VlmAdapter(ABC):
@@ -123,6 +125,14 @@ class VlmAdapter(ABC):
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
         """Model text -> answer text and boxes in source-image pixels. Untrusted input: never raises on content."""
 
+    def polygon_prompt(self, label: str) -> str | None:
+        """The family's prompt for the outline polygons of the object `label`; None = the family has none."""
+        return None
+
+    def parse_polygons(self, raw_text: str, inputs: ModelInputs) -> PolygonResult:
+        """Model text for a `polygon_prompt` -> polygons in source-image pixels (families that have one)."""
+        raise NotImplementedError(f"{self.family} has no polygon output")
+
     def input_transform(self, frame: Frame, tensors: dict[str, torch.Tensor]) -> ResizeTransform:
         """How the processor made the model-input image from the frame (default: a plain resize)."""
         h, w = tensors["pixel_values"].shape[-2:]
@@ -135,7 +145,11 @@ class VlmAdapter(ABC):
 
     # --- shared -----------------------------------------------------------------------------------------
     def prepare(self, frame: Frame, request: Request) -> ModelInputs:
-        tensors = self.process(frame.image, self.prompt(request))
+        return self.prepare_prompt(frame, self.prompt(request))
+
+    def prepare_prompt(self, frame: Frame, prompt: str) -> ModelInputs:
+        """Model inputs for one frame and a full text prompt (the family's image placeholder included)."""
+        tensors = self.process(frame.image, prompt)
         transform = self.input_transform(frame, tensors)
         dtype = next(self.model.parameters()).dtype
         device = self.device
@@ -180,3 +194,14 @@ class VlmAdapter(ABC):
             if box.area > 0:
                 out.append((pb.label, box))
         return out
+
+    @staticmethod
+    def points_from(result: ParseResult, transform: ResizeTransform | None, frame: Frame
+                    ) -> list[tuple[str, tuple[float, float]]]:
+        """Parsed points (in model-input pixels when a transform is given) -> source pixels, clipped."""
+        if not result.points:
+            return []
+        xy = np.array([(p.x, p.y) for p in result.points], np.float64)  # (K, 2)
+        if transform is not None:
+            xy = map_points(xy, transform)
+        return [(p.label, (float(x), float(y))) for p, (x, y) in zip(result.points, xy, strict=True)]

@@ -1,10 +1,8 @@
 """Open-vocabulary detection for models that cannot ground: the VLM names the objects, a detector boxes them.
 
-Two pieces:
-- :func:`extract_object_phrases`: a pure function that pulls object phrases out of an instruction or an
-  answer ("where is the red mug?" -> ["red mug"]);
-- :class:`OpenVocabularyDetector`: OWLv2, OWL-ViT or Grounding DINO behind one small interface,
-  ``detect(frame, phrases, threshold) -> [(label, score, Box)]`` with boxes in source-image pixels.
+:class:`OpenVocabularyDetector` puts OWLv2, OWL-ViT or Grounding DINO behind one small interface,
+``detect(frame, phrases, threshold) -> [(label, score, Box)]`` with boxes in source-image pixels; the phrases come
+from :mod:`vlm_ros.models.phrases` (the instruction's objects, else the answer's).
 
 Boxes come from the processors' own post-processing with ``target_sizes`` = the source image size (OWLv2's
 post-processor undoes its pad-to-square itself), then are validated here: finite, clipped to the image,
@@ -14,7 +12,6 @@ positive area; duplicates of one label are merged by non-maximum suppression.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,108 +24,12 @@ from vlm_ros.models.base import load_checked_model
 __all__ = [
     "Detection",
     "OpenVocabularyDetector",
-    "extract_object_phrases",
-    "grounding_phrases",
     "nms",
     "phrase_token_spans",
     "validate_detections",
 ]
 
 Detection = tuple[str, float, Box]  # (label, score, box in source pixels)
-
-# ------------------------------------------------------------------------------------------------
-# object phrases from text (pure)
-
-# Lead-ins removed from the start of a clause, longest first (matched as whole words).
-_LEAD_INS_TEXT = """
-    where is | where are | where's | where can i find | where do you see | what is | what's | what are |
-    which is | which are | which | what color is | what colour is | what color are | what colour are |
-    what color | what colour | what shape is | what shape are | what kind of | what type of | how many |
-    how big is | how far is | is there | are there | there is | there are | there's | i see | i can see |
-    you can see | we can see | can you see | do you see | can you find | can you locate | can you show me |
-    could you find | please | find | locate | show me | show | point to | point at | detect | look for |
-    search for | box | draw a box around | mark | highlight | give me | get | grab | grasp | pick up |
-    bring me | bring | hand me | count | describe | tell me about | what do you see | what can you see |
-    look at | the image shows | the picture shows | the photo shows | the scene shows | this image shows |
-    this is | these are | it is | it's | they are | in the image | in the picture | in the scene |
-    image of | picture of | photo of | a photo of | a picture of | an image of
-"""
-_LEAD_INS = sorted(dict.fromkeys(" ".join(s.split()) for s in _LEAD_INS_TEXT.split("|") if s.strip()),
-                   key=len, reverse=True)
-# Words that start a modifier or relative clause: the object phrase ends before them.
-_CUT_WORDS = {
-    "on", "in", "at", "under", "above", "below", "beneath", "over", "near", "behind", "beside", "besides", "between",
-    "inside", "outside", "next", "left", "right", "front", "top", "bottom", "from", "to", "into", "onto", "of", "by",
-    "with", "without", "for", "that", "which", "who", "whose", "where", "is", "are", "was", "were", "be", "has", "have",
-    "can", "could", "should", "would", "will", "do", "does", "did", "please", "there", "here", "as", "than", "like",
-    "around", "against", "along", "across", "toward", "towards", "sitting", "lying", "standing", "placed", "located",
-}
-# Words dropped from the start of a phrase.
-_DETERMINERS = {
-    "the", "a", "an", "all", "any", "some", "every", "each", "my", "your", "our", "their", "his", "her", "its", "this",
-    "that", "these", "those", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "several",
-    "many", "few", "other", "another", "both", "only", "single", "me", "us", "them", "it", "of", "to",
-}
-# Phrases that name nothing a detector could box.
-_NON_OBJECTS = {
-    "it", "them", "they", "this", "that", "these", "those", "there", "here", "something", "anything", "everything",
-    "nothing", "thing", "things", "object", "objects", "item", "items", "image", "picture", "photo", "scene", "view",
-    "yes", "no", "i", "you", "we", "color", "colour", "shape", "size", "one", "ones", "what", "which", "where", "how",
-}
-_CLAUSE_SPLIT = re.compile(r"[.,;:!?()\[\]{}\n]+|\b(?:and|or|but|then|also|plus|while|whereas)\b")
-_NON_WORD = re.compile(r"[^a-z0-9' -]+")
-
-
-def extract_object_phrases(text: str, max_phrases: int = 8, max_words: int = 4) -> list[str]:
-    """Object phrases named in an instruction or answer, lower-case, in order, without duplicates.
-
-    Heuristic and pure: clauses are split at punctuation and conjunctions; question and command lead-ins
-    ("where is", "find", "how many"...), determiners and numbers are dropped; a phrase ends at the first
-    preposition, verb or relative word after it starts ("the mug on the table" -> "mug"). Examples:
-    "where is the red mug?" -> ["red mug"]; "find the cube and the blue ball" -> ["cube", "blue ball"];
-    "There are two red cubes on the table." -> ["red cubes"].
-    """
-    phrases: list[str] = []
-    if max_phrases <= 0:
-        return phrases
-    for clause in _CLAUSE_SPLIT.split(text[:4096].lower()):
-        words = [w.strip("'-") for w in _NON_WORD.sub(" ", clause).split()]
-        words = _strip_lead_ins([w for w in words if w])
-        head: list[str] = []
-        for w in words:
-            if w in _CUT_WORDS:
-                if any(h not in _DETERMINERS for h in head):
-                    break
-                continue  # "the left mug": a position word before the noun
-            head.append(w)
-        while head and (head[0] in _DETERMINERS or head[0].isdigit()):
-            head = head[1:]
-        phrase = " ".join(head[-max_words:])
-        if phrase and phrase not in _NON_OBJECTS and phrase not in phrases:
-            phrases.append(phrase)
-            if len(phrases) >= max_phrases:
-                break
-    return phrases
-
-
-def _strip_lead_ins(words: list[str]) -> list[str]:
-    """Remove question/command lead-ins (repeatedly: "please find ...") from the start of a clause."""
-    changed = True
-    while changed and words:
-        changed = False
-        joined = " ".join(words)
-        for lead in _LEAD_INS:
-            if joined == lead or joined.startswith(lead + " "):
-                words = words[len(lead.split()):]
-                changed = True
-                break
-    return words
-
-
-def grounding_phrases(instruction: str, answer: str = "", max_phrases: int = 8) -> list[str]:
-    """What to ask the detector for: the objects the instruction names, else those the model's answer names."""
-    return extract_object_phrases(instruction, max_phrases) or extract_object_phrases(answer, max_phrases)
-
 
 # ------------------------------------------------------------------------------------------------
 # non-maximum suppression (pure)

@@ -8,7 +8,9 @@ from the processor's configuration, so a checkpoint with another resize (or a cr
 
 Florence-2 has no question-answering task: an ANSWER request returns the most detailed caption (the question
 itself is not used), and GROUND uses open-vocabulary detection for one object phrase, phrase grounding for
-several, and plain object detection when the instruction names none.
+several, and plain object detection when the instruction names none. Masks: `polygon_prompt` asks for
+referring-expression segmentation of a target's label (``<REFERRING_EXPRESSION_SEGMENTATION>``), whose
+``<loc_x><loc_y>`` polygons `parse_polygons` maps to source pixels (the grounding stage rasterises them).
 
 Checkpoints: the transformers-native ones (model_type "florence2", e.g. the florence-community conversions),
 loaded with ``Florence2ForConditionalGeneration``; the original trust_remote_code repositories are not.
@@ -24,8 +26,8 @@ from transformers import Florence2ForConditionalGeneration
 
 from vlm_ros.core.types import Frame, Request, Task
 from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
-from vlm_ros.models.detector import extract_object_phrases
-from vlm_ros.models.parsing import ResizeTransform, parse_loc_tokens
+from vlm_ros.models.parsing import PolygonResult, ResizeTransform, map_points, parse_loc_polygons, parse_loc_tokens
+from vlm_ros.models.phrases import object_phrases
 
 __all__ = [
     "Florence2Adapter",
@@ -41,6 +43,7 @@ MORE_DETAILED_CAPTION = "<MORE_DETAILED_CAPTION>"
 OBJECT_DETECTION = "<OD>"
 PHRASE_GROUNDING = "<CAPTION_TO_PHRASE_GROUNDING>"
 OPEN_VOCABULARY_DETECTION = "<OPEN_VOCABULARY_DETECTION>"
+REFERRING_SEGMENTATION = "<REFERRING_EXPRESSION_SEGMENTATION>"
 
 _MARKUP = re.compile(r"</?(?:s|pad|unk|od|box|bbox|ground|obj|poly|sep)>|<loc_[^<>]*>")
 _POLY = re.compile(r"<poly>(.*?)(?:</poly>|$)", re.DOTALL)
@@ -146,7 +149,7 @@ def task_prompt(request: Request, describe_task: str = CAPTION, answer_task: str
         return describe_task, ""
     if request.task == Task.ANSWER:
         return answer_task, ""
-    phrases = extract_object_phrases(request.instruction)
+    phrases = object_phrases(request.instruction)
     if not phrases:
         return OBJECT_DETECTION, ""
     if len(phrases) == 1:
@@ -192,6 +195,16 @@ class Florence2Adapter(VlmAdapter):
         # word-level tokenizers put spaces between tokens; Florence-2's own output has none before markup
         text = _SPACE_BEFORE_MARKUP.sub("", text)
         return text.strip()
+
+    def polygon_prompt(self, label: str) -> str:
+        """Referring-expression segmentation: Florence-2 outlines `label` with polygons."""
+        return REFERRING_SEGMENTATION + label
+
+    def parse_polygons(self, raw_text: str, inputs: ModelInputs) -> PolygonResult:
+        input_h, input_w = (int(v) for v in inputs.tensors["pixel_values"].shape[-2:])
+        result = parse_loc_polygons(raw_text, input_w, input_h, bins=self.loc_bins)
+        result.polygons = [map_points(p, inputs.transform) for p in result.polygons]
+        return result
 
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:
         input_h, input_w = (int(v) for v in inputs.tensors["pixel_values"].shape[-2:])

@@ -18,39 +18,11 @@ from transformers import PaliGemmaForConditionalGeneration
 from vlm_ros.core.types import Frame, Request, Task
 from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
 from vlm_ros.models.parsing import ResizeTransform, parse_paligemma
+from vlm_ros.models.phrases import object_phrases
 
-__all__ = ["PaliGemmaAdapter", "object_phrases", "strip_paligemma_tokens"]
+__all__ = ["PaliGemmaAdapter", "strip_paligemma_tokens"]
 
-# Leading words of a grounding request that are not part of the object's name ("where is the red mug?").
-_REQUEST_LEAD = re.compile(
-    r"^(?:please\s+|can you\s+|could you\s+)*"
-    r"(?:where\s+(?:is|are)|find|locate|detect|segment|show\s+me|point\s+(?:to|at)|highlight|"
-    r"give\s+me\s+the\s+box(?:es)?\s+(?:of|for)|box|outline)\b\s*",
-    re.IGNORECASE,
-)
-_ARTICLE = re.compile(r"^(?:the|a|an|all|every|each|any)\s+", re.IGNORECASE)
 _LOC_OR_SEG = re.compile(r"<(?:loc\d{4}|seg\d{3})>")
-
-
-def object_phrases(instruction: str) -> list[str]:
-    """The object names a grounding instruction asks for: "where is the red mug?" -> ["red mug"].
-
-    Several objects are separated by ";" or ",". An instruction without a recognised request verb is
-    taken as the object name itself; an empty result falls back to the whole instruction.
-    """
-    text = " ".join(instruction.split()).strip().rstrip("?.!").strip()
-    text = _REQUEST_LEAD.sub("", text, count=1)
-    phrases = []
-    for part in re.split(r"[;,]", text):
-        part = part.strip()
-        while (stripped := _ARTICLE.sub("", part, count=1)) != part:
-            part = stripped
-        if part:
-            phrases.append(part)
-    if not phrases:
-        fallback = " ".join(instruction.split()).strip().rstrip("?.!").strip()
-        return [fallback] if fallback else []
-    return phrases
 
 
 def strip_paligemma_tokens(text: str) -> str:
@@ -68,7 +40,7 @@ class PaliGemmaAdapter(VlmAdapter):
     def prompt(self, request: Request) -> str:
         image_token = getattr(self.processor, "image_token", "<image>")
         instruction = " ".join(request.instruction.split())
-        phrases = object_phrases(instruction) if request.task == Task.GROUND else []
+        phrases = object_phrases(instruction, referring=True) if request.task == Task.GROUND else []
         if phrases:
             task = "detect " + " ; ".join(phrases)
         elif request.task == Task.ANSWER and instruction:

@@ -1,11 +1,12 @@
-"""Grounding parsers: untrusted model text -> validated boxes. Pure functions, no eval, no ROS.
+"""Grounding parsers: untrusted model text -> validated boxes and points. Pure functions, no eval, no ROS.
 
-Every parser returns a :class:`ParseResult`: the boxes it accepted and, for everything it refused, a
-reason string starting with one of the reason words ("non-finite", "out of range", "inverted",
-"degenerate", "malformed", "truncated", "point", "label too long", "too many"), then ": " and a short,
-sanitised excerpt of the offending entry. Accepted boxes are finite, clipped to the image the function
-documents, with x_min <= x_max, y_min <= y_max and positive area. Labels are stripped of control and
-format characters (including bidi overrides and zero-width characters) and whitespace-collapsed.
+Every parser returns a :class:`ParseResult`: the boxes (and, for models that point, the points) it accepted
+and, for everything it refused, a reason string starting with one of the reason words ("non-finite",
+"out of range", "inverted", "degenerate", "malformed", "truncated", "label too long", "too many"), then ": "
+and a short, sanitised excerpt of the offending entry. Accepted boxes are finite, clipped to the image the
+function documents, with x_min <= x_max, y_min <= y_max and positive area; accepted points are finite and
+inside that image. Labels are stripped of control and format characters (including bidi overrides and
+zero-width characters) and whitespace-collapsed.
 
 Image coordinates are *edge* coordinates as in core.types.Box: (0, 0, W, H) is the whole image.
 """
@@ -18,14 +19,21 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from vlm_ros.core.types import Box
 
 __all__ = [
     "ParsedBox",
+    "ParsedPoint",
     "ParseResult",
+    "PolygonResult",
+    "box_or_reason",
     "ResizeTransform",
     "clean_label",
     "map_box",
+    "map_points",
+    "parse_loc_polygons",
     "parse_loc_tokens",
     "parse_paligemma",
     "parse_qwen_json",
@@ -42,10 +50,18 @@ class ParsedBox:
     box: Box
 
 
+@dataclass(frozen=True)
+class ParsedPoint:
+    label: str
+    x: float
+    y: float
+
+
 @dataclass
 class ParseResult:
     boxes: list[ParsedBox] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    points: list[ParsedPoint] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,10 +121,11 @@ def _label_or_reason(raw: str, max_label_len: int) -> tuple[str | None, str]:
     return label, ""
 
 
-def _box_or_reason(
+def box_or_reason(
     x1: float, y1: float, x2: float, y2: float, width: float, height: float, margin: float
 ) -> tuple[Box | None, str]:
-    """Validate corners against an image of width x height; clip overshoot up to margin * size."""
+    """(box, "") for corners inside an image of width x height (overshoot up to margin * size is clipped), else
+    (None, reason): "non-finite", "out of range", "inverted" or "degenerate"."""
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         return None, "non-finite"
     mx, my = margin * width, margin * height
@@ -122,8 +139,18 @@ def _box_or_reason(
     return box, ""
 
 
+def _point_or_reason(x: float, y: float, width: float, height: float, margin: float
+                     ) -> tuple[tuple[float, float] | None, str]:
+    """Validate a point against an image of width x height; clip overshoot up to margin * size."""
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return None, "non-finite"
+    if not (-margin * width <= x <= width * (1 + margin) and -margin * height <= y <= height * (1 + margin)):
+        return None, "out of range"
+    return (min(max(x, 0.0), width), min(max(y, 0.0), height)), ""
+
+
 class _Collector:
-    """Accepts boxes up to max_boxes, then only counts."""
+    """Accepts boxes and points up to max_boxes entries, then only counts."""
 
     def __init__(self, max_boxes: int, max_label_len: int) -> None:
         if max_boxes < 0 or max_label_len < 0:
@@ -131,19 +158,20 @@ class _Collector:
         self.max_boxes = max_boxes
         self.max_label_len = max_label_len
         self.boxes: list[ParsedBox] = []
+        self.points: list[ParsedPoint] = []
         self.drops = _Drops()
         self.excess = 0
 
     @property
     def full(self) -> bool:
-        return len(self.boxes) >= self.max_boxes
+        return len(self.boxes) + len(self.points) >= self.max_boxes
 
     def offer(self, raw_label: str, corners: tuple[float, float, float, float], w: float, h: float,
               margin: float, excerpt: str) -> None:
         if self.full:
             self.excess += 1
             return
-        box, reason = _box_or_reason(*corners, w, h, margin)
+        box, reason = box_or_reason(*corners, w, h, margin)
         if box is None:
             self.drops.add(reason, excerpt)
             return
@@ -153,11 +181,25 @@ class _Collector:
             return
         self.boxes.append(ParsedBox(label, box))
 
+    def offer_point(self, raw_label: str, x: float, y: float, w: float, h: float, margin: float, excerpt: str) -> None:
+        if self.full:
+            self.excess += 1
+            return
+        point, reason = _point_or_reason(x, y, w, h, margin)
+        if point is None:
+            self.drops.add(reason, excerpt)
+            return
+        label, reason = _label_or_reason(raw_label, self.max_label_len)
+        if label is None:
+            self.drops.add(reason, raw_label)
+            return
+        self.points.append(ParsedPoint(label, *point))
+
     def result(self) -> ParseResult:
         dropped = self.drops.result()
         if self.excess:
             dropped.append(f"too many: {self.excess} boxes beyond max_boxes={self.max_boxes}")
-        return ParseResult(self.boxes, dropped)
+        return ParseResult(self.boxes, dropped, self.points)
 
 
 def _bin_value(token_body: str, bins: int) -> tuple[int | None, str]:
@@ -234,6 +276,70 @@ def parse_loc_tokens(
         if n_full != len(tokens):
             drops.add(f"malformed: {len(tokens) - n_full} stray loc token(s)", raw_label)
     return col.result()
+
+
+# ------------------------------------------------------------------------------------------------
+# Florence-2 polygons (<REFERRING_EXPRESSION_SEGMENTATION>)
+
+_POLY_SPLIT = re.compile(r"<sep>|</?poly>")
+
+
+@dataclass
+class PolygonResult:
+    polygons: list[np.ndarray] = field(default_factory=list)  # each (K, 2) float64 x, y in pixels, K >= 3
+    dropped: list[str] = field(default_factory=list)
+
+
+def parse_loc_polygons(
+    text: str,
+    image_width: float,
+    image_height: float,
+    bins: int = 1000,
+    *,
+    max_polygons: int = 16,
+    max_vertices: int = 512,
+) -> PolygonResult:
+    """Parse Florence-2 polygon output into polygons in pixels of the given image.
+
+    Format (Florence-2's post-processor, transformers/models/florence2/processing_florence2.py,
+    parse_description_with_polygons_from_text_and_spans): an optional label, then runs of ``<loc_x><loc_y>``
+    pairs; ``<sep>`` separates the polygons of one object, ``<poly>...</poly>`` may wrap them. Bin k maps to
+    pixel (k + 0.5) * size / bins, as for boxes. A polygon needs 3 to `max_vertices` vertices; a run with an odd
+    token count loses its last token (as Florence-2's parser does) and is reported; runs with malformed or
+    out-of-range tokens are dropped. At most `max_polygons` polygons are kept.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    w, h = _check_size(image_width, image_height)
+    drops = _Drops()
+    polygons: list[np.ndarray] = []
+    excess = 0
+    for part in _POLY_SPLIT.split(text):
+        for run in _LOC_RUN.finditer(part):
+            if len(polygons) >= max_polygons:
+                excess += 1
+                continue
+            tokens = _LOC_TOKEN.findall(run.group())
+            if len(tokens) > 2 * max_vertices:
+                drops.add(f"too many: {len(tokens) // 2} vertices beyond max_vertices={max_vertices}")
+                continue
+            values = [_bin_value(t, bins) for t in tokens]
+            bad = next((reason for v, reason in values if v is None), None)
+            if bad is not None:
+                drops.add(bad, run.group())
+                continue
+            if len(values) % 2:
+                drops.add("malformed: odd number of loc tokens, last one ignored", run.group()[-24:])
+                values = values[:-1]
+            if len(values) < 6:
+                drops.add("degenerate: fewer than 3 vertices", run.group())
+                continue
+            xy = (np.array([v for v, _ in values], np.float64).reshape(-1, 2) + 0.5) / bins  # (K, 2) in (0, 1)
+            polygons.append(xy * np.array([w, h]))
+    dropped = drops.result()
+    if excess:
+        dropped.append(f"too many: {excess} polygons beyond max_polygons={max_polygons}")
+    return PolygonResult(polygons, dropped)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,19 +484,21 @@ def parse_qwen_json(
     max_label_len: int = 64,
     margin: float = 0.05,
 ) -> ParseResult:
-    """Parse Qwen2.5-VL grounding output into boxes in pixels of the *resized model input*.
+    """Parse Qwen2.5-VL grounding output into boxes and points in pixels of the *resized model input*.
 
     Expected (Qwen2.5-VL cookbook "spatial_understanding"; Qwen2.5-VL technical report, sec. 2.2.1:
     absolute coordinates of the resized image):
         ```json
         [
-            {"bbox_2d": [135, 114, 1016, 672], "label": "chair"}
+            {"bbox_2d": [135, 114, 1016, 672], "label": "chair"},
+            {"point_2d": [420, 318], "label": "free space on the table"}
         ]
         ```
     The fence and surrounding prose are optional. A truncated list yields its complete objects. Only
-    ``json`` is used to read it. ``label`` may be missing (empty label); ``point_2d`` entries are dropped.
-    Corners may overshoot the image by ``margin`` (a fraction of its size) and are clipped; further out
-    is "out of range". The adapter maps the result to source pixels with :func:`map_box`.
+    ``json`` is used to read it. ``label`` may be missing (empty label). An entry with ``bbox_2d`` is a box
+    (a ``point_2d`` beside it is ignored); one with only ``point_2d`` (2 numbers) is a point. Corners and points
+    may overshoot the image by ``margin`` (a fraction of its size) and are clipped; further out is "out of
+    range". The adapter maps the result to source pixels with :func:`map_box` / :func:`map_points`.
     """
     w, h = _check_size(input_width, input_height)
     if not (math.isfinite(margin) and margin >= 0):
@@ -406,14 +514,22 @@ def parse_qwen_json(
         if not isinstance(el, dict):
             drops.add("malformed: entry is not an object", excerpt)
             continue
-        if "bbox_2d" not in el:
-            drops.add("point: point_2d is not a box" if "point_2d" in el else "malformed: no bbox_2d", excerpt)
-            continue
-        bbox = el["bbox_2d"]
         label = el.get("label", "")
         if not isinstance(label, str):
             drops.add("malformed: label is not a string", excerpt)
             continue
+        if "bbox_2d" not in el:
+            if "point_2d" not in el:
+                drops.add("malformed: no bbox_2d or point_2d", excerpt)
+                continue
+            point = el["point_2d"]
+            xy = [_number(v) for v in point] if isinstance(point, list) and len(point) == 2 else [None]
+            if any(c is None for c in xy):
+                drops.add("malformed: point_2d is not 2 numbers", excerpt)
+                continue
+            col.offer_point(label, xy[0], xy[1], w, h, margin, excerpt)  # type: ignore[arg-type]
+            continue
+        bbox = el["bbox_2d"]
         if not isinstance(bbox, list) or len(bbox) != 4:
             drops.add("malformed: bbox_2d is not 4 numbers", excerpt)
             continue
@@ -479,6 +595,13 @@ class ResizeTransform:
         new_w, new_h = max(dst_w, round(src_w * s)), max(dst_h, round(src_h * s))
         sx, sy = new_w / src_w, new_h / src_h
         return cls(src_w, src_h, sx, sy, crop_x=((new_w - dst_w) // 2) / sx, crop_y=((new_h - dst_h) // 2) / sy)
+
+
+def map_points(xy: np.ndarray, transform: ResizeTransform) -> np.ndarray:
+    """Map (K, 2) points (x, y) from model-input pixels to source-image pixels, clipped to the source image."""
+    t = transform
+    out = (np.asarray(xy, np.float64) - (t.pad_x, t.pad_y)) / (t.scale_x, t.scale_y) + (t.crop_x, t.crop_y)
+    return np.clip(out, 0.0, (float(t.src_w), float(t.src_h)))  # (K, 2)
 
 
 def map_box(box: Box, transform: ResizeTransform) -> Box:

@@ -1,10 +1,12 @@
-"""Qwen2.5-VL: chat-template prompts, JSON `bbox_2d` grounding in pixels of the smart-resized input.
+"""Qwen2.5-VL: chat-template prompts, JSON `bbox_2d` / `point_2d` grounding in pixels of the smart-resized input.
 
 The processor resizes each image to a size whose sides are multiples of patch_size * merge_size (28 for the
 released checkpoints), keeping the pixel count within [min_pixels, max_pixels] ("smart_resize"), then cuts it
 into 14-px patches: `image_grid_thw` = (1, H/14, W/14). Qwen2.5-VL's grounding output is absolute pixel
 coordinates of that resized input (Qwen2.5-VL technical report, sec. 2.2.1; the Qwen2.5-VL cookbook
-"spatial_understanding"), so boxes map back to the source image by the per-axis scale of that resize.
+"spatial_understanding"), so boxes and points map back to the source image by the per-axis scale of that resize.
+An instruction that asks for points ("point to the mug") gets the cookbook's pointing phrasing; points become
+point targets (no box).
 
 The language model uses 3-D rotary positions (M-RoPE): the prefill needs `image_grid_thw` and
 `mm_token_type_ids` besides the vision features, and every later token's position is offset by the
@@ -14,6 +16,7 @@ The language model uses 3-D rotary positions (M-RoPE): the prefill needs `image_
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,26 +25,37 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from vlm_ros.core.types import Frame, Request, Task
 from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter, load_checked_model
-from vlm_ros.models.paligemma import object_phrases
 from vlm_ros.models.parsing import ResizeTransform, parse_qwen_json
+from vlm_ros.models.phrases import object_phrases
 
-__all__ = ["ImageOnlyQwen2_5_VLProcessor", "Qwen25VLAdapter", "grounding_instruction", "DESCRIBE_INSTRUCTION"]
+__all__ = ["ImageOnlyQwen2_5_VLProcessor", "Qwen25VLAdapter", "asks_for_points", "grounding_instruction",
+           "DESCRIBE_INSTRUCTION"]
 
 log = logging.getLogger(__name__)
 
 DESCRIBE_INSTRUCTION = "Describe this image."
 
 
+_POINTING = re.compile(r"^\s*(?:please\s+|can you\s+|could you\s+)*point\s+(?:to|at|out)\b", re.IGNORECASE)
+
+
+def asks_for_points(instruction: str) -> bool:
+    """Whether a grounding instruction asks for points rather than boxes ("point to the mug")."""
+    return bool(_POINTING.match(instruction))
+
+
 def grounding_instruction(instruction: str) -> str:
-    """The user turn for a grounding request, phrased like the Qwen2.5-VL cookbook's detection prompts."""
-    phrases = object_phrases(instruction)
+    """The user turn for a grounding request, phrased like the Qwen2.5-VL cookbook's detection prompts (boxes) or
+    its pointing prompts ("... Output the point coordinates in JSON format.") when the instruction asks for points."""
+    phrases = object_phrases(instruction, referring=True)
     if not phrases:
         raise ValueError(f"no object named in grounding instruction {instruction!r}")
+    kind = "point" if asks_for_points(instruction) else "bbox"
     if len(phrases) == 1:
-        return f"Locate every {phrases[0]} in the image, output the bbox coordinates in JSON format."
+        return f"Locate every {phrases[0]} in the image, output the {kind} coordinates in JSON format."
     categories = ", ".join(phrases)
     return f'Locate every instance that belongs to the following categories: "{categories}". ' \
-           "Report bbox coordinates in JSON format."
+           f"Report {kind} coordinates in JSON format."
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
@@ -76,7 +90,7 @@ class Qwen25VLAdapter(VlmAdapter):
     def user_text(request: Request) -> str:
         """The user turn's text (no model needed: the remote backend phrases requests the same way)."""
         instruction = " ".join(request.instruction.split())
-        if request.task == Task.GROUND and object_phrases(instruction):
+        if request.task == Task.GROUND and object_phrases(instruction, referring=True):
             return grounding_instruction(instruction)
         if request.task == Task.ANSWER and instruction:
             return instruction
@@ -115,14 +129,14 @@ class Qwen25VLAdapter(VlmAdapter):
 
     @classmethod
     def parse_text(cls, raw_text: str, transform: ResizeTransform, frame: Frame, request: Request) -> ParsedAnswer:
-        """The model's text -> answer and source-pixel boxes; `transform`: source -> smart-resized input."""
+        """The model's text -> answer and source-pixel boxes and points; `transform`: source -> smart-resized input."""
         text = raw_text.strip()
-        if request.task != Task.GROUND and "bbox_2d" not in text:
+        if request.task != Task.GROUND and "bbox_2d" not in text and "point_2d" not in text:
             return ParsedAnswer(text=text)
         t = transform
         in_w, in_h = t.src_w * t.scale_x, t.src_h * t.scale_y  # the resized input's size
         result = parse_qwen_json(text, in_w, in_h)
-        return ParsedAnswer(text, cls.boxes_from(result, t, frame), result.dropped)
+        return ParsedAnswer(text, cls.boxes_from(result, t, frame), result.dropped, cls.points_from(result, t, frame))
 
 
 def load_processor(path: str | Path, image_only: type = ImageOnlyQwen2_5_VLProcessor, **kwargs: Any) -> Any:

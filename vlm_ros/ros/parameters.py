@@ -67,6 +67,18 @@ NODE_PARAMS = [
               "graphs are exported for (their image input depends on the frame size)", range=(16, 8192)),
     ParamSpec("engine_image_width", 640, "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame width the "
               "graphs are exported for", range=(16, 8192)),
+    # grounding: who boxes a grounding request, masks for the targets (read at configure)
+    ParamSpec("grounding", "auto", "who boxes grounding requests: auto = the model where its family emits boxes, "
+              "grounding_detector otherwise; vlm = always the model; detector = always grounding_detector",
+              choices=("auto", "vlm", "detector")),
+    ParamSpec("grounding_detector", "", "local OWLv2 / OWL-ViT / Grounding DINO directory that boxes the objects the "
+              "model names (families without boxes: SmolVLM, LLaVA, BLIP-2, InstructBLIP); '' = none"),
+    ParamSpec("grounding_detector_threshold", 0.0, "detector score threshold; 0 = the detector family's default "
+              "(OWLv2/OWL-ViT 0.1, Grounding DINO 0.35)", range=(0.0, 0.99)),
+    ParamSpec("segmenter", "", "local SAM / SAM 2 / EdgeTAM directory: a mask for each target box; '' = none "
+              "(Florence-2 outlines its targets itself; otherwise 3-D geometry uses the depth layer in the box)"),
+    ParamSpec("max_targets", 20, "most targets in one answer (model boxes, detections, segmenter prompts)",
+              range=(1, 100)),
     # backend remote: an OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM, Ollama, transformers serve)
     ParamSpec("remote.base_url", "http://127.0.0.1:8000/v1", "server URL; queries go to <base_url>/chat/completions"),
     ParamSpec("remote.model", "", "model name on the server; '' = the first model it lists"),
