@@ -280,12 +280,7 @@ class PerceptionNode(LifecycleNode):
     def _load_pipeline(self):
         from vlm_ros.backends import BackendSettings, build_pipeline
 
-        settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
-        settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
-                                                       "dla_core", "engine_image_height", "engine_image_width",
-                                                       "cpu_threads")})
-        settings.extra.update({k: self.p(k) for k in self._specs if k.startswith("remote.")})
-        return build_pipeline(settings, self.get_logger().info)
+        return build_pipeline(BackendSettings.from_params(self.p), self.get_logger().info)
 
     def _stop_worker(self) -> None:
         """Stop the worker: the running query is cancelled (it returns its partial answer), queued ones get NOT_READY."""
