@@ -136,15 +136,15 @@ def tensorrt_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, st
 
     import torch
 
+    from vlm_ros.engine.tensorrt_engine import TensorRTEngine
+    from vlm_ros.export.tensorrt_build import ensure_engines
+    from vlm_ros.models.registry import load_adapter
+
     if importlib.util.find_spec("tensorrt") is None:
         raise RuntimeError("backend tensorrt: the tensorrt Python module is not installed (on Jetson it comes "
                            "with JetPack: python3-libnvinfer; elsewhere: pip install tensorrt)")
     if not torch.cuda.is_available():
         raise RuntimeError("backend tensorrt: no CUDA device")
-    from vlm_ros.engine.tensorrt_engine import TensorRTEngine
-    from vlm_ros.export.tensorrt_build import ensure_engines
-    from vlm_ros.models.registry import load_adapter
-
     device = settings.device if settings.device.startswith("cuda") else "cuda"
     log(f"loading {settings.model_dir} (family {settings.family}) for TensorRT ({settings.precision}) ...")
     adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
