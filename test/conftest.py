@@ -7,14 +7,11 @@ ROS traffic must stay on this machine: the environment is fixed here, before any
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from vlm_ros.tools.processes import stop_process_group
+from vlm_ros.tools.processes import PythonProcess
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -39,38 +36,11 @@ requires_ros = pytest.mark.skipif(
 )
 
 
-class NodeProcess:
-    """A Python process started in its own process group; stopped by PID (group), never by name."""
+class NodeProcess(PythonProcess):
+    """A test's Python child process (vlm_ros.tools.processes.PythonProcess) that imports this checkout first."""
 
     def __init__(self, args: list[str], log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])),
-        )
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
-    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"process exited with {self.proc.returncode} before '{text}':\n{self.log()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"'{text}' not seen in {timeout} s:\n{self.log()}")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        code = stop_process_group(self.proc, timeout)
-        self._log.close()
-        return code
+        super().__init__(args, log_path, pythonpath=REPO)
 
 
 @pytest.fixture

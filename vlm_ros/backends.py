@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from vlm_ros.engine.remote import RemoteConfig
+from vlm_ros.export import DEFAULT_IMAGE_SIZE
 from vlm_ros.grounding import Grounder, GroundingSettings
 from vlm_ros.pipeline import Pipeline
 
@@ -18,15 +21,64 @@ Log = Callable[[str], None]
 
 
 @dataclass
+class RemoteSettings(RemoteConfig):
+    """`remote.*`: the server (RemoteConfig) and how frames are sent and answers read (RemoteAdapter)."""
+
+    family: str = "embedded"  # vlm_ros.models.remote.FAMILIES: how tasks are phrased and boxes read
+    image_format: str = "jpeg"  # jpeg | png
+    jpeg_quality: int = 90
+    max_image_side: int = 0  # downscale sent frames to this longer side; 0 = source size
+
+
+@dataclass
 class BackendSettings:
-    """The node parameters that choose and configure a backend."""
+    """The node parameters that choose and configure a backend, by the same names; their defaults are these."""
 
     backend: str = "auto"  # auto | torch | onnxruntime | tensorrt | remote
     model: str = ""  # local model directory; '' = the embedded default model
     family: str = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
-    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific parameters, by name
+    engines_dir: str = ""  # onnxruntime / tensorrt cache; '' = the default folder (export/manifest.py)
+    engine_policy: str = "rebuild"  # reuse | rebuild | refuse
+    precision: str = "fp16"  # TensorRT: fp16 | fp32 | int8 | fp8
+    engine_max_tokens: int = 1024  # TensorRT shape profile: most prompt + generated tokens
+    dla_core: int = -1  # Jetson DLA core; -1 = GPU only
+    engine_image_height: int = DEFAULT_IMAGE_SIZE[0]  # idefics3 / qwen2_5_vl exports: the camera frame size
+    engine_image_width: int = DEFAULT_IMAGE_SIZE[1]
+    cpu_threads: int = 1  # torch / onnxruntime intra-op threads; 0 = one per core
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+
+    @classmethod
+    def from_params(cls, get: Callable[[str], Any]) -> BackendSettings:
+        """From a getter of parameter values by name (the node's); `remote.<name>` for the remote ones."""
+        remote = RemoteSettings(**{f.name: get(f"remote.{f.name}") for f in fields(RemoteSettings)})
+        return cls(**{f.name: get(f.name) for f in fields(cls) if f.name != "remote"}, remote=remote)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default by parameter name (the node's parameter table takes its defaults from here)."""
+        default = cls()
+        out = {f.name: getattr(default, f.name) for f in fields(cls) if f.name != "remote"}
+        out.update({f"remote.{f.name}": getattr(default.remote, f.name) for f in fields(RemoteSettings)})
+        return out
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the camera frames an idefics3 / qwen2_5_vl export is made for."""
+        return self.engine_image_height, self.engine_image_width
+
+    @property
+    def model_dir(self) -> Path:
+        from vlm_ros.models.registry import default_model_dir
+
+        return Path(self.model) if self.model else default_model_dir()
+
+    @property
+    def engines_root(self) -> Path:
+        from vlm_ros.export.manifest import engines_dir
+
+        return engines_dir(self.engines_dir)
 
 
 def resolve_device(device: str, dtype: str) -> tuple[str, str]:
@@ -54,29 +106,6 @@ def torch_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     return Pipeline(adapter), f"torch ({device}, {dtype})"
 
 
-def _model_dir(settings: BackendSettings):
-    from pathlib import Path
-
-    from vlm_ros.models.registry import default_model_dir
-
-    return Path(settings.model) if settings.model else default_model_dir()
-
-
-def _engine_settings(settings: BackendSettings) -> tuple:
-    """(engines root, engine_policy) from the backend-specific parameters."""
-    from vlm_ros.export.manifest import engines_dir
-
-    return engines_dir(settings.extra.get("engines_dir", "")), settings.extra.get("engine_policy", "rebuild")
-
-
-def export_image_size(settings: BackendSettings) -> tuple[int, int]:
-    """(H, W) of the camera frames an idefics3 / qwen2_5_vl export is made for (engine_image_height/width)."""
-    from vlm_ros.export.onnx_export import DEFAULT_IMAGE_SIZE
-
-    return (int(settings.extra.get("engine_image_height", DEFAULT_IMAGE_SIZE[0])),
-            int(settings.extra.get("engine_image_width", DEFAULT_IMAGE_SIZE[1])))
-
-
 def onnxruntime_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     """The model exported to ONNX (once, cached under engines_dir) and run by onnxruntime; float32 graphs."""
     import onnxruntime as ort
@@ -93,20 +122,38 @@ def onnxruntime_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline,
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if settings.dtype not in ("auto", "float32"):
         log(f"backend onnxruntime: the exported graphs are float32; dtype {settings.dtype} is not used")
-    model_dir = _model_dir(settings)
-    root, policy = _engine_settings(settings)
-    log(f"loading {model_dir} (family {settings.family}) for onnxruntime ...")
+    log(f"loading {settings.model_dir} (family {settings.family}) for onnxruntime ...")
     adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
-    directory, shapes = ensure_export(adapter, model_dir, root, policy, log, export_image_size(settings))
-    engine = OnnxEngine(adapter, directory, shapes, providers=providers, threads=int(settings.extra.get("cpu_threads", 0)))
+    directory, shapes = ensure_export(adapter, settings.model_dir, settings.engines_root, settings.engine_policy, log,
+                                      settings.image_size)
+    engine = OnnxEngine(adapter, directory, shapes, providers=providers, threads=settings.cpu_threads)
     return Pipeline(adapter, engine), f"{engine.runner.name}, float32, {directory.name}"
 
 
 def tensorrt_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
-    """TensorRT engines built from the ONNX export (cached under engines_dir, keyed by GPU and TensorRT)."""
-    from vlm_ros.engine.tensorrt_engine import tensorrt_pipeline as build
+    """TensorRT engines built from the ONNX export (cached under engines_dir, keyed by GPU and TensorRT). Raises
+    when TensorRT or CUDA is missing, with the reason (backend auto logs it and falls back)."""
+    import importlib.util
 
-    return build(settings, _model_dir(settings), *_engine_settings(settings), log)
+    import torch
+
+    from vlm_ros.engine.tensorrt_engine import TensorRTEngine
+    from vlm_ros.export.tensorrt_build import ensure_engines
+    from vlm_ros.models.registry import load_adapter
+
+    if importlib.util.find_spec("tensorrt") is None:
+        raise RuntimeError("backend tensorrt: the tensorrt Python module is not installed (on Jetson it comes "
+                           "with JetPack: python3-libnvinfer; elsewhere: pip install tensorrt)")
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend tensorrt: no CUDA device")
+    device = settings.device if settings.device.startswith("cuda") else "cuda"
+    log(f"loading {settings.model_dir} (family {settings.family}) for TensorRT ({settings.precision}) ...")
+    adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
+    directory, shapes, key = ensure_engines(adapter, settings.model_dir, settings.engines_root, settings.engine_policy,
+                                            log, settings.precision, settings.engine_max_tokens, settings.dla_core,
+                                            torch.device(device).index or 0, settings.image_size)
+    name = f"tensorrt ({settings.precision}, {key['gpu']}, TensorRT {key['tensorrt']})"
+    return Pipeline(adapter, TensorRTEngine(adapter, directory, shapes, device, name)), f"{name}, {directory.name}"
 
 
 def auto_backend() -> tuple[str, str]:
@@ -123,15 +170,14 @@ def auto_backend() -> tuple[str, str]:
 
 
 def remote_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
-    """An OpenAI-compatible server (vLLM, SGLang, ...) runs the model; `remote.*` parameters in settings.extra."""
-    from vlm_ros.engine.remote import RemoteConfig, RemoteEngine
+    """An OpenAI-compatible server (vLLM, SGLang, ...) runs the model; `settings.remote` says which and how."""
+    from vlm_ros.engine.remote import RemoteEngine
     from vlm_ros.models.remote import RemoteAdapter
 
-    params = {k.removeprefix("remote."): v for k, v in settings.extra.items() if k.startswith("remote.")}
-    adapter = RemoteAdapter(params.pop("family", "embedded"), params.pop("image_format", "jpeg"),
-                            int(params.pop("jpeg_quality", 90)), int(params.pop("max_image_side", 0)))
-    engine = RemoteEngine(RemoteConfig.from_params(params))
-    if not engine.config.verify_tls:
+    remote = settings.remote
+    adapter = RemoteAdapter(remote.family, remote.image_format, remote.jpeg_quality, remote.max_image_side)
+    engine = RemoteEngine(remote)
+    if not remote.verify_tls:
         log("remote: TLS certificate verification is OFF (remote.verify_tls false)")
     log(engine.probe())
     return Pipeline(adapter, engine), f"{engine.describe()}, family {adapter.family}"

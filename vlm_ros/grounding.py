@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -52,6 +52,21 @@ class GroundingSettings:
     detector_threshold: float = 0.0  # detector score threshold; 0 = the detector family's default
     segmenter: str = ""  # local SAM / SAM 2 / EdgeTAM directory; "" = none
     max_targets: int = 20  # targets per answer (detections, segmenter prompts)
+
+    # node parameter name -> field
+    PARAMETERS: ClassVar[dict[str, str]] = {"grounding": "mode", "grounding_detector": "detector",
+                                            "grounding_detector_threshold": "detector_threshold",
+                                            "segmenter": "segmenter", "max_targets": "max_targets"}
+
+    @classmethod
+    def from_params(cls, get: Callable[[str], Any]) -> GroundingSettings:
+        """From a getter of parameter values by name (the node's)."""
+        return cls(**{field_name: get(name) for name, field_name in cls.PARAMETERS.items()})
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default by parameter name (the node's parameter table takes its defaults from here)."""
+        return {name: getattr(cls(), field_name) for name, field_name in cls.PARAMETERS.items()}
 
     def __post_init__(self) -> None:
         if self.mode not in GROUNDING_MODES:

@@ -16,6 +16,7 @@ yaml = pytest.importorskip("ruamel.yaml")
 from vlm_ros.core.images import decode_compressed, decode_depth, decode_image  # noqa: E402
 from vlm_ros.embedded import tasks  # noqa: E402
 from vlm_ros.embedded.scenes import render_scene  # noqa: E402
+from vlm_ros.models.parsing import parse_loc_tokens  # noqa: E402
 from vlm_ros.tools.bags import (  # noqa: E402
     DEFAULT_START_NS,
     bag_info,
@@ -165,7 +166,8 @@ def test_instructions_are_timed_inside_their_scene_with_correct_answers(pair):
             obj = s.objects[t.object_index]
             assert (t.label, t.box, t.position) == (obj.label, obj.box, obj.position)
         if ins.kind == "ground" and ins.answer != tasks.NONE_ANSWER:
-            (label, box), = tasks.parse_boxes(ins.answer, 160, 120)
+            (parsed,) = parse_loc_tokens(ins.answer, 160, 120, bins=tasks.LOC_BINS).boxes
+            label, box = parsed.label, parsed.box
             (target,) = ins.targets
             assert label == target.label
             bin_w, bin_h = 160 / tasks.LOC_BINS, 120 / tasks.LOC_BINS

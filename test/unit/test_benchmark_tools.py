@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 
 import cv2
 import numpy as np
+import pytest
 
 from vlm_ros.tools import benchmark_engine
 from vlm_ros.tools.plot import bar_chart
+from vlm_ros.tools.processes import PythonProcess, node_args
 
 
 def test_engine_benchmark_writes_json_and_png(tmp_path):
@@ -34,3 +38,34 @@ def test_bar_chart_scales_bars_to_the_largest_and_marks_missing_values(tmp_path)
     rows = [np.where((image[y] == bar_colour).all(-1))[0] for y in range(image.shape[0])]
     lengths = sorted({len(r) for r in rows if len(r)}, reverse=True)
     assert len(lengths) == 2 and abs(lengths[0] / lengths[1] - 2.0) < 0.02  # a is twice b; c has no bar
+
+
+def test_node_args_start_the_node_module_with_its_parameters():
+    assert node_args("", ["device:=cpu"]) == ["-m", "vlm_ros.ros.node", "--ros-args", "-p", "model:=''",
+                                             "-p", "device:=cpu"]
+    assert node_args("/m", ()) == ["-m", "vlm_ros.ros.node", "--ros-args", "-p", "model:=/m"]
+    assert node_args() == ["-m", "vlm_ros.ros.node", "--ros-args"]
+
+
+def test_python_process_logs_waits_and_stops_its_whole_group(tmp_path):
+    script = ("import subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    child = PythonProcess(["-c", script], tmp_path / "child.log")
+    child.wait_for_log("ready", 30)
+    assert child.stop(10) != 0 and "ready" in child.log()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the grandchild got the signal too (same process group)
+        try:
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a process of the group outlived stop()")
+    failing = PythonProcess(["-c", "raise SystemExit(3)"], tmp_path / "failing.log")
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        failing.wait_for_log("never printed", 30)
+    failing.stop()
+

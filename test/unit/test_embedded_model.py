@@ -6,18 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_ros.embedded.model import (
-    DEFAULT_WEIGHTS_DIR,
-    EmbeddedConfig,
-    build_model,
-    build_prompt,
-    build_tokenizer,
-    load,
-    preprocess_images,
-    save,
-)
+from vlm_ros.embedded.build import build_model, build_tokenizer, preprocess_images, save
+from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR, EmbeddedConfig, load
+from vlm_ros.embedded.prompt import LOC_BINS, build_prompt
 from vlm_ros.embedded.scenes import render_scene
-from vlm_ros.embedded.tasks import LOC_BINS
 
 TINY = EmbeddedConfig(
     image_size=64, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=1,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_ros.embedded.model import build_model, build_tokenizer, load
+from vlm_ros.embedded.build import build_model, build_tokenizer
+from vlm_ros.embedded.model import load
 from vlm_ros.embedded.scenes import COLORS, SHAPES, render_scene
 from vlm_ros.embedded.tasks import make_example
 from vlm_ros.embedded.train import (
@@ -201,7 +202,7 @@ def test_bf16_autocast_training_run(tmp_path):
 
 CURRICULUM_CHECK = """
 import sys
-from vlm_ros.embedded.model import build_tokenizer
+from vlm_ros.embedded.build import build_tokenizer
 from vlm_ros.embedded.train import batch_stream, render_pool
 
 workers, image_size, patch_size = (int(a) for a in sys.argv[1:])

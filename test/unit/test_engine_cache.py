@@ -9,9 +9,9 @@ import json
 
 import pytest
 
+from vlm_ros.engine import names
+from vlm_ros.engine.graph_engine import GraphShapes
 from vlm_ros.export import manifest as cache
-from vlm_ros.export import names
-from vlm_ros.export.onnx_export import GraphShapes
 from vlm_ros.export.tensorrt_build import (
     engine_key,
     has_qdq,

@@ -37,6 +37,22 @@ def test_every_parameter_has_a_description_and_bad_values_are_refused_with_a_rea
     assert by_name["queue_size"].descriptor().integer_range[0].to_value == 64
 
 
+@requires_ros
+def test_the_backend_settings_are_node_parameters_with_the_settings_defaults():
+    from vlm_ros.backends import BackendSettings
+    from vlm_ros.ros.parameters import NODE_PARAMS
+
+    node = {s.name: s.default for s in NODE_PARAMS}
+    defaults = BackendSettings.defaults()
+    assert defaults["cpu_threads"] == 1 and defaults["remote.family"] == "embedded"
+    assert {name: node[name] for name in defaults} == defaults  # the table takes them from the settings
+    assert all(type(node[name]) is type(value) for name, value in defaults.items())  # rclpy types them by default
+    values = {**node, "backend": "onnxruntime", "cpu_threads": 3, "engine_image_height": 240, "remote.retries": 5}
+    settings = BackendSettings.from_params(values.__getitem__)
+    assert (settings.backend, settings.cpu_threads, settings.image_size) == ("onnxruntime", 3, (240, 640))
+    assert settings.remote.retries == 5 and settings.remote.base_url == node["remote.base_url"]
+
+
 LAUNCH_AVAILABLE = all(importlib.util.find_spec(m) for m in ("launch", "launch_ros"))
 
 

@@ -20,16 +20,15 @@ from model_checks import frame
 
 from vlm_ros.backends import BackendSettings, build_pipeline
 from vlm_ros.core.types import Request, Status, Task
-from vlm_ros.engine import StopReason, TorchEngine
+from vlm_ros.engine import StopReason, TorchEngine, names
+from vlm_ros.engine.graph_engine import mrope_positions
 from vlm_ros.engine.onnx_engine import OnnxEngine
-from vlm_ros.export import names
 from vlm_ros.export.onnx_export import (
     UnsupportedModelError,
     _decoder_stack,
     _seq2seq_parts,
     check_exportable,
     export_model,
-    mrope_positions,
 )
 from vlm_ros.models.registry import default_model_dir, load_adapter
 from vlm_ros.testing.tiny import build_tiny_llava
@@ -190,7 +189,7 @@ def test_greedy_tokens_equal_the_torch_engine(exported, seed):
     assert len(natural.token_ids) >= 3
 
 
-def test_stop_string_deadline_cancel_and_vision_cache(exported):
+def test_streaming_deadline_cancel_and_vision_cache(exported):
     adapter, engine = exported
     f = frame(0)
     inputs = adapter.prepare(f, request_for(QUESTIONS[0]))
@@ -202,15 +201,10 @@ def test_stop_string_deadline_cancel_and_vision_cache(exported):
         assert not again.vision_cached
         again = engine.generate(adapter.prepare(f, request_for(QUESTIONS[0])), 5)
     assert again.vision_cached and again.vision_encode_s == 0.0
-    words, ids = full.text.split(), full.token_ids
-    if len(words) > 2:
-        stop = words[2]
-    else:  # Florence-2's loc tokens decode without spaces: the text of a token first generated after two others
-        stop = adapter.decode_text([next(t for i, t in enumerate(ids) if i >= 2 and t not in ids[:i])])
     seen = []
-    cut = engine.generate(inputs, 30, stop_strings=[stop], on_text=lambda t, n: seen.append(n), ignore_eos=True)
-    assert cut.stop_reason == StopReason.STOP_STRING and stop not in cut.text and full.text.startswith(cut.text)
-    assert seen == list(range(1, len(seen) + 1))
+    streamed = engine.generate(inputs, 30, on_text=lambda t, n: seen.append((t, n)), ignore_eos=True)
+    assert streamed.text == full.text and seen[-1] == (full.text, 30)
+    assert [n for _, n in seen] == list(range(1, 31))
 
     def slow(text, n):
         time.sleep(0.02)
@@ -259,8 +253,8 @@ def test_paligemma2_gemma2_decoder_is_refused_with_the_reason(tmp_path):
 
 def test_backend_onnxruntime_answers_through_the_pipeline_and_reuses_its_export(tiny_dir, tmp_path):
     logs: list[str] = []
-    settings = BackendSettings(backend="onnxruntime", model=str(tiny_dir),
-                               extra={"engines_dir": str(tmp_path), "engine_policy": "rebuild"})
+    settings = BackendSettings(backend="onnxruntime", model=str(tiny_dir), engines_dir=str(tmp_path),
+                               engine_policy="rebuild")
     pipeline, description = build_pipeline(settings, logs.append)
     assert description.startswith("onnxruntime (cpu), float32") and "tiny_llava" in description
     assert any("building" in m for m in logs) and (tmp_path / description.split(", ")[-1] / "manifest.json").is_file()
@@ -271,17 +265,17 @@ def test_backend_onnxruntime_answers_through_the_pipeline_and_reuses_its_export(
     assert answer.text == torch_answer.text
 
     logs.clear()
-    build_pipeline(BackendSettings(backend="onnxruntime", model=str(tiny_dir),
-                                   extra={"engines_dir": str(tmp_path), "engine_policy": "refuse"}), logs.append)
+    build_pipeline(BackendSettings(backend="onnxruntime", model=str(tiny_dir), engines_dir=str(tmp_path),
+                                   engine_policy="refuse"), logs.append)
     assert any(m.startswith("reusing onnx cache") for m in logs) and not any("building" in m for m in logs)
 
 
 def test_backend_onnxruntime_exports_a_frame_sized_family_for_the_configured_frame_size(tmp_path):
     model_dir = build_tiny_qwen2_5_vl(tmp_path / "tiny_qwen")
-    extra = {"engines_dir": str(tmp_path / "engines"), "engine_policy": "rebuild",
-             "engine_image_height": FRAME_SIZE[0], "engine_image_width": FRAME_SIZE[1]}
-    pipeline, description = build_pipeline(BackendSettings(backend="onnxruntime", model=str(model_dir), extra=extra),
-                                           lambda m: None)
+    settings = BackendSettings(backend="onnxruntime", model=str(model_dir), engines_dir=str(tmp_path / "engines"),
+                               engine_policy="rebuild", engine_image_height=FRAME_SIZE[0],
+                               engine_image_width=FRAME_SIZE[1])
+    pipeline, description = build_pipeline(settings, lambda m: None)
     assert pipeline.engine.runner.shapes.image_size == FRAME_SIZE and "qwen2_5_vl-onnx" in description
     request = Request(Task.ANSWER, "what color is the mug?", max_new_tokens=6)
     answer = pipeline.answer(frame(0), request)

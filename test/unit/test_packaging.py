@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from conftest import REPO, requires_ros
 
@@ -27,6 +28,9 @@ def test_install_space_holds_generated_interfaces_and_core_under_one_name(tmp_pa
     assert out.returncode == 0, out.stderr
     core_file = out.stdout.strip()
     assert "site-packages" in core_file and not core_file.startswith(str(REPO / "vlm_ros")), core_file
+    installed = Path(core_file).parents[1]  # site-packages/vlm_ros
+    assert (installed / "embedded" / "weights" / "model.safetensors").is_file()
+    assert not list(installed.rglob("*.log")), "logs (the training log) are not installed"
 
 
 def test_status_codes_match_interface_files():
@@ -51,7 +55,8 @@ def test_ros_free_wheel_builds_and_imports_without_rclpy(tmp_path):
     assert out.returncode == 0, out.stderr
     (wheel,) = tmp_path.glob("vlm_ros-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "vlm_ros/core/types.py" in names
+    assert "vlm_ros/core/types.py" in names and "vlm_ros/embedded/weights/model.safetensors" in names
+    assert not any(n.endswith(".log") for n in names), "logs (the training log) are not packaged"
     assert not any(n.startswith(("vlm_ros/srv", "vlm_ros/msg", "vlm_ros/action")) for n in names)
     # Importing the core from the wheel must not need rclpy: block it and import.
     site = tmp_path / "site"

@@ -31,10 +31,10 @@ def peer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def remote(peer):
-    from vlm_ros.backends import BackendSettings, build_pipeline
+    from vlm_ros.backends import BackendSettings, RemoteSettings, build_pipeline
 
-    extra = {"remote.base_url": peer.base_url, "remote.image_format": "png", "remote.family": "embedded"}
-    pipeline, description = build_pipeline(BackendSettings(backend="remote", extra=extra), lambda line: None)
+    remote = RemoteSettings(base_url=peer.base_url, image_format="png", family="embedded")
+    pipeline, description = build_pipeline(BackendSettings(backend="remote", remote=remote), lambda line: None)
     assert peer.base_url in description
     return pipeline
 

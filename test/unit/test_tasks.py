@@ -16,14 +16,22 @@ from vlm_ros.embedded.tasks import (
     LOC_BINS,
     NONE_ANSWER,
     PLURALS,
-    bin_to_pixel,
     describe_answer,
     format_box,
     loc_bin,
     make_example,
-    parse_boxes,
     vocabulary_words,
 )
+from vlm_ros.models.parsing import parse_loc_tokens
+
+
+def node_boxes(text: str, width: float, height: float) -> list[tuple[str, Box]]:
+    """(label, box) as the node reads the embedded model's answer."""
+    return [(b.label, b.box) for b in parse_loc_tokens(text, width, height, bins=LOC_BINS).boxes]
+
+
+def bin_centre(n: int, size: float) -> float:
+    return (n + 0.5) * size / LOC_BINS
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +55,17 @@ def test_format_box_golden():
     assert format_box(Box(0, 0, 640, 480), 640, 480) == "<loc_0><loc_0><loc_63><loc_63>"
     assert format_box(Box(10, 7.5, 20, 15), 640, 480) == "<loc_1><loc_1><loc_2><loc_2>"
     assert loc_bin(-5, 640) == 0 and loc_bin(10_000, 640) == LOC_BINS - 1
-    assert bin_to_pixel(0, 640) == pytest.approx(5.0)
-    assert bin_to_pixel(63, 480) == pytest.approx(476.25)
 
 
-def test_parse_boxes_round_trip_and_malformed():
+def test_the_node_parser_reads_back_the_training_answers():
     text = "red ball<loc_1><loc_2><loc_3><loc_4>, blue cube<loc_10><loc_20><loc_30><loc_40>"
-    got = parse_boxes(text, 640, 480)
+    got = node_boxes(text, 640, 480)
     assert [label for label, _ in got] == ["red ball", "blue cube"]
-    assert got[1][1] == Box(bin_to_pixel(10, 640), bin_to_pixel(20, 480), bin_to_pixel(30, 640), bin_to_pixel(40, 480))
-    assert parse_boxes("red ball<loc_1><loc_2><loc_3>", 640, 480) == []  # three tokens only
-    assert parse_boxes("red ball<loc_1><loc_2><loc_3><loc_99>", 640, 480) == []  # out of range
-    assert parse_boxes("none", 640, 480) == []
+    assert got[1][1] == Box(bin_centre(10, 640), bin_centre(20, 480), bin_centre(30, 640), bin_centre(40, 480))
+    assert bin_centre(0, 640) == pytest.approx(5.0) and bin_centre(63, 480) == pytest.approx(476.25)
+    assert node_boxes("red ball<loc_1><loc_2><loc_3>", 640, 480) == []  # three tokens only
+    assert node_boxes("red ball<loc_1><loc_2><loc_3><loc_99>", 640, 480) == []  # out of range
+    assert node_boxes("none", 640, 480) == []
 
 
 def test_describe_default_and_order(scenes):
@@ -97,11 +104,11 @@ def test_every_answer_is_consistent_with_the_scene(scenes):
                         assert m == [] and ex.targets == []
                     else:
                         (o,) = m
-                        ((label, box),) = parse_boxes(ex.answer, s.width, s.height)
+                        ((label, box),) = node_boxes(ex.answer, s.width, s.height)
                         assert label == o.label and ex.targets == [(o.label, o.box)]
                         assert box.iou(o.box) > 0.75  # only quantisation separates them
                 elif kind == "list":
-                    got = parse_boxes(ex.answer, s.width, s.height)
+                    got = node_boxes(ex.answer, s.width, s.height)
                     assert [lb for lb, _ in got] == [lb for lb, _ in ex.targets]
                     xs = [b.center[0] for _, b in ex.targets]
                     assert xs == sorted(xs) and len(got) == len(s.objects)

@@ -1,7 +1,8 @@
 """Evaluate the embedded model on held-out scenes: `python -m vlm_ros.embedded.evaluate [--weights DIR] [--n N]`.
 
 Each held-out scene (seeds from EVAL_SEED_START + seed_start, disjoint from training) gets one question of
-every kind that applies to it; answers come from greedy `model.generate` at batch 1 on the CPU.
+every kind that applies to it; answers come from greedy `model.generate` at batch 1 on the CPU, and their boxes
+are read by the node's own parser (EmbeddedAdapter.parse_text).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR, build_prompt, load
+from vlm_ros.core.types import Frame
+from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR, load
+from vlm_ros.embedded.prompt import LOC_BINS, build_prompt
 from vlm_ros.embedded.scenes import render_scene
-from vlm_ros.embedded.tasks import KINDS, NONE_ANSWER, Example, make_example, parse_boxes
+from vlm_ros.embedded.tasks import KINDS, NONE_ANSWER, Example, make_example
 from vlm_ros.embedded.train import EVAL_SEED_START
+from vlm_ros.models.llava import EmbeddedAdapter
 
 IOU_THRESHOLD = 0.5
 
@@ -40,21 +44,22 @@ def describe_items(text: str) -> Counter:
     return Counter(re.sub(r"^(a|an)\s+", "", p.strip()) for p in parts if p.strip())
 
 
-def score(example: Example, prediction: str, width: int, height: int) -> bool:
-    """Whether a prediction answers the example correctly (boxes: IoU >= 0.5 in source pixels)."""
+def score(example: Example, prediction: str, frame: Frame, loc_bins: int = LOC_BINS) -> bool:
+    """Whether a prediction answers the example correctly (boxes, as the node reads them: IoU >= 0.5 in source
+    pixels of `frame`)."""
     pred = prediction.strip()
     if example.kind == "describe":
         return describe_items(pred) == describe_items(example.answer)
     if example.kind == "ground":
         if not example.targets:
             return pred == NONE_ANSWER
-        boxes = parse_boxes(pred, width, height)
+        boxes = EmbeddedAdapter.parse_text(pred, frame, loc_bins).boxes
         label, truth = example.targets[0]
         return bool(boxes) and boxes[0][0] == label and boxes[0][1].iou(truth) >= IOU_THRESHOLD
     if example.kind == "list":
         if not example.targets:
             return pred == NONE_ANSWER
-        boxes = parse_boxes(pred, width, height)
+        boxes = EmbeddedAdapter.parse_text(pred, frame, loc_bins).boxes
         if len(boxes) != len(example.targets):
             return False
         unused = list(example.targets)
@@ -100,6 +105,7 @@ def evaluate(
         for i in it:
             seed = EVAL_SEED_START + seed_start + i
             scene = render_scene(seed)
+            frame = Frame(scene.image)
             for kind in kinds:
                 try:
                     ex = make_example(scene, rng, kind)
@@ -108,7 +114,7 @@ def evaluate(
                 t = time.perf_counter()
                 pred = generate_answer(model, processor, scene.image, ex.instruction)
                 dt = time.perf_counter() - t
-                queries.append(Query(seed, ex, pred, dt, score(ex, pred, scene.width, scene.height)))
+                queries.append(Query(seed, ex, pred, dt, score(ex, pred, frame)))
 
     def acc(sel) -> float | None:
         sel = list(sel)

@@ -1,9 +1,9 @@
-"""Instructions and answers for the embedded model: its input/output contract.
+"""Instructions and answers for the embedded model: its training and evaluation data.
 
 Answers are short, deterministic strings computed from a scene's ground truth. Boxes are written as four
-location tokens after the object's label, `<loc_x0><loc_y0><loc_x1><loc_y1>`, each a bin in [0, LOC_BINS)
-of the source image normalised by its width/height (the Florence-2 convention):
-bin = clamp(floor(coord / size * LOC_BINS)); a bin decodes to pixel (bin + 0.5) * size / LOC_BINS.
+location tokens after the object's label, `<loc_x0><loc_y0><loc_x1><loc_y1>` (the format of prompt.py):
+bin = clamp(floor(coord / size * LOC_BINS)); vlm_ros.models.parsing.parse_loc_tokens reads a bin back as pixel
+(bin + 0.5) * size / LOC_BINS, as the node does.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlm_ros.core.types import Box
+from vlm_ros.embedded.prompt import DEFAULT_DESCRIBE_INSTRUCTION, LOC_BINS
 from vlm_ros.embedded.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject
 
-LOC_BINS = 64
-DEFAULT_DESCRIBE_INSTRUCTION = "describe the scene"
 KINDS: tuple[str, ...] = ("describe", "exist", "count", "color", "shape", "relation", "ground", "list")
 # Sampling weights of the kinds in training data (grounding is the hardest and most used).
 KIND_WEIGHTS: dict[str, float] = {
@@ -114,10 +113,6 @@ def loc_bin(coord: float, size: float, bins: int = LOC_BINS) -> int:
     return int(min(max(math.floor(coord / size * bins), 0), bins - 1))
 
 
-def bin_to_pixel(n: int, size: float, bins: int = LOC_BINS) -> float:
-    return (n + 0.5) * size / bins
-
-
 def format_box(box: Box, width: float, height: float, bins: int = LOC_BINS) -> str:
     """`<loc_x0><loc_y0><loc_x1><loc_y1>` for a box in source pixels."""
     b = (
@@ -127,23 +122,6 @@ def format_box(box: Box, width: float, height: float, bins: int = LOC_BINS) -> s
         loc_bin(box.y_max, height, bins),
     )
     return "".join(f"<loc_{n}>" for n in b)
-
-
-_LOC_RE = re.compile(r"([^<>,]*?)\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>\s*<loc_(\d+)>")
-
-
-def parse_boxes(text: str, width: float, height: float, bins: int = LOC_BINS) -> list[tuple[str, Box]]:
-    """(label, box in source pixels) for every `label<loc..>x4` group in a model answer."""
-    out: list[tuple[str, Box]] = []
-    for m in _LOC_RE.finditer(text):
-        label = m.group(1).strip(" ,.")
-        x0, y0, x1, y1 = (int(g) for g in m.groups()[1:])
-        if max(x0, y0, x1, y1) >= bins:
-            continue
-        xa, xb = sorted((bin_to_pixel(x0, width, bins), bin_to_pixel(x1, width, bins)))
-        ya, yb = sorted((bin_to_pixel(y0, height, bins), bin_to_pixel(y1, height, bins)))
-        out.append((label, Box(xa, ya, xb, yb)))
-    return out
 
 
 # ---------------------------------------------------------------- helpers

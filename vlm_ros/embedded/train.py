@@ -31,16 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_ros.embedded.model import (
-    ANSWER_MARKER,
-    DEFAULT_WEIGHTS_DIR,
-    IMAGE,
-    EmbeddedConfig,
-    build_model,
-    build_prompt,
-    preprocess_images,
-    save,
-)
+from vlm_ros.embedded.build import build_model, preprocess_images, save
+from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR, EmbeddedConfig
+from vlm_ros.embedded.prompt import ANSWER_MARKER, IMAGE, build_prompt
 from vlm_ros.embedded.scenes import COLORS, MAX_OBJECTS, SHAPES, SIZES, Scene, render_scene
 from vlm_ros.embedded.tasks import make_example
 

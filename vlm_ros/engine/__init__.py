@@ -1,4 +1,4 @@
-"""Generation engines: batch-1 greedy decoding with streaming, stop strings, token budget and deadline."""
+"""Generation engines: batch-1 greedy decoding with streaming, token budget, deadline and cancel."""
 
 from vlm_ros.engine.base import Engine, EngineError, GenerationResult, StopReason
 from vlm_ros.engine.torch_engine import TorchEngine

@@ -6,8 +6,8 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vlm_ros.models.base import ModelInputs
@@ -16,7 +16,6 @@ from vlm_ros.models.base import ModelInputs
 class StopReason(str, enum.Enum):
     EOS = "eos"
     LENGTH = "length"  # the token budget was used up
-    STOP_STRING = "stop_string"
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
 
@@ -30,20 +29,9 @@ class GenerationResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     vision_cached: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 TextCallback = Callable[[str, int], None]  # (text so far, tokens so far)
-
-
-def text_until_stop(decode: Callable[[list[int]], str], ids: list[int], stop_strings: Sequence[str]) -> tuple[str, bool]:
-    """The text of `ids`, cut before the first stop string; and whether one was found."""
-    text = decode(ids)
-    for s in stop_strings:
-        i = text.find(s)
-        if s and i >= 0:
-            return text[:i].rstrip(), True
-    return text, False
 
 
 def greedy_loop(
@@ -54,31 +42,25 @@ def greedy_loop(
     decode: Callable[[list[int]], str],
     *,
     deadline: float | None = None,
-    stop_strings: Sequence[str] = (),
     on_text: TextCallback | None = None,
     cancel: threading.Event | None = None,
     ignore_eos: bool = False,
 ) -> tuple[list[int], str, StopReason]:
     """The per-token loop every engine shares: `advance(token)` runs one decode step and returns the next token.
 
-    Stops on EOS, a stop string, cancel, the deadline or the token budget; streams the text to `on_text`
-    (detokenising every step only when someone needs the text so far).
+    Stops on EOS, cancel, the deadline or the token budget; streams the text to `on_text` (detokenising every
+    step only when someone needs the text so far).
     """
     ids: list[int] = []
-    next_id, reason, text, stopped = first_id, StopReason.LENGTH, "", False
-    watch_text = on_text is not None or any(stop_strings)
+    next_id, reason, text = first_id, StopReason.LENGTH, ""
     for n in range(1, max_new_tokens + 1):
         if next_id in eos and not ignore_eos:
             reason = StopReason.EOS
             break
         ids.append(next_id)
-        if watch_text:
-            text, stopped = text_until_stop(decode, ids, stop_strings)
-            if on_text is not None:
-                on_text(text, n)
-        if stopped:
-            reason = StopReason.STOP_STRING
-            break
+        if on_text is not None:
+            text = decode(ids)
+            on_text(text, n)
         if cancel is not None and cancel.is_set():
             reason = StopReason.CANCELLED
             break
@@ -88,7 +70,7 @@ def greedy_loop(
         if n == max_new_tokens:
             break
         next_id = advance(next_id)
-    if not watch_text:
+    if on_text is None:
         text = decode(ids)
     return ids, text, reason
 
@@ -135,7 +117,6 @@ class Engine(Protocol):
         max_new_tokens: int,
         *,
         deadline: float | None = None,  # time.monotonic() value
-        stop_strings: Sequence[str] = (),
         on_text: TextCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult: ...

@@ -1,10 +1,10 @@
 """Greedy generation over exported graphs (vision, prefill, decode step), written once for every graph runtime.
 
-A `GraphRunner` runs the three graphs of vlm_ros/export/names.py on some runtime (onnxruntime, TensorRT); the
+A `GraphRunner` runs the three graphs of vlm_ros/engine/names.py on some runtime (onnxruntime, TensorRT); the
 `GraphEngine` owns everything else: the checks that a query fits the export (pixel shape, Qwen's grid, the image
 token count), Qwen2.5-VL's 3-D prefill positions (computed in torch by the model's own function), the per-frame
 vision-feature cache (InstructBLIP's keyed by frame and instruction: its Q-Former reads both), the greedy loop,
-streaming text, stop strings, the token budget, the deadline and cancel, exactly as TorchEngine does them.
+streaming text, the token budget, the deadline and cancel, exactly as TorchEngine does them.
 """
 
 from __future__ import annotations
@@ -12,14 +12,48 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
 
 from vlm_ros.engine.base import GenerationResult, TextCallback, VisionCache, greedy_loop
-from vlm_ros.export.onnx_export import GraphShapes, mrope_positions
 from vlm_ros.models.base import ModelInputs
+
+
+@dataclass(frozen=True)
+class GraphShapes:
+    """The fixed sizes of one model's graphs (dynamic axes: prompt length S and cache length P): made by the
+    exporter, stored in its manifest, read by every GraphRunner."""
+
+    pixel_shape: tuple[int, ...]  # the vision graph's pixel_values, in the family's layout (names.py)
+    image_tokens: int  # N
+    embed_dim: int  # E (decoder hidden size)
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    image_token_id: int
+    image_grid: tuple[int, ...] = ()  # Qwen2.5-VL: the (t, h, w) patch grid the vision graph was traced for
+    mrope: bool = False  # multimodal 3-D rope: prefill takes position_ids, decode takes rope_delta
+    image_size: tuple[int, ...] = ()  # (H, W) of the frames a frame-sized export is for; () = any frame size
+    qformer_text_max: int = 0  # InstructBLIP: the vision graph takes the instruction's Q-Former tokens (up to this)
+    encoder_decoder: bool = False  # Florence-2, Flan-T5: prefill = encoder + first decoder step, cross KV in the state
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphShapes:
+        return cls(**{**d, **{k: tuple(d[k]) for k in ("pixel_shape", "image_grid", "image_size") if k in d}})
+
+
+def mrope_positions(model, tensors: dict) -> tuple[torch.Tensor, int]:
+    """Qwen2.5-VL: the prompt's 3-D rope positions (3, S) and its rope delta, by the model's own get_rope_index."""
+    positions, deltas = model.model.get_rope_index(
+        tensors["input_ids"], mm_token_type_ids=tensors["mm_token_type_ids"],
+        image_grid_thw=tensors["image_grid_thw"], attention_mask=tensors.get("attention_mask"))
+    return positions[:, 0].to(torch.int64), int(deltas.reshape(-1)[0])
 
 
 class GraphRunner(Protocol):
@@ -57,7 +91,6 @@ class GraphEngine:
         max_new_tokens: int,
         *,
         deadline: float | None = None,  # time.monotonic() value
-        stop_strings: Sequence[str] = (),
         on_text: TextCallback | None = None,
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,  # benchmarks: always generate max_new_tokens
@@ -80,7 +113,7 @@ class GraphEngine:
             return int(logits.argmax())
 
         ids, text, reason = greedy_loop(next_id, advance, max_new_tokens, self._eos, self.adapter.decode_text,
-                                        deadline=deadline, stop_strings=stop_strings, on_text=on_text, cancel=cancel,
+                                        deadline=deadline, on_text=on_text, cancel=cancel,
                                         ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)

@@ -31,7 +31,8 @@ _SUPPORTED_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen2_5_VLDecode
 FORMS = ("numpy", "sliced", "static")
 
 
-def _language_model(model: torch.nn.Module) -> torch.nn.Module | None:
+def language_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The decoder stack (a module with `layers` and `embed_tokens`) of a VLM or language model, or None."""
     for path in ("model.language_model", "language_model", "model.text_model", "model"):
         mod = model
         for name in path.split("."):
@@ -48,7 +49,7 @@ class LeanDecoder:
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
-        lm = _language_model(model)
+        lm = language_model(model)
         if lm is None or getattr(model, "lm_head", None) is None or not hasattr(lm, "rotary_emb"):
             return False
         rope = getattr(lm.config, "rope_parameters", None) or {}
@@ -63,7 +64,7 @@ class LeanDecoder:
 
     def __init__(self, model: torch.nn.Module, max_len: int, form: str | None = None,
                  cuda_graph: bool | None = None, compile: bool = False):
-        lm = _language_model(model)
+        lm = language_model(model)
         self.model, self.lm, self.lm_head = model, lm, model.lm_head
         self.layers = list(lm.layers)
         self.head_dim = self.layers[0].self_attn.head_dim

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_ros.engine.graph_engine import GraphEngine
-from vlm_ros.export import names
-from vlm_ros.export.onnx_export import GraphShapes
+from vlm_ros.engine import names
+from vlm_ros.engine.graph_engine import GraphEngine, GraphShapes
 
 
 class OrtRunner:

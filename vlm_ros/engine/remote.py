@@ -22,8 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +40,7 @@ class RemoteError(EngineError):
 
 @dataclass
 class RemoteConfig:
-    """Where the server is and how to talk to it (the node's `remote.*` parameters)."""
+    """Where the server is and how to talk to it (the node's `remote.*` parameters); RemoteEngine checks it."""
 
     base_url: str = "http://127.0.0.1:8000/v1"  # OpenAI convention: the endpoint is <base_url>/chat/completions
     model: str = ""  # the server's model name; '' = the first model the server lists
@@ -49,20 +48,11 @@ class RemoteConfig:
     timeout_s: float = 30.0  # longest wait for any byte from the server (connect excluded)
     connect_timeout_s: float = 3.0
     retries: int = 2  # further tries after a connection error or a 5xx answer
-    backoff_s: float = 0.25  # first retry delay; doubles per retry
     max_concurrency: int = 1  # requests in flight from this engine
     verify_tls: bool = True
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RemoteConfig:
-        """From a dict of parameters; unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown remote parameters {unknown}; known: {sorted(known)}")
-        return cls(**params)
-
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise ValueError with the reason when this configuration cannot be used."""
         url = urlsplit(self.base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"remote base_url must be http(s)://host[:port]/path, got '{self.server}'")
@@ -89,8 +79,10 @@ class _Stop(Exception):
 class RemoteEngine:
     """Engine for `ModelInputs` that carry chat `messages` (see vlm_ros.models.remote). Thread-safe."""
 
-    def __init__(self, config: RemoteConfig):
+    def __init__(self, config: RemoteConfig, backoff_s: float = 0.25):
+        config.check()
         self.config = config
+        self.backoff_s = backoff_s  # first retry delay; doubles per retry
         self._api_key = ""
         if config.api_key_env:
             self._api_key = os.environ.get(config.api_key_env, "")
@@ -141,7 +133,6 @@ class RemoteEngine:
         max_new_tokens: int,
         *,
         deadline: float | None = None,
-        stop_strings: Sequence[str] = (),
         on_text: TextCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
@@ -151,14 +142,11 @@ class RemoteEngine:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return GenerationResult([], "", StopReason.DEADLINE,
-                                    extra={"note": f"waited for one of {self.config.max_concurrency} request slots"})
+            return GenerationResult([], "", StopReason.DEADLINE)  # no request slot came free in time
         try:
             model = self._model or self._first_model(deadline)
             body = {"model": model, "messages": inputs.messages, "max_tokens": int(max_new_tokens),
                     "temperature": 0.0, "stream": True, **inputs.extra_body}
-            if stop_strings:
-                body["stop"] = list(stop_strings)
             result = self._with_retries(json.dumps(body).encode(), deadline, cancel, on_text)
         except RemoteError as exc:
             self._record(time.perf_counter() - t0, str(exc))
@@ -184,8 +172,8 @@ class RemoteEngine:
                 return self._stream(payload, deadline, cancel, on_text)
             except _Retryable as exc:
                 if time.monotonic() >= deadline:  # e.g. a connect timeout cut short by the deadline: no answer in time
-                    return GenerationResult([], "", StopReason.DEADLINE, extra={"note": str(exc)})
-                delay = self.config.backoff_s * 2 ** attempt
+                    return GenerationResult([], "", StopReason.DEADLINE)
+                delay = self.backoff_s * 2 ** attempt
                 if attempt >= self.config.retries or time.monotonic() + delay >= deadline:
                     tries = f"{attempt + 1} tr{'y' if attempt == 0 else 'ies'}"
                     raise RemoteError(f"{exc} ({tries})") from None
@@ -269,15 +257,13 @@ class RemoteEngine:
         finally:
             done.set()
             conn.close()
-        if finish is not None:  # the answer was complete (servers report "stop" for EOS and stop strings)
+        if finish is not None:  # the answer was complete (servers report "stop" for EOS)
             reason = StopReason.LENGTH if finish == "length" else StopReason.EOS
         else:
             reason = stopped[0]
         total = time.perf_counter() - t_start
         first = total if first_token_s is None else first_token_s
-        return GenerationResult([-1] * n, text.strip(), reason, prefill_s=first, decode_s=total - first,
-                                extra={"server": server, "finish_reason": finish or "", "latency_s": total,
-                                       "payload_bytes": len(payload)})
+        return GenerationResult([-1] * n, text.strip(), reason, prefill_s=first, decode_s=total - first)
 
     def _read_timeout(self, deadline: float) -> float:
         # the watcher ends the call at the deadline; this bounds a stall before it

@@ -1,6 +1,7 @@
 """The exported graphs as TensorRT engines (TensorRT 10 API): a GraphRunner with torch CUDA tensors as I/O
-buffers on one CUDA stream, and the `tensorrt` backend. Needs `tensorrt` and a CUDA device; not executed in
-this project's CI (TensorRT is not installable there), see README "TensorRT".
+buffers on one CUDA stream, and TensorRTEngine (GraphEngine over it); the `tensorrt` backend (vlm_ros/backends.py)
+builds them. Needs `tensorrt` and a CUDA device; not executed in this project's CI (TensorRT is not installable
+there), see README "TensorRT".
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from vlm_ros.engine.graph_engine import GraphEngine
-from vlm_ros.export import names
-from vlm_ros.export.onnx_export import GraphShapes
+from vlm_ros.engine import names
+from vlm_ros.engine.graph_engine import GraphEngine, GraphShapes
 
 
 def _torch_dtype(trt_dtype) -> torch.dtype:
@@ -121,30 +121,3 @@ class TensorRTEngine(GraphEngine):
                  name: str = "tensorrt", vision_cache_size: int = 4):
         super().__init__(adapter, TrtRunner(directory, shapes, device, name), vision_cache_size)
 
-
-def tensorrt_pipeline(settings, model_dir: Path, root: Path, policy: str, log):
-    """Backend `tensorrt`: export + build (or reuse) the engines, then a Pipeline on them. Raises when
-    TensorRT or CUDA is missing, with the reason (backend auto logs it and falls back)."""
-    import importlib.util
-
-    from vlm_ros.backends import export_image_size
-    from vlm_ros.export.tensorrt_build import ensure_engines
-    from vlm_ros.models.registry import load_adapter
-    from vlm_ros.pipeline import Pipeline
-
-    if importlib.util.find_spec("tensorrt") is None:
-        raise RuntimeError("backend tensorrt: the tensorrt Python module is not installed (on Jetson it comes "
-                           "with JetPack: python3-libnvinfer; elsewhere: pip install tensorrt)")
-    if not torch.cuda.is_available():
-        raise RuntimeError("backend tensorrt: no CUDA device")
-    device = settings.device if settings.device.startswith("cuda") else "cuda"
-    index = torch.device(device).index or 0
-    extra = settings.extra
-    precision = extra.get("precision", "fp16")
-    log(f"loading {model_dir} (family {settings.family}) for TensorRT ({precision}) ...")
-    adapter = load_adapter(settings.model, settings.family, "cpu")  # processor, tokenizer, and the export source
-    directory, shapes, key = ensure_engines(adapter, model_dir, root, policy, log, precision,
-                                            int(extra.get("engine_max_tokens", 1024)), int(extra.get("dla_core", -1)),
-                                            index, export_image_size(settings))
-    name = f"tensorrt ({precision}, {key['gpu']}, TensorRT {key['tensorrt']})"
-    return Pipeline(adapter, TensorRTEngine(adapter, directory, shapes, device, name)), f"{name}, {directory.name}"

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from transformers import StaticCache
 
-from vlm_ros.engine.base import (
-    GenerationResult,
-    StopReason,
-    TextCallback,
-    VisionCache,
-    greedy_loop,
-    text_until_stop,
-)
+from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache, greedy_loop
 from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
@@ -56,7 +48,6 @@ class TorchEngine:
         max_new_tokens: int,
         *,
         deadline: float | None = None,  # time.monotonic() value
-        stop_strings: Sequence[str] = (),
         on_text: TextCallback | None = None,
         cancel: threading.Event | None = None,
         ignore_eos: bool = False,  # benchmarks: always generate max_new_tokens
@@ -64,7 +55,7 @@ class TorchEngine:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         if not self.adapter.supports_static_cache:
-            return self._generate_hf(inputs, max_new_tokens, deadline, stop_strings, on_text, cancel, ignore_eos)
+            return self._generate_hf(inputs, max_new_tokens, deadline, on_text, cancel, ignore_eos)
 
         t0 = time.perf_counter()
         vision, cached = self._vision_features(inputs)
@@ -93,7 +84,7 @@ class TorchEngine:
 
         ids, text, reason = greedy_loop(next_id, lambda token_id: int(step(token_id).argmax()), max_new_tokens,
                                         self._eos, self.adapter.decode_text,
-                                        deadline=deadline, stop_strings=stop_strings, on_text=on_text, cancel=cancel,
+                                        deadline=deadline, on_text=on_text, cancel=cancel,
                                         ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
@@ -135,13 +126,12 @@ class TorchEngine:
         """Extra inputs every decode step needs (family hook: e.g. token types for Qwen)."""
         return self.adapter.decode_step_inputs(prompt) if hasattr(self.adapter, "decode_step_inputs") else {}
 
-    def _generate_hf(self, inputs, max_new_tokens, deadline, stop_strings, on_text, cancel,
-                     ignore_eos=False) -> GenerationResult:
-        """transformers' generate() with the same streaming, stop, cancel and deadline behaviour."""
+    def _generate_hf(self, inputs, max_new_tokens, deadline, on_text, cancel, ignore_eos=False) -> GenerationResult:
+        """transformers' generate() with the same streaming, cancel and deadline behaviour."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         engine = self
-        state = {"ids": [], "reason": StopReason.LENGTH, "text": "", "t_first": None}
+        state = {"reason": StopReason.LENGTH, "t_first": None}
         prompt_len = inputs.prompt_length if not self.model.config.is_encoder_decoder else 0
 
         class _Watch(StoppingCriteria):
@@ -151,14 +141,9 @@ class TorchEngine:
                 new = input_ids[0, prompt_len:].tolist()
                 new = [i for i in new if i not in engine._eos and i != engine.model.generation_config.decoder_start_token_id] \
                     if engine.model.config.is_encoder_decoder else [i for i in new if i not in engine._eos]
-                state["ids"] = new
-                text, stopped = text_until_stop(engine.adapter.decode_text, new, stop_strings)
-                state["text"] = text
                 if on_text is not None and new:
-                    on_text(text, len(new))
-                if stopped:
-                    state["reason"] = StopReason.STOP_STRING
-                elif cancel is not None and cancel.is_set():
+                    on_text(engine.adapter.decode_text(new), len(new))
+                if cancel is not None and cancel.is_set():
                     state["reason"] = StopReason.CANCELLED
                 elif deadline is not None and time.monotonic() >= deadline:
                     state["reason"] = StopReason.DEADLINE
@@ -177,6 +162,5 @@ class TorchEngine:
         reason = state["reason"]
         if reason == StopReason.LENGTH and len(ids) < max_new_tokens:
             reason = StopReason.EOS
-        text, _ = text_until_stop(self.adapter.decode_text, ids, stop_strings)
         t1 = state["t_first"] or t2
-        return GenerationResult(ids, text, reason, 0.0, t1 - t0, t2 - t1, False)
+        return GenerationResult(ids, self.adapter.decode_text(ids), reason, 0.0, t1 - t0, t2 - t1, False)

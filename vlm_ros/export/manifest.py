@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm_ros.export import names
+from vlm_ros.engine import names
 
 POLICIES = ("reuse", "rebuild", "refuse")
 _REPO_ENGINES = Path(__file__).resolve().parents[2] / "engines"  # a source checkout's engines/ folder

@@ -15,7 +15,8 @@ Supported families and their differences (each a small hook here; one decoder-on
   The graph takes every tile as unpadded (one image per query: the processor's pixel_attention_mask is all ones).
 - `qwen2_5_vl`: the vision graph takes the flattened patches of one fixed grid (the grid and its window
   indices are constants of the export, so again one frame size); the prefill takes the model's own 3-D rope
-  positions (computed in torch by `mrope_positions`) and the decode step `rope_delta` (position = P + delta).
+  positions (computed in torch by graph_engine.mrope_positions) and the decode step `rope_delta`
+  (position = P + delta).
 - `paligemma` (Gemma decoder): prefix-LM, so the prefill attends bidirectionally over image + prompt;
   Gemma's scaled embeddings, (1 + w) RMSNorm and gelu-tanh MLP are the model's own modules.
 - `blip2`, `instructblip` with a decoder-only language model (OPT, or Llama / Vicuna): the vision graph is the
@@ -39,61 +40,36 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlm_ros.engine.lean_decoder import LeanDecoder, _language_model
-from vlm_ros.export import names
+from vlm_ros.engine import names
+from vlm_ros.engine.graph_engine import GraphShapes
+from vlm_ros.engine.lean_decoder import LeanDecoder, language_model
+from vlm_ros.export import DEFAULT_IMAGE_SIZE
+from vlm_ros.models.registry import ADAPTERS
 
 OPSET = 17
 EXPORT_VERSION = 2  # bump when the graphs' structure or names change: it is part of the cache key
-EXPORTABLE_FAMILIES = ("embedded", "llava", "idefics3", "qwen2_5_vl", "paligemma", "blip2", "instructblip",
-                       "florence2")
 # Families whose pixel input (tile count, patch grid) depends on the frame size: exported for one frame size.
 FRAME_SIZED_FAMILIES = ("idefics3", "qwen2_5_vl")
 CONSTANT_VISION_POSITION_FAMILIES = ("idefics3",)  # see _constant_vision_positions
 QFORMER_TEXT_FAMILIES = ("instructblip",)  # the vision graph's Q-Former also reads the instruction
 PREFIX_LM_FAMILIES = ("paligemma",)  # the prefill attends bidirectionally over image + prompt
-DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of the frames a frame-sized export is for (VGA camera)
 REFUSED: dict[str, str] = {  # family -> why it has no export
     "qwen3_vl": "its Qwen3 decoder (q/k norms, interleaved M-RoPE) adds the vision tower's DeepStack features into "
                 "the hidden states of its first layers, which the exported decoder graphs do not take as inputs",
 }
+EXPORTABLE_FAMILIES = tuple(family for family in ADAPTERS if family not in REFUSED)
 _GEMMA_LAYERS = {"GemmaDecoderLayer"}  # same layer structure as Llama; scaled embeddings inside embed_tokens
 
 
 class UnsupportedModelError(ValueError):
     """The model (family or decoder) has no ONNX export here; the message says why."""
-
-
-@dataclass(frozen=True)
-class GraphShapes:
-    """The fixed sizes of one model's graphs (dynamic axes: prompt length S and cache length P)."""
-
-    pixel_shape: tuple[int, ...]  # the vision graph's pixel_values, in the family's layout (names.py)
-    image_tokens: int  # N
-    embed_dim: int  # E (decoder hidden size)
-    layers: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    image_token_id: int
-    image_grid: tuple[int, ...] = ()  # Qwen2.5-VL: the (t, h, w) patch grid the vision graph was traced for
-    mrope: bool = False  # multimodal 3-D rope: prefill takes position_ids, decode takes rope_delta
-    image_size: tuple[int, ...] = ()  # (H, W) of the frames a frame-sized export is for; () = any frame size
-    qformer_text_max: int = 0  # InstructBLIP: the vision graph takes the instruction's Q-Former tokens (up to this)
-    encoder_decoder: bool = False  # Florence-2, Flan-T5: prefill = encoder + first decoder step, cross KV in the state
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GraphShapes:
-        return cls(**{**d, **{k: tuple(d[k]) for k in ("pixel_shape", "image_grid", "image_size") if k in d}})
 
 
 @dataclass
@@ -132,7 +108,7 @@ def _decoder_stack(model):
     decoder = getattr(getattr(text, "model", None), "decoder", None)  # OPTForCausalLM.model.decoder
     if decoder is not None and head is not None and hasattr(decoder, "embed_positions") and hasattr(decoder, "layers"):
         return decoder, head, "opt"
-    lm = _language_model(text)
+    lm = language_model(text)
     if lm is None or head is None or not hasattr(lm, "rotary_emb"):
         return None, None, ""
     return lm, head, "rotary"
@@ -231,14 +207,6 @@ def _qformer_text_inputs(adapter, tensors: dict) -> tuple:
         return ()
     ids = tensors["qformer_input_ids"]
     return ids, tensors.get("qformer_attention_mask", torch.ones_like(ids))
-
-
-def mrope_positions(model, tensors: dict) -> tuple[torch.Tensor, int]:
-    """Qwen2.5-VL: the prompt's 3-D rope positions (3, S) and its rope delta, by the model's own get_rope_index."""
-    positions, deltas = model.model.get_rope_index(
-        tensors["input_ids"], mm_token_type_ids=tensors["mm_token_type_ids"],
-        image_grid_thw=tensors["image_grid_thw"], attention_mask=tensors.get("attention_mask"))
-    return positions[:, 0].to(torch.int64), int(deltas.reshape(-1)[0])
 
 
 class _Vision(torch.nn.Module):

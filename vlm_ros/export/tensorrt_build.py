@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vlm_ros.export import names
-from vlm_ros.export.onnx_export import DEFAULT_IMAGE_SIZE, GraphShapes
+from vlm_ros.engine import names
+from vlm_ros.engine.graph_engine import GraphShapes
+from vlm_ros.export import DEFAULT_IMAGE_SIZE
 
 PRECISIONS = ("fp16", "fp32", "int8", "fp8")
 # Smallest compute capability with fast kernels for each precision (FP8: Ada / Hopper and later).

@@ -13,6 +13,7 @@ from pathlib import Path
 from transformers import LlavaForConditionalGeneration
 
 from vlm_ros.core.types import Frame, Request, Task
+from vlm_ros.embedded.prompt import DEFAULT_DESCRIBE_INSTRUCTION, build_prompt
 from vlm_ros.models.base import ModelInputs, ParsedAnswer, VlmAdapter
 from vlm_ros.models.parsing import parse_loc_tokens, strip_loc_tokens
 
@@ -59,13 +60,9 @@ class EmbeddedAdapter(LlavaAdapter):
 
     @staticmethod
     def instruction(request: Request) -> str:
-        from vlm_ros.embedded.tasks import DEFAULT_DESCRIBE_INSTRUCTION
-
         return request.instruction if request.task != Task.DESCRIBE else DEFAULT_DESCRIBE_INSTRUCTION
 
     def prompt(self, request: Request) -> str:
-        from vlm_ros.embedded.model import build_prompt
-
         return build_prompt(self.instruction(request))
 
     def parse(self, raw_text: str, inputs: ModelInputs, frame: Frame, request: Request) -> ParsedAnswer:

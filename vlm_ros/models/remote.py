@@ -94,8 +94,8 @@ class RemoteAdapter:
 
     remote: ClassVar[bool] = True
 
-    def __init__(self, family: str = "embedded", image_format: str = "jpeg", jpeg_quality: int = 90,
-                 max_image_side: int = 0, loc_bins: int | None = None):
+    def __init__(self, family: str, image_format: str, jpeg_quality: int, max_image_side: int,
+                 loc_bins: int | None = None):
         if family not in FAMILIES:
             raise ValueError(f"remote family must be one of {', '.join(FAMILIES)}; got '{family}'")
         if image_format not in ("jpeg", "png"):

@@ -284,15 +284,8 @@ class PerceptionNode(LifecycleNode):
         from vlm_ros.backends import BackendSettings, build_pipeline
         from vlm_ros.grounding import GroundingSettings
 
-        settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
-        settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
-                                                       "dla_core", "engine_image_height", "engine_image_width",
-                                                       "cpu_threads")})
-        settings.extra.update({k: self.p(k) for k in self._specs if k.startswith("remote.")})
-        grounding = GroundingSettings(detector=self.p("grounding_detector"), mode=self.p("grounding"),
-                                      detector_threshold=self.p("grounding_detector_threshold"),
-                                      segmenter=self.p("segmenter"), max_targets=self.p("max_targets"))
-        return build_pipeline(settings, self.get_logger().info, grounding)
+        return build_pipeline(BackendSettings.from_params(self.p), self.get_logger().info,
+                              GroundingSettings.from_params(self.p))
 
     def _stop_worker(self) -> None:
         """Stop the worker: the running query is cancelled (it returns its partial answer), queued ones get NOT_READY."""

@@ -1,6 +1,7 @@
 """The node's parameters: name, default, description and allowed values, in one table.
 
-config/perception.yaml holds the same defaults for users to copy and edit; a test checks that both agree.
+The backend's parameters take their defaults from vlm_ros.backends.BackendSettings (the ROS-free settings they
+fill). config/perception.yaml holds the same defaults for users to copy and edit; a test checks that both agree.
 Per-camera parameters `cameras.<name>.<key>` are declared for each name listed in `cameras`.
 """
 
@@ -11,8 +12,10 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
-FAMILIES = ("auto", "embedded", "llava", "florence2", "qwen2_5_vl", "qwen3_vl", "idefics3", "paligemma", "blip2",
-            "instructblip")
+from vlm_ros.backends import BACKENDS, BackendSettings
+from vlm_ros.grounding import GROUNDING_MODES, GroundingSettings
+from vlm_ros.models.registry import ADAPTERS
+from vlm_ros.models.remote import FAMILIES as REMOTE_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -47,57 +50,68 @@ class ParamSpec:
         return ""
 
 
+def _backend(name: str, description: str, **limits) -> ParamSpec:
+    """A parameter of the backend settings: its default is BackendSettings'."""
+    return ParamSpec(name, _BACKEND_DEFAULTS[name], description, **limits)
+
+
+def _grounding(name: str, description: str, **limits) -> ParamSpec:
+    """A parameter of the grounding stage: its default is GroundingSettings'."""
+    return ParamSpec(name, GroundingSettings.defaults()[name], description, **limits)
+
+
+_BACKEND_DEFAULTS = BackendSettings.defaults()
 NODE_PARAMS = [
-    ParamSpec("model", "", "local model directory (or id in the local HF cache); '' = the embedded default model"),
-    ParamSpec("family", "auto", "model adapter; auto = from the model's config", choices=FAMILIES),
-    ParamSpec("backend", "auto", "inference backend; auto = TensorRT if present, else torch (CUDA, else CPU)",
-              choices=("auto", "tensorrt", "torch", "onnxruntime", "remote")),
-    ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N", choices=("auto", "cpu", "cuda")),
-    ParamSpec("dtype", "auto", "auto = float16 on CUDA, float32 on CPU", choices=("auto", "float32", "float16", "bfloat16")),
-    ParamSpec("engines_dir", "", "exported graphs and TensorRT engines (absolute path); '' = the checkout's "
-              "engines/ if writable, else ~/.cache/vlm_ros/engines"),
-    ParamSpec("engine_policy", "rebuild", "onnxruntime/tensorrt cache: reuse (build missing, refuse stale), rebuild "
-              "(build missing or stale), refuse (build nothing at start)", choices=("reuse", "rebuild", "refuse")),
-    ParamSpec("precision", "fp16", "TensorRT precision; int8/fp8 need a Q/DQ-quantised graph and a GPU that has them",
-              choices=("fp16", "fp32", "int8", "fp8")),
-    ParamSpec("engine_max_tokens", 1024, "TensorRT shape profile: most prompt + generated tokens", range=(64, 32768)),
-    ParamSpec("dla_core", -1, "Jetson: build TensorRT engines for this DLA core (GPU fallback); -1 = GPU only",
-              range=(-1, 7)),
-    ParamSpec("engine_image_height", 480, "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame height the "
-              "graphs are exported for (their image input depends on the frame size)", range=(16, 8192)),
-    ParamSpec("engine_image_width", 640, "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame width the "
-              "graphs are exported for", range=(16, 8192)),
+    _backend("model", "local model directory (or id in the local HF cache); '' = the embedded default model"),
+    _backend("family", "model adapter; auto = from the model's config", choices=("auto", *ADAPTERS)),
+    _backend("backend", "inference backend; auto = TensorRT if present, else torch (CUDA, else CPU)",
+             choices=("auto", *BACKENDS)),
+    _backend("device", "auto | cpu | cuda | cuda:N", choices=("auto", "cpu", "cuda")),
+    _backend("dtype", "auto = float16 on CUDA, float32 on CPU", choices=("auto", "float32", "float16", "bfloat16")),
+    _backend("engines_dir", "exported graphs and TensorRT engines (absolute path); '' = the checkout's "
+             "engines/ if writable, else ~/.cache/vlm_ros/engines"),
+    _backend("engine_policy", "onnxruntime/tensorrt cache: reuse (build missing, refuse stale), rebuild "
+             "(build missing or stale), refuse (build nothing at start)", choices=("reuse", "rebuild", "refuse")),
+    _backend("precision", "TensorRT precision; int8/fp8 need a Q/DQ-quantised graph and a GPU that has them",
+             choices=("fp16", "fp32", "int8", "fp8")),
+    _backend("engine_max_tokens", "TensorRT shape profile: most prompt + generated tokens", range=(64, 32768)),
+    _backend("dla_core", "Jetson: build TensorRT engines for this DLA core (GPU fallback); -1 = GPU only",
+             range=(-1, 7)),
+    _backend("engine_image_height", "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame height the "
+             "graphs are exported for (their image input depends on the frame size)", range=(16, 8192)),
+    _backend("engine_image_width", "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame width the "
+             "graphs are exported for", range=(16, 8192)),
     # grounding: who boxes a grounding request, masks for the targets (read at configure)
-    ParamSpec("grounding", "auto", "who boxes grounding requests: auto = the model where its family emits boxes, "
-              "grounding_detector otherwise; vlm = always the model; detector = always grounding_detector",
-              choices=("auto", "vlm", "detector")),
-    ParamSpec("grounding_detector", "", "local OWLv2 / OWL-ViT / Grounding DINO directory that boxes the objects the "
-              "model names (families without boxes: SmolVLM, LLaVA, BLIP-2, InstructBLIP); '' = none"),
-    ParamSpec("grounding_detector_threshold", 0.0, "detector score threshold; 0 = the detector family's default "
-              "(OWLv2/OWL-ViT 0.1, Grounding DINO 0.35)", range=(0.0, 0.99)),
-    ParamSpec("segmenter", "", "local SAM / SAM 2 / EdgeTAM directory: a mask for each target box; '' = none "
-              "(Florence-2 outlines its targets itself; otherwise 3-D geometry uses the depth layer in the box)"),
-    ParamSpec("max_targets", 20, "most targets in one answer (model boxes, detections, segmenter prompts)",
-              range=(1, 100)),
+    _grounding("grounding", "who boxes grounding requests: auto = the model where its family emits boxes, "
+               "grounding_detector otherwise; vlm = always the model; detector = always grounding_detector",
+               choices=GROUNDING_MODES),
+    _grounding("grounding_detector", "local OWLv2 / OWL-ViT / Grounding DINO directory that boxes the objects the "
+               "model names (families without boxes: SmolVLM, LLaVA, BLIP-2, InstructBLIP); '' = none"),
+    _grounding("grounding_detector_threshold", "detector score threshold; 0 = the detector family's default "
+               "(OWLv2/OWL-ViT 0.1, Grounding DINO 0.35)", range=(0.0, 0.99)),
+    _grounding("segmenter", "local SAM / SAM 2 / EdgeTAM directory: a mask for each target box; '' = none "
+               "(Florence-2 outlines its targets itself; otherwise 3-D geometry uses the depth layer in the box)"),
+    _grounding("max_targets", "most targets in one answer (model boxes, detections, segmenter prompts)",
+               range=(1, 100)),
     # backend remote: an OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM, Ollama, transformers serve)
-    ParamSpec("remote.base_url", "http://127.0.0.1:8000/v1", "server URL; queries go to <base_url>/chat/completions"),
-    ParamSpec("remote.model", "", "model name on the server; '' = the first model it lists"),
-    ParamSpec("remote.api_key_env", "", "name of the environment variable that holds the API key; '' = none"),
-    ParamSpec("remote.family", "embedded", "how to phrase tasks and read boxes: the served model's family",
-              choices=("embedded", "qwen2_5_vl", "florence2", "text")),
-    ParamSpec("remote.timeout_s", 30.0, "longest wait for any data from the server", range=(0.1, 3600.0)),
-    ParamSpec("remote.connect_timeout_s", 3.0, "connection timeout", range=(0.05, 60.0)),
-    ParamSpec("remote.retries", 2, "further tries on connection errors and 5xx (backoff 0.25 s, doubling)",
-              range=(0, 10)),
-    ParamSpec("remote.max_concurrency", 1, "requests in flight to the server from this node", range=(1, 64)),
-    ParamSpec("remote.verify_tls", True, "verify the server's TLS certificate (https)"),
-    ParamSpec("remote.image_format", "jpeg", "how frames are sent", choices=("jpeg", "png")),
-    ParamSpec("remote.jpeg_quality", 90, "JPEG quality of sent frames", range=(1, 100)),
-    ParamSpec("remote.max_image_side", 0, "downscale sent frames to this longer side; 0 = source size",
-              range=(0, 8192)),
-    ParamSpec("cpu_threads", 1, "threads of the model's CPU work (torch intra-op, onnxruntime intra-op); 0 = one per "
-              "core. More than 1 is faster only while those cores are free: with another process on one core of two, "
-              "2 threads made the first token 60x slower (docs/performance.md)", range=(0, 1024)),
+    _backend("remote.base_url", "server URL; queries go to <base_url>/chat/completions"),
+    _backend("remote.model", "model name on the server; '' = the first model it lists"),
+    _backend("remote.api_key_env", "name of the environment variable that holds the API key; '' = none"),
+    _backend("remote.family", "how to phrase tasks and read boxes: the served model's family",
+             choices=REMOTE_FAMILIES),
+    _backend("remote.timeout_s", "longest wait for any data from the server", range=(0.1, 3600.0)),
+    _backend("remote.connect_timeout_s", "connection timeout", range=(0.05, 60.0)),
+    _backend("remote.retries", "further tries on connection errors and 5xx (backoff 0.25 s, doubling)",
+             range=(0, 10)),
+    _backend("remote.max_concurrency", "requests in flight to the server from this node", range=(1, 64)),
+    _backend("remote.verify_tls", "verify the server's TLS certificate (https)"),
+    _backend("remote.image_format", "how frames are sent", choices=("jpeg", "png")),
+    _backend("remote.jpeg_quality", "JPEG quality of sent frames", range=(1, 100)),
+    _backend("remote.max_image_side", "downscale sent frames to this longer side; 0 = source size",
+             range=(0, 8192)),
+    _backend("cpu_threads", "threads of the model's CPU work (torch intra-op, onnxruntime intra-op); 0 = one per "
+             "core. More than 1 is faster only while those cores are free: with another process on one core of two, "
+             "2 threads made the first token 60x slower (docs/performance.md)", range=(0, 1024)),
     ParamSpec("autostart", True, "configure and activate on start", startup=True),
     ParamSpec("warmup", True, "after configure, the worker answers one short query on a blank frame of "
               "engine_image_width x engine_image_height before any real one (first-use work: buffers, CUDA graphs); "

@@ -32,7 +32,8 @@ def build_scripted_embedded(path: str | Path, script: str = DEFAULT_SCRIPT) -> P
     """Save the scripted model (embedded family) to `path`; returns `path`."""
     from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
-    from vlm_ros.embedded.model import ANSWER_MARKER, DEFAULT_WEIGHTS_DIR
+    from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR
+    from vlm_ros.embedded.prompt import ANSWER_MARKER
 
     source = Path(DEFAULT_WEIGHTS_DIR)
     processor = AutoProcessor.from_pretrained(source, local_files_only=True)

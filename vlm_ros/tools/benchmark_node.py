@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
@@ -28,7 +26,7 @@ import numpy as np
 
 from vlm_ros.core.images import encode_compressed
 from vlm_ros.tools.plot import bar_chart
-from vlm_ros.tools.processes import cpu_seconds, stop_process_group
+from vlm_ros.tools.processes import PythonProcess, cpu_seconds, node_args
 from vlm_ros.tools.stats import percentile
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -55,11 +53,8 @@ class Bench:
 
         from vlm_ros.srv import Query
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model or chr(39) * 2}",
-             "-p", "cameras.front.compressed_topic:=camera/image_raw/compressed", "-p", "diagnostics_period_s:=0.2",
-             *(arg for param in node_params for arg in ("-p", param))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = PythonProcess(node_args(model, ["cameras.front.compressed_topic:=camera/image_raw/compressed",
+                                                       "diagnostics_period_s:=0.2", *node_params]))
         rclpy.init()
         self.node = rclpy.create_node("vlm_benchmark")
         self.executor = SingleThreadedExecutor()  # short callbacks only (see vlm_ros.ros.node.CameraIngest)
@@ -103,7 +98,7 @@ class Bench:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown()
-        stop_process_group(self.proc, 15)
+        self.process.stop(15)
 
     def _message(self, image: np.ndarray, encoding: str):
         from vlm_ros.ros.convert import make_header
@@ -118,9 +113,9 @@ class Bench:
 
     def idle_cpu_rate(self, seconds: float = 3.0) -> float:
         """The node's CPU seconds per second with no frames (timers, diagnostics)."""
-        c0, t0 = cpu_seconds(self.proc.pid), time.monotonic()
+        c0, t0 = cpu_seconds(self.process.pid), time.monotonic()
         time.sleep(seconds)
-        return (cpu_seconds(self.proc.pid) - c0) / (time.monotonic() - t0)
+        return (cpu_seconds(self.process.pid) - c0) / (time.monotonic() - t0)
 
     def received(self) -> int:
         time.sleep(0.5)  # two diagnostics periods: the count is current
@@ -129,7 +124,7 @@ class Bench:
     def ingest(self, resolution: str, encoding: str, rate: float, idle_rate: float, seconds: float = 3.0) -> dict:
         publisher, msg = self._message(scene_image(resolution), encoding)
         before = self.received()
-        cpu0 = cpu_seconds(self.proc.pid)
+        cpu0 = cpu_seconds(self.process.pid)
         sent, start = 0, time.monotonic()
         while time.monotonic() - start < seconds:
             msg.header.stamp = self.node.get_clock().now().to_msg()
@@ -138,7 +133,7 @@ class Bench:
             time.sleep(max(0.0, start + sent / rate - time.monotonic()))
         elapsed = time.monotonic() - start
         got = self.received() - before
-        cpu = cpu_seconds(self.proc.pid) - cpu0 - idle_rate * (time.monotonic() - start)
+        cpu = cpu_seconds(self.process.pid) - cpu0 - idle_rate * (time.monotonic() - start)
         return {"resolution": resolution, "encoding": encoding, "target_hz": rate, "sent_hz": sent / elapsed,
                 "received_hz": got / elapsed, "delivered": got / max(sent, 1),
                 "callback_ms": float(self.camera.get("callback_ms", "nan")),

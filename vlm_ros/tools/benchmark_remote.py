@@ -24,7 +24,7 @@ def payload_sizes(image, quality: int = 90) -> dict[str, dict[str, int]]:
 
     out = {}
     for fmt in ("jpeg", "png"):
-        inputs = RemoteAdapter("embedded", fmt, quality).prepare(Frame(image), Request(Task.ANSWER, "what is this?"))
+        inputs = RemoteAdapter("embedded", fmt, quality, 0).prepare(Frame(image), Request(Task.ANSWER, "what is this?"))
         out[fmt] = {"image_bytes": inputs.image_bytes, "body_bytes": len(json.dumps({"messages": inputs.messages}))}
     return out
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-local", dest="local", action="store_false")
     args = parser.parse_args(argv)
 
-    from vlm_ros.backends import BackendSettings, build_pipeline
+    from vlm_ros.backends import BackendSettings, RemoteSettings, build_pipeline
     from vlm_ros.embedded.scenes import render_scene
 
     image = render_scene(args.seed).image
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         t, text = median_answer_s(Pipeline(load_adapter("", "embedded", "cpu")), frame, request, args.repeats)
         rows.append(("local torch (cpu)", f"{t * 1e3:.0f} ms  {text!r}"))
     for fmt in ("jpeg", "png"):
-        extra = {"remote.base_url": args.base_url, "remote.family": args.family, "remote.image_format": fmt}
-        pipeline, _ = build_pipeline(BackendSettings(backend="remote", extra=extra), lambda line: None)
+        remote = RemoteSettings(base_url=args.base_url, family=args.family, image_format=fmt)
+        pipeline, _ = build_pipeline(BackendSettings(backend="remote", remote=remote), lambda line: None)
         t, text = median_answer_s(pipeline, frame, request, args.repeats)
         rows.append((f"remote {fmt}", f"{t * 1e3:.0f} ms  {text!r}"))
     print(f"one query, 640x480 frame, {args.max_new_tokens} new tokens at most, median of {args.repeats}:")

@@ -12,10 +12,7 @@ Questions are sent when the player has published the bag up to their time, witho
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +21,7 @@ from pathlib import Path
 from vlm_ros.core.types import Box
 from vlm_ros.models.parsing import strip_loc_tokens
 from vlm_ros.tools.bags import GroundTruth, InstructionTruth, load_groundtruth
-from vlm_ros.tools.processes import stop_process_group
+from vlm_ros.tools.processes import PythonProcess, node_args
 from vlm_ros.tools.stats import percentile
 
 NODE_TOPIC_PARAMS = {"image": "image_topic", "compressed": "compressed_topic", "camera_info": "camera_info_topic",
@@ -113,27 +110,15 @@ def score(outcome: Outcome, gt: GroundTruth) -> None:
         outcome.correct = normalise(outcome.answer) == normalise(truth.answer)
 
 
-class NodeProcess:
+def start_node(gt: GroundTruth, model: str, params: list[str], log_path: Path | None) -> PythonProcess:
     """The perception node in its own process group, configured for the bag's topics and sim time."""
-
-    def __init__(self, gt: GroundTruth, model: str, params: list[str], log_path: Path):
-        args = [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", "use_sim_time:=true",
-                "-p", f"model:={model or chr(39) * 2}"]
-        for role, param in NODE_TOPIC_PARAMS.items():
-            topic = gt.topics.get(role) or "''"  # '' = YAML empty string: no such stream in the bag
-            args += ["-p", f"cameras.{gt.camera}.{param}:={topic}"]
-        if gt.camera != "front":
-            args += ["-p", f"cameras:=['{gt.camera}']", "-p", f"default_camera:={gt.camera}"]
-        for p in params:
-            args += ["-p", p]
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    def stop(self) -> None:
-        stop_process_group(self.proc, 15)
-        self._log.close()
+    topics = ["use_sim_time:=true"]
+    for role, param in NODE_TOPIC_PARAMS.items():
+        topic = gt.topics.get(role) or "''"  # '' = YAML empty string: no such stream in the bag
+        topics.append(f"cameras.{gt.camera}.{param}:={topic}")
+    if gt.camera != "front":
+        topics += [f"cameras:=['{gt.camera}']", f"default_camera:={gt.camera}"]
+    return PythonProcess(node_args(model, [*topics, *params]), log_path)
 
 
 def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, timeout_s: float = 10.0,
@@ -257,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.start_node:
         if args.annotated_dir:
             args.annotated_dir.mkdir(parents=True, exist_ok=True)
-        node = NodeProcess(gt, args.model, args.node_param,
-                           args.annotated_dir / "node.log" if args.annotated_dir else Path(os.devnull))
+        log = args.annotated_dir / "node.log" if args.annotated_dir else None
+        node = start_node(gt, args.model, args.node_param, log)
     rclpy.init(args=[])  # our own arguments are not ROS arguments
     try:
         report = run(args.bag, service=args.service, rate=args.rate, timeout_s=args.timeout,

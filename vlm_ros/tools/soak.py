@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_ros.tools.processes import rss_mb, stop_process_group
+from vlm_ros.tools.processes import PythonProcess, node_args, rss_mb
 from vlm_ros.tools.stats import percentile
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -92,17 +90,12 @@ class Soak:
                  query_timeout_s: float = 30.0, max_new_tokens: int = 8, max_frame_age_s: float = 10.0):
         self.model, self.rate_hz, self.query_period_s = model, rate_hz, query_period_s
         self.query_timeout_s, self.max_new_tokens = query_timeout_s, max_new_tokens
-        args = [sys.executable, "-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model or chr(39) * 2}",
-                "-p", "device:=cpu", "-p", "cameras:=[" + ",".join(f"'{c}'" for c in CAMERAS) + "]",
-                "-p", "diagnostics_period_s:=0.5", "-p", f"max_frame_age_s:={max_frame_age_s}"]
+        params = ["device:=cpu", "cameras:=[" + ",".join(f"'{c}'" for c in CAMERAS) + "]",
+                  "diagnostics_period_s:=0.5", f"max_frame_age_s:={max_frame_age_s}"]
         for c in CAMERAS:
-            args += ["-p", f"cameras.{c}.image_topic:=/{c}/image_raw", "-p", f"cameras.{c}.depth_topic:=/{c}/depth",
-                     "-p", f"cameras.{c}.camera_info_topic:=/{c}/camera_info",
-                     "-p", f"cameras.{c}.depth_info_topic:=''"]
-        self._log = open(log_path, "w")  # noqa: SIM115 -- closed in close()
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.log_path = log_path
+            params += [f"cameras.{c}.image_topic:=/{c}/image_raw", f"cameras.{c}.depth_topic:=/{c}/depth",
+                       f"cameras.{c}.camera_info_topic:=/{c}/camera_info", f"cameras.{c}.depth_info_topic:=''"]
+        self.process = PythonProcess(node_args(model, params), log_path)
         self.diagnostics: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,15 +133,11 @@ class Soak:
             for status in msg.status:
                 self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
 
-    def node_log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
     def wait_until_active(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
-        while "active: serving queries" not in self.node_log():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not become active:\n{self.node_log()[-3000:]}")
+        while "active: serving queries" not in self.process.log():
+            if self.process.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not become active:\n{self.process.log()[-3000:]}")
             time.sleep(0.2)
         if not self.client.wait_for_service(timeout_sec=60):
             raise RuntimeError("/vlm/query did not appear")
@@ -201,7 +190,7 @@ class Soak:
         camera_thread = threading.Thread(target=self._cameras, daemon=True)
         camera_thread.start()
         queries: list[tuple[float, float, object, list]] = []  # (since start, issue time, future, [done time])
-        pid = self.proc.pid
+        pid = self.process.pid
         try:
             # settle: the node receives frames on both cameras before the clock starts
             deadline = time.monotonic() + 60
@@ -225,8 +214,9 @@ class Soak:
                     queries.append((now - start, now, future, done_at))
                     n += 1
                     next_query += self.query_period_s
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the node exited with {self.proc.returncode}:\n{self.node_log()[-3000:]}")
+                if self.process.proc.poll() is not None:
+                    raise RuntimeError(f"the node exited with {self.process.proc.returncode}:\n"
+                                       f"{self.process.log()[-3000:]}")
                 time.sleep(0.01)
             elapsed = time.monotonic() - start
             sent_in_run = {c: self.sent[c] - sent_at_start[c] for c in CAMERAS}
@@ -286,9 +276,7 @@ class Soak:
         self.node.destroy_node()
         if self._owns_rclpy:
             rclpy.try_shutdown()
-        code = stop_process_group(self.proc, 20)
-        self._log.close()
-        return code
+        return self.process.stop(20)
 
 
 def run_soak(seconds: float, model: str, log_path: Path, **kwargs) -> SoakReport:
