@@ -6,11 +6,11 @@ tested in its own tests.
 
 import rclpy
 from rclpy.node import Node
-
-from vlm_ros.core.types import Answer, Box, Status, Target, Timings
-from vlm_ros.core.requests import QuerySettings, build_request
-from vlm_ros.ros.convert import fill_result, make_header, query_from_msg
 from vlm_ros.srv import Query
+
+from vlm_ros.core.requests import QuerySettings, build_request
+from vlm_ros.core.types import Answer, Box, Status, Target, Timings
+from vlm_ros.ros.convert import fill_result, make_header, query_from_msg
 
 STAMP_NS = 1_700_000_000_123_456_789
 

@@ -32,11 +32,11 @@ def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_s
     from vlm_ros.action import Query as QueryAction
     from vlm_ros.srv import Query
 
+    from vlm_ros.core.requests import QuerySettings, build_request
     from vlm_ros.core.types import Frame
     from vlm_ros.embedded.scenes import render_scene
     from vlm_ros.models.registry import load_adapter
     from vlm_ros.pipeline import Pipeline
-    from vlm_ros.core.requests import QuerySettings, build_request
     from vlm_ros.ros.convert import query_from_msg
 
     peer = ServePeer(tmp_path / "serve.log")
