@@ -62,6 +62,23 @@ class Harness:
     def query_async(self, **fields):
         return self.client.call_async(Query.Request(**fields))
 
+    def change_state(self, transition_id: int, timeout: float = 60.0) -> bool:
+        """Trigger a lifecycle transition of /vlm; whether it succeeded."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        # one client, reused: a new client's first request can be answered before the server has matched the
+        # client's response reader, and that response is lost (a DDS discovery race)
+        if not hasattr(self, "_change_state"):
+            self._change_state = self.node.create_client(ChangeState, "/vlm/change_state")
+        assert self._change_state.wait_for_service(timeout_sec=10), "/vlm/change_state did not appear"
+        future = self._change_state.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            assert time.monotonic() < deadline, f"transition {transition_id} did not return in {timeout} s"
+            time.sleep(0.02)
+        return future.result().success
+
     def publisher(self, msg_type, topic: str):
         if topic not in self._publishers:
             # reliable, like most camera drivers and `ros2 bag play`: large frames are not lost in transport

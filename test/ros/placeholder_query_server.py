@@ -6,10 +6,11 @@ tested in its own tests.
 
 import rclpy
 from rclpy.node import Node
-
-from vlm_ros.core.types import Answer, Box, Status, Target, Timings
-from vlm_ros.ros.convert import fill_result, make_header, request_from_goal
 from vlm_ros.srv import Query
+
+from vlm_ros.core.requests import QuerySettings, build_request
+from vlm_ros.core.types import Answer, Box, Status, Target, Timings
+from vlm_ros.ros.convert import fill_result, make_header, query_from_msg
 
 STAMP_NS = 1_700_000_000_123_456_789
 
@@ -20,7 +21,8 @@ class PlaceholderServer(Node):
         self.create_service(Query, "/vlm/query", self.on_query)
 
     def on_query(self, request, response):
-        core = request_from_goal(request, default_timeout_s=5.0, default_max_new_tokens=32)
+        settings = QuerySettings(default_timeout_s=5.0, default_max_new_tokens=32)
+        core, _ = build_request(query_from_msg(request), settings)
         if request.camera not in ("", "front"):
             answer = Answer(Status.INVALID_ARGUMENT, message=f"unknown camera '{request.camera}'")
             return fill_result(response, answer, None, request.camera)

@@ -1,14 +1,14 @@
 """Faults against a real node process over DDS (loopback), on the tiny random LLaVA.
 
-Model and callback faults come from the test-only fault plan (vlm_ros/testing/faults.py), given to the node
-process by the environment variable VLM_ROS_FAULT_INJECTION; the node never reads it from a query or a parameter.
+Model and callback faults come from a test-only fault plan (vlm_ros/testing/faults.py) that test/ros/faulty_node.py,
+a subclass of the node that only fills its hooks, installs; the node itself has no way to enable faults.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from conftest import requires_ros
 from vlm_ros.tools.processes import rss_mb
 
 pytestmark = requires_ros
+FAULTY_NODE = Path(__file__).with_name("faulty_node.py")
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +37,13 @@ def harness(rclpy_context):
 
 
 def start_node(start_process, model, *params: str, faults: str = ""):
-    args = ["-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model}", "-p", "device:=cpu",
+    """The node in its own process; with a fault plan, through the test-only entry point that installs it."""
+    entry = [str(FAULTY_NODE), faults] if faults else ["-m", "vlm_ros.ros.node"]
+    args = [*entry, "--ros-args", "-p", f"model:={model}", "-p", "device:=cpu",
             "-p", "max_new_tokens_limit:=4096", "-p", "diagnostics_period_s:=0.2"]
     for p in params:
         args += ["-p", p]
-    previous = os.environ.get("VLM_ROS_FAULT_INJECTION")
-    os.environ["VLM_ROS_FAULT_INJECTION"] = faults  # the child inherits it at start; "" = no plan
-    try:
-        node = start_process(args, "perception_node")
-    finally:
-        if previous is None:
-            del os.environ["VLM_ROS_FAULT_INJECTION"]
-        else:
-            os.environ["VLM_ROS_FAULT_INJECTION"] = previous
+    node = start_process(args, "perception_node")
     # the node loads its model before it spins: on a loaded 2-core machine that can take a minute
     node.wait_for_log("active: serving queries" if "autostart:=false" not in params else "node created", 180)
     return node

@@ -32,11 +32,12 @@ def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_s
     from vlm_ros.action import Query as QueryAction
     from vlm_ros.srv import Query
 
+    from vlm_ros.core.requests import QuerySettings, build_request
     from vlm_ros.core.types import Frame
     from vlm_ros.embedded.scenes import render_scene
     from vlm_ros.models.registry import load_adapter
     from vlm_ros.pipeline import Pipeline
-    from vlm_ros.ros.convert import request_from_goal
+    from vlm_ros.ros.convert import query_from_msg
 
     peer = ServePeer(tmp_path / "serve.log")
     peer.start()
@@ -56,7 +57,8 @@ def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_s
                        {"instruction": f"what color is the {scene.objects[0].shape}?", "max_new_tokens": 16,
                         "timeout_s": 100.0}):
             resp = harness.query(timeout=120, **fields)
-            expected = local.answer(Frame(scene.image), request_from_goal(Query.Request(**fields), 10.0, 64))
+            request, _ = build_request(query_from_msg(Query.Request(**fields)), QuerySettings())
+            expected = local.answer(Frame(scene.image), request)
             assert (resp.status, expected.status) == (Query.Response.OK, Query.Response.OK), (resp.message,
                                                                                             expected.message)
             assert resp.answer == expected.text and resp.message == expected.message

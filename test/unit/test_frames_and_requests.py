@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vlm_ros.core.frames import CameraBuffer
-from vlm_ros.core.requests import check_limits, normalise_instruction
-from vlm_ros.core.types import CameraIntrinsics, Status
+from vlm_ros.core.requests import QueryArgs, QuerySettings, build_request, check_limits, normalise_instruction
+from vlm_ros.core.types import CameraIntrinsics, Request, Status, Task
 
 S = 1_000_000_000
 
@@ -185,3 +185,23 @@ def test_oversized_and_invisible_instructions_are_refused(text, reason):
 ])
 def test_query_limits(timeout, tokens, ok):
     assert (check_limits(timeout, tokens, max_timeout_s=120.0, max_tokens=512) == "") is ok
+
+
+@pytest.mark.parametrize("args,expected", [
+    (QueryArgs(""), Request(Task.DESCRIBE, "", 64, 10.0)),
+    (QueryArgs(" \t\n", ground=True), Request(Task.DESCRIBE, "", 64, 10.0)),
+    (QueryArgs("  where is\tit? "), Request(Task.ANSWER, "where is it?", 64, 10.0)),
+    (QueryArgs("the mug", ground=True, timeout_s=2.5, max_new_tokens=7), Request(Task.GROUND, "the mug", 7, 2.5)),
+])
+def test_query_args_become_requests_with_the_task_and_the_defaults(args, expected):
+    assert build_request(args, QuerySettings()) == (expected, "")
+
+
+@pytest.mark.parametrize("args,reason", [
+    (QueryArgs("red\u200bmug"), "U+200B"),
+    (QueryArgs("hi", timeout_s=121.0), "timeout_s"),
+    (QueryArgs("hi", max_new_tokens=513), "max_new_tokens"),
+])
+def test_query_args_out_of_bounds_are_refused_with_the_reason(args, reason):
+    request, error = build_request(args, QuerySettings())
+    assert request is None and reason in error

@@ -10,7 +10,8 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point
 from std_msgs.msg import Header
 
-from vlm_ros.core.types import Answer, Request, Target, Task, Timings
+from vlm_ros.core.requests import QueryArgs
+from vlm_ros.core.types import Answer, Target, Timings
 from vlm_ros.msg import GroundedTarget, QueryTimings
 
 
@@ -53,25 +54,13 @@ def timings_to_msg(timings: Timings, generated_tokens: int) -> QueryTimings:
     )
 
 
-def request_from_goal(goal, default_timeout_s: float, default_max_new_tokens: int) -> Request:
-    """A core Request from a Query service request or action goal (they share their fields).
+def query_from_msg(msg) -> QueryArgs:
+    """The fields of a Query service request or action goal (they share them), copied: the message is not changed.
 
-    Empty instruction -> describe; ground -> ground; else answer. Zero limits take the node's defaults.
-    Validation of the values (lengths, characters, ranges) is the caller's job (vlm_ros.core.requests).
+    Validation, normalisation and defaults are the scheduler's (vlm_ros.core.requests.build_request).
     """
-    instruction = goal.instruction
-    if not instruction.strip():
-        task = Task.DESCRIBE
-    elif goal.ground:
-        task = Task.GROUND
-    else:
-        task = Task.ANSWER
-    return Request(
-        task=task,
-        instruction=instruction,
-        max_new_tokens=int(goal.max_new_tokens) or default_max_new_tokens,
-        timeout_s=float(goal.timeout_s) or default_timeout_s,
-    )
+    return QueryArgs(instruction=str(msg.instruction), camera=str(msg.camera), ground=bool(msg.ground),
+                     timeout_s=float(msg.timeout_s), max_new_tokens=int(msg.max_new_tokens))
 
 
 def fill_result(result, answer: Answer, header: Header | None, camera: str):

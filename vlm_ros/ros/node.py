@@ -5,20 +5,19 @@ cleanup frees the model. Queries are served in every state (NOT_READY unless act
 hangs. Threads:
   - image callbacks: decode, validate, store the newest frame; no inference. They run on a companion node
     `<name>_cameras` spun by its own single-threaded executor (see CameraIngest).
-  - service/action callbacks (reentrant group): validate, enqueue into a bounded queue, wait for the answer.
-  - one worker thread: runs the ROS-free Pipeline on the freshest frame, then publishes the outputs.
+  - service/action callbacks (reentrant group): hand the query to the ROS-free Scheduler (vlm_ros/scheduler.py:
+    refusals, bounded queue, deadlines) and wait for its answer.
+  - the scheduler's one worker thread: runs the Pipeline on the freshest frame, then publishes the outputs here.
   - timers (mutually exclusive group): diagnostics, periodic description.
 """
 
 from __future__ import annotations
 
 import gc
-import queue
 import resource
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
@@ -42,40 +41,21 @@ from vlm_ros.action import Query as QueryAction
 from vlm_ros.core.frames import CameraBuffer
 from vlm_ros.core.geometry import intrinsics_from_k
 from vlm_ros.core.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
-from vlm_ros.core.requests import check_limits, normalise_instruction
+from vlm_ros.core.requests import QuerySettings
 from vlm_ros.core.types import Answer, Frame, Request, Status, Task
 from vlm_ros.msg import GroundedTargetArray, SceneDescription
-from vlm_ros.ros.convert import fill_result, make_header, request_from_goal, stamp_to_ns, target_to_msg
+from vlm_ros.ros.convert import fill_result, make_header, query_from_msg, stamp_to_ns, target_to_msg
 from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
+from vlm_ros.scheduler import Job, Outcome, Scheduler
 from vlm_ros.srv import Query
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared images are dropped before any allocation
-WAIT_MARGIN_S = 2.0  # a caller waits at most its timeout plus this, even if the model is stuck
 REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them
 # Camera subscriptions: the sensor-data profile, except that reliability follows the publishers where rclpy
 # can (BEST_AVAILABLE, Iron and newer): reliable drivers and bag players then deliver every fragment of a large
 # image instead of losing frames; best-effort publishers still match. Humble falls back to best effort.
 CAMERA_QOS = QoSProfile(depth=qos_profile_sensor_data.depth, history=qos_profile_sensor_data.history,
                         reliability=getattr(ReliabilityPolicy, "BEST_AVAILABLE", ReliabilityPolicy.BEST_EFFORT))
-
-
-@dataclass
-class Job:
-    request: Request
-    camera: str
-    deadline: float  # time.monotonic()
-    on_text: Callable[[str, int], None] | None = None
-    on_done: Callable[[Job], None] | None = None
-    enqueued: float = field(default_factory=time.monotonic)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    answer: Answer | None = None
-    header: Header | None = None
-    frame: Frame | None = None
-
-    def finish(self, answer: Answer, header: Header | None = None) -> None:
-        self.answer, self.header = answer, header
-        self.done.set()
 
 
 class CameraIngest:
@@ -146,19 +126,12 @@ class PerceptionNode(LifecycleNode):
         self.buffers = {c: CameraBuffer(c, int(self.p("depth_sync_tolerance_s") * 1e9)) for c in self.p("cameras")}
         self._cameras = CameraIngest(self)
         self._companions: dict[str, tuple] = {}  # camera -> (depth, CameraInfo) subscriptions, None where not set
-        self._pipeline = None
         self._backend = "none"
         self._configure_error = ""  # why the last configure failed, shown in diagnostics until one succeeds
-        self._warmup_s: float | None = None  # the last warm-up query's time
-        self._cpu_threads: int | None = None  # torch's intra-op threads, as the worker set them
         self._active = False
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=self.p("queue_size"))
-        self._worker: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._running_job: Job | None = None
-        self.counters = {"served": 0, "failed": 0, "busy": 0, "invalid": 0}
-        self._last_timings = None
-        self._faults = self._fault_plan()
+        self._scheduler = Scheduler(self.p("queue_size"), self.buffers, snapshot=self._snapshot,
+                                    state=self.lifecycle_state, publish=self._publish_job,
+                                    model_ready=self.on_model_ready, log=self.get_logger())
         # A replay that loops (or a simulator that restarts) moves ROS time backwards: frames and depth stamped
         # "in the future" must not answer queries, so every buffer starts again (counted as a reset).
         self._time_jump_handle = self.get_clock().create_jump_callback(
@@ -206,14 +179,19 @@ class PerceptionNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
-    def _fault_plan(self):
-        """The test-only fault plan of VLM_ROS_FAULT_INJECTION (vlm_ros/testing/faults.py), read once; else None."""
-        from vlm_ros.testing.faults import FaultPlan
+    # --- hooks: nothing here; a test subclass injects faults through them (test/ros/faulty_node.py) -------------
+    def on_image_decoded(self, camera: str) -> None:
+        """Runs in each colour image callback after decoding, before the frame is stored."""
 
-        plan = FaultPlan.from_env()
-        if plan is not None:
-            self.get_logger().warning(f"TEST FAULT INJECTION ACTIVE (VLM_ROS_FAULT_INJECTION): {plan.describe()}")
-        return plan
+    def on_model_ready(self, pipeline) -> None:
+        """Runs on the worker thread after the warm-up, before the first real query."""
+
+    def lifecycle_state(self) -> str:
+        """'active' while queries are served, else the lifecycle state (unconfigured, inactive, configuring, ...)."""
+        if self._active:
+            return "active"
+        label = self._state_machine.current_state[1]  # rclpy keeps the machine private (Humble to Kilted have it)
+        return "shutting down" if label == "active" else label
 
     def _on_time_jump(self, jump) -> None:
         for buffer in self.buffers.values():
@@ -224,15 +202,16 @@ class PerceptionNode(LifecycleNode):
     # --- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self._pipeline, self._backend = self._load_pipeline()
+            pipeline, self._backend = self._load_pipeline()
         except Exception as exc:  # a clear reason in the log and diagnostics, and the node stays unconfigured
             self._configure_error = f"configure failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(self._configure_error)
             return TransitionCallbackReturn.FAILURE
         self._configure_error = ""
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="vlm_worker", daemon=True)
-        self._worker.start()
+        warm_up = self.p("warmup") and self.p("backend") != "remote"  # a remote server warms itself; don't bill a query
+        self._scheduler.start(pipeline, cpu_threads=self.p("cpu_threads"),
+                              warmup_size=(self.p("engine_image_height"), self.p("engine_image_width")) if warm_up
+                              else None)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -259,8 +238,7 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._pipeline = None
+        self._scheduler.stop()
         self._backend = "none"
         gc.collect()
         release_free_memory()
@@ -276,8 +254,7 @@ class PerceptionNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
-        self._stop_worker()
-        self._pipeline = None
+        self._scheduler.stop()
         return TransitionCallbackReturn.SUCCESS
 
     def _load_pipeline(self):
@@ -286,22 +263,6 @@ class PerceptionNode(LifecycleNode):
 
         return build_pipeline(BackendSettings.from_params(self.p), self.get_logger().info,
                               GroundingSettings.from_params(self.p))
-
-    def _stop_worker(self) -> None:
-        """Stop the worker: the running query is cancelled (it returns its partial answer), queued ones get NOT_READY."""
-        self._stop.set()
-        running = self._running_job
-        if running is not None:
-            running.cancel.set()
-        if self._worker is not None:
-            self._worker.join(timeout=30.0)
-            self._worker = None
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            job.finish(Answer(Status.NOT_READY, "the model was unloaded (cleanup/shutdown) while the query waited"))
 
     # --- cameras ------------------------------------------------------------------------------------------
     def _subscribe(self, camera: str) -> None:
@@ -342,8 +303,7 @@ class PerceptionNode(LifecycleNode):
                                max_pixels=MAX_IMAGE_PIXELS)
         except ImageDecodeError as exc:
             return self._drop(buffer, "invalid image", exc)
-        if self._faults is not None:
-            self._faults.image_callback()
+        self.on_image_decoded(buffer.name)
         buffer.put_image(rgb, stamp_to_ns(msg.header.stamp), msg.header.frame_id, time.perf_counter() - t0)
 
     def _on_compressed(self, msg: CompressedImage, buffer: CameraBuffer) -> None:
@@ -370,139 +330,57 @@ class PerceptionNode(LifecycleNode):
                                       "no 3-D targets from it", throttle_duration_sec=10.0)
         buffer.put_intrinsics(intrinsics, depth=depth, size=(msg.width, msg.height), stamp_ns=stamp_to_ns(msg.header.stamp))
 
-    # --- queries ------------------------------------------------------------------------------------------
+    # --- queries: ROS messages <-> the scheduler ----------------------------------------------------------
     def _on_service(self, request: Query.Request, response: Query.Response) -> Query.Response:
-        answer, header, camera = self._run_query(request)
-        return fill_result(response, answer, header, camera)
+        return self._fill(response, self._scheduler.submit(query_from_msg(request), self._query_settings()))
 
     def _on_action(self, goal_handle) -> QueryAction.Result:
         def feedback(text: str, n: int) -> None:
             goal_handle.publish_feedback(QueryAction.Feedback(partial_answer=text, generated_tokens=n))
 
-        answer, header, camera = self._run_query(goal_handle.request, feedback, lambda: goal_handle.is_cancel_requested)
-        result = fill_result(QueryAction.Result(), answer, header, camera)
+        outcome = self._scheduler.submit(query_from_msg(goal_handle.request), self._query_settings(), feedback,
+                                         lambda: goal_handle.is_cancel_requested)
+        result = self._fill(QueryAction.Result(), outcome)
+        # An action client sees the goal's terminal state first: only an OK answer is a success.
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
-        else:
+        elif outcome.answer.status == Status.OK:
             goal_handle.succeed()
+        else:
+            goal_handle.abort()
         return result
 
-    def _run_query(self, goal, on_text=None, cancelled: Callable[[], bool] = lambda: False):
-        """Validate, enqueue and wait: always returns (Answer, header or None, camera), within the timeout."""
-        camera = goal.camera or self.p("default_camera")
-        answer = self._refusal(goal, camera)
-        if answer is not None:
-            return answer, None, camera
-        instruction, _ = normalise_instruction(goal.instruction, self.p("max_instruction_bytes"))
-        goal.instruction = instruction
-        request = request_from_goal(goal, self.p("default_timeout_s"), self.p("default_max_new_tokens"))
-        job = Job(request, camera, time.monotonic() + request.timeout_s, on_text=on_text)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            self.counters["busy"] += 1
-            return Answer(Status.BUSY, f"{self._queue.maxsize} queries are waiting (queue_size); try again"), None, camera
-        wait_until = job.deadline + WAIT_MARGIN_S
-        while not job.done.wait(0.05):
-            if cancelled():
-                job.cancel.set()
-            if time.monotonic() > wait_until:
-                job.cancel.set()
-                return Answer(Status.TIMEOUT, "no answer within the timeout (the model is still busy)"), None, camera
-        return job.answer, job.header, camera
+    def _query_settings(self) -> QuerySettings:
+        return QuerySettings(**{name: self.p(name) for name in (
+            "default_camera", "default_timeout_s", "max_timeout_s", "default_max_new_tokens", "max_new_tokens_limit",
+            "max_instruction_bytes")})
 
-    def _refusal(self, goal, camera: str) -> Answer | None:
-        """An immediate answer for a query that cannot run, or None."""
-        if not self._active or self._pipeline is None:
-            return Answer(Status.NOT_READY, "node is not active (lifecycle state: configure and activate it)")
-        _, error = normalise_instruction(goal.instruction, self.p("max_instruction_bytes"))
-        error = error or check_limits(goal.timeout_s, goal.max_new_tokens, self.p("max_timeout_s"),
-                                      self.p("max_new_tokens_limit"))
-        if not error and camera not in self.buffers:
-            error = f"unknown camera '{camera}'; cameras: {', '.join(self.buffers)}"
-        if error:
-            self.counters["invalid"] += 1
-            return Answer(Status.INVALID_ARGUMENT, error)
-        if self.buffers[camera].newest_stamp_ns() is None:
-            return Answer(Status.NO_FRAME, f"no frame received yet from camera '{camera}'")
-        return None
+    @staticmethod
+    def _fill(result, outcome: Outcome):
+        """A Query service response or action result from the scheduler's outcome."""
+        frame = outcome.frame
+        header = None if frame is None else make_header(frame.stamp_ns, frame.frame_id)
+        return fill_result(result, outcome.answer, header, outcome.camera)
 
-    def _describe_periodically(self) -> None:
-        if not self._active:
-            return
-        request = Request(Task.DESCRIBE, "", self.p("default_max_new_tokens"), self.p("default_timeout_s"))
-        job = Job(request, self.p("default_camera"), time.monotonic() + request.timeout_s,
-                  on_done=self._publish_description)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            pass  # queries come first; the next period tries again
-
-    # --- worker -------------------------------------------------------------------------------------------
-    def _work(self) -> None:
-        import torch
-
-        if self.p("cpu_threads") > 0:  # process-wide; set here, where the model runs
-            torch.set_num_threads(self.p("cpu_threads"))
-        self._cpu_threads = torch.get_num_threads()
-        if self.p("warmup") and self.p("backend") != "remote":  # a remote server warms itself; don't bill a query
-            self._warm_up()
-        model = getattr(getattr(self._pipeline, "adapter", None), "model", None)
-        if self._faults is not None and model is not None and self._faults.arm_model(model):  # counts real queries
-            self.get_logger().warning("TEST FAULT INJECTION: model faults armed")
-        while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self._running_job = job
-            try:
-                self._serve(job)
-            except Exception as exc:  # never let the worker die; the caller gets a status
-                self.get_logger().error(f"query failed: {type(exc).__name__}: {exc}")
-                job.finish(Answer(Status.MODEL_ERROR, f"internal error: {type(exc).__name__}: {exc}"[:300]))
-            finally:
-                self._running_job = None
-            if job.on_done is not None and job.answer is not None:
-                job.on_done(job)
-
-    def _warm_up(self) -> None:
-        """The first-use work (buffers, CUDA graphs) on this thread, before the first real query; queries that
-        arrive meanwhile wait in the queue under their deadlines."""
-        answer = self._pipeline.warm_up(self.p("engine_image_height"), self.p("engine_image_width"))
-        self._warmup_s = answer.timings.total
-        if answer.status == Status.OK:
-            self.get_logger().info(f"warm-up query: {self._warmup_s * 1e3:.0f} ms")
-        else:
-            self.get_logger().warning(f"warm-up query failed ({answer.status.name}): {answer.message}")
-
-    def _serve(self, job: Job) -> None:
-        queue_wait = time.monotonic() - job.enqueued
-        if job.cancel.is_set():
-            return job.finish(Answer(Status.TIMEOUT, "abandoned by the caller before it started"))
-        pipeline = self._pipeline
-        if not self._active or pipeline is None:
-            return job.finish(Answer(Status.NOT_READY, "node was deactivated while the query waited"))
+    def _snapshot(self, camera: str) -> tuple[Frame | None, Status, str]:
+        """The frame a query on `camera` answers from (the scheduler's worker asks when the query starts)."""
         now_ns = self.get_clock().now().nanoseconds
         # a frame whose depth or CameraInfo is still on the way is worth waiting for briefly (two sync tolerances)
-        depth, info = (s is not None and self._cameras.has_publisher(s) for s in self._companions.get(job.camera, (None, None)))
-        frame, status, message = self.buffers[job.camera].snapshot(
+        companions = self._companions.get(camera, (None, None))
+        depth, info = (s is not None and self._cameras.has_publisher(s) for s in companions)
+        return self.buffers[camera].snapshot(
             now_ns, int(self.p("max_frame_age_s") * 1e9), companion_wait_s=2 * self.p("depth_sync_tolerance_s"),
             depth_expected=depth, intrinsics_expected=info)
-        if frame is None:
-            return job.finish(Answer(status, message))
-        answer = pipeline.answer(frame, job.request, deadline=job.deadline, on_text=job.on_text, cancel=job.cancel,
-                                 queue_wait=queue_wait)
-        header = make_header(frame.stamp_ns, frame.frame_id)
-        job.frame = frame
-        job.finish(answer, header)
-        self.counters["served" if answer.status in (Status.OK, Status.TIMEOUT) else "failed"] += 1
-        self._last_timings = answer.timings
-        if answer.status == Status.MODEL_ERROR:
-            self.get_logger().error(f"query failed: {answer.message}")
-        self._publish_outputs(job, answer, header, frame)
+
+    def _describe_periodically(self) -> None:
+        request = Request(Task.DESCRIBE, "", self.p("default_max_new_tokens"), self.p("default_timeout_s"))
+        self._scheduler.enqueue_background(request, self.p("default_camera"), on_done=self._publish_description)
 
     # --- outputs ------------------------------------------------------------------------------------------
+    def _publish_job(self, job: Job) -> None:
+        """The scheduler's publish callable: outputs of a job answered from a frame (on its worker thread)."""
+        self._publish_outputs(job, job.answer, make_header(job.frame.stamp_ns, job.frame.frame_id), job.frame)
+
     def _publish_outputs(self, job: Job, answer: Answer, header: Header, frame: Frame) -> None:
         targets = [target_to_msg(t) for t in answer.targets]
         self._targets_pub.publish(GroundedTargetArray(header=header, camera=job.camera,
@@ -513,9 +391,9 @@ class PerceptionNode(LifecycleNode):
             self._markers_pub.publish(self._markers(answer, header))
 
     def _publish_description(self, job: Job) -> None:
-        if job.answer.status == Status.OK and job.header is not None:
+        if job.answer.status == Status.OK and job.frame is not None:
             self._description_pub.publish(SceneDescription(
-                header=job.header, camera=job.camera, text=job.answer.text,
+                header=make_header(job.frame.stamp_ns, job.frame.frame_id), camera=job.camera, text=job.answer.text,
                 targets=[target_to_msg(t) for t in job.answer.targets]))
 
     @staticmethod
@@ -566,25 +444,26 @@ class PerceptionNode(LifecycleNode):
                       "callback_ms": f"{stats.callback_s * 1e3:.2f}",
                       **{f"dropped: {reason}": n for reason, n in stats.dropped.items()}}
             statuses.append(self._status(f"vlm: camera {name}", level, message, values))
-        state = "active" if self._active else ("configured" if self._pipeline is not None else "unconfigured")
+        state = self.lifecycle_state()
         level = DiagnosticStatus.OK if self._active else DiagnosticStatus.WARN
+        scheduler = self._scheduler
+        pipeline, timings = scheduler.pipeline, scheduler.last_timings
         message = state
-        if self._pipeline is None and self._configure_error:
+        if pipeline is None and self._configure_error:
             level, message = DiagnosticStatus.ERROR, self._configure_error
-        timings = self._last_timings
         values = {"state": state, "backend": self._backend, "model": self.p("model") or "embedded default",
-                  "family": getattr(getattr(self._pipeline, "adapter", None), "family", ""),
-                  "queue_depth": self._queue.qsize(), "running": self._running_job is not None,
-                  **self.counters,
-                  "dropped_model_outputs": getattr(self._pipeline, "dropped_outputs", 0),
+                  "family": getattr(getattr(pipeline, "adapter", None), "family", ""),
+                  "queue_depth": scheduler.queue_depth, "running": scheduler.running,
+                  **scheduler.counters,
+                  "dropped_model_outputs": getattr(pipeline, "dropped_outputs", 0),
                   "last_total_s": f"{timings.total:.3f}" if timings else "",
                   "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
                   "last_decode_s": f"{timings.decode:.3f}" if timings else "",
-                  "warmup_s": "" if self._warmup_s is None else f"{self._warmup_s:.3f}",
-                  "cpu_threads": "" if self._cpu_threads is None else self._cpu_threads,
+                  "warmup_s": "" if scheduler.warmup_s is None else f"{scheduler.warmup_s:.3f}",
+                  "cpu_threads": "" if scheduler.cpu_threads is None else scheduler.cpu_threads,
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
                   "rss_now_mb": f"{current_rss_mb():.0f}"}
-        engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)
+        engine_diagnostics = getattr(getattr(pipeline, "engine", None), "diagnostics", None)
         if engine_diagnostics is not None:  # e.g. the remote engine: server, last latency, last error
             values.update(engine_diagnostics())
         statuses.append(self._status("vlm: model", level, message, values))
@@ -639,10 +518,11 @@ def spin(node: Node, executor) -> None:
             node.get_logger().warning(f"executor: {exc} (an entity was destroyed while in use); spinning on")
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None, node_type: Callable[[], PerceptionNode] = PerceptionNode) -> None:
+    """Run the node until Ctrl-C or shutdown; node_type makes it (a test entry point passes a subclass)."""
     rclpy.init(args=args)
     try:
-        node = PerceptionNode()
+        node = node_type()
     except ValueError as exc:
         rclpy.logging.get_logger("vlm").fatal(str(exc))
         rclpy.try_shutdown()
@@ -661,7 +541,7 @@ def main(args: list[str] | None = None) -> None:
         # SIGINT must not cut the cleanup short with a KeyboardInterrupt.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         node._active = False
-        node._stop_worker()
+        node._scheduler.stop()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -1,8 +1,10 @@
-"""Test-only fault injection for the perception node: OFF unless the process starts with a fault plan.
+"""Test-only fault injection for the perception node: a plan of faults and the sites where they fire.
 
-The plan comes from one environment variable, read once when the node is created:
+The runtime never imports this module. A test starts the node through its test-only entry point,
+`test/ros/faulty_node.py PLAN --ros-args ...`, a subclass of PerceptionNode that installs the plan in the node's
+hooks (`on_image_decoded`, `on_model_ready`); everything else is the real node. A plan reads
 
-    VLM_ROS_FAULT_INJECTION="model_error@2,cuda_oom@4,image_callback@30-34"
+    "model_error@2,cuda_oom@4,image_callback@30-34"
 
 Each entry is `<fault>@<calls>`: the fault fires on those calls (1-based, counted per fault site, `N`, `N-M`
 or `N+`; model calls are counted from the first query after the node's warm-up). Faults and their sites:
@@ -11,20 +13,16 @@ or `N+`; model calls are counted from the first query after the node's warm-up).
 - `cuda_oom`: `torch.cuda.OutOfMemoryError` raised inside the model's forward, as a CUDA allocator raises it.
 - `image_callback`: a RuntimeError raised inside the colour image subscription callback, after decoding.
 
-Nothing a caller sends (instructions, parameters, topics) can enable, change or extend a plan: there is no
-parameter for it and the variable is read only at start. The node logs a warning naming the plan when one is
-active. Unknown faults or malformed entries refuse to start the node (ValueError), so a typo cannot silently
-turn a fault test into a test of nothing.
+Unknown faults or malformed entries are refused (ValueError), so a typo cannot silently turn a fault test into
+a test of nothing.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass, field
 
-ENV_VAR = "VLM_ROS_FAULT_INJECTION"
 FAULTS = ("model_error", "cuda_oom", "image_callback")
 _ENTRY = re.compile(r"^(?P<fault>[a-z_]+)@(?P<first>\d+)(?:(?P<plus>\+)|-(?P<last>\d+))?$")
 
@@ -48,22 +46,16 @@ class FaultPlan:
                 continue
             m = _ENTRY.match(entry)
             if m is None or m["fault"] not in FAULTS:
-                raise ValueError(f"{ENV_VAR}: bad entry '{entry}'; expected <fault>@N, @N-M or @N+ with fault one "
+                raise ValueError(f"fault plan: bad entry '{entry}'; expected <fault>@N, @N-M or @N+ with fault one "
                                  f"of {', '.join(FAULTS)}")
             first = int(m["first"])
             last = float("inf") if m["plus"] else int(m["last"] or first)
             if first < 1 or last < first:
-                raise ValueError(f"{ENV_VAR}: bad call range in '{entry}'")
+                raise ValueError(f"fault plan: bad call range in '{entry}'")
             ranges.setdefault(m["fault"], []).append((first, last))
         if not ranges:
-            raise ValueError(f"{ENV_VAR} is set but names no fault")
+            raise ValueError(f"fault plan '{text}' names no fault")
         return cls(ranges)
-
-    @classmethod
-    def from_env(cls, environ=os.environ) -> FaultPlan | None:
-        """The plan named by VLM_ROS_FAULT_INJECTION, or None (the default: no fault injection)."""
-        text = environ.get(ENV_VAR, "")
-        return cls.parse(text) if text.strip() else None
 
     def describe(self) -> str:
         return ", ".join(f"{f}@{a}" + ("+" if b == float("inf") else f"-{b}" if b != a else "")
