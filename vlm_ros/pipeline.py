@@ -1,6 +1,6 @@
 """Frame + request -> Answer: the whole ROS-free path the node runs on its worker thread.
 
-prepare (adapter) -> generate (engine) -> parse (adapter) -> 3-D points (geometry) -> Answer.
+prepare (adapter) -> generate (engine) -> parse (adapter) -> mask and 3-D geometry per target -> Answer.
 Errors become statuses, never exceptions: a query always gets an answer.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from vlm_ros.core.geometry import target_position
+from vlm_ros.core.geometry import target_geometry
 from vlm_ros.core.types import Answer, Frame, Request, Status, Target, Task, Timings
 from vlm_ros.engine import Engine, EngineError, StopReason, TorchEngine
 from vlm_ros.models.base import VlmAdapter
@@ -26,6 +26,7 @@ class Pipeline:
         self.adapter = adapter
         self.engine = engine or TorchEngine(adapter)
         self.dropped_outputs = 0  # model output entries refused by the parsers, since start
+        self.dropped_geometry = 0  # targets left without 3-D although the frame had depth and intrinsics, since start
 
     def answer(
         self,
@@ -59,7 +60,9 @@ class Pipeline:
             return Answer(Status.MODEL_ERROR, f"model failed: {type(exc).__name__}: {exc}"[:300], timings=timings)
 
         self.dropped_outputs += len(parsed.dropped)
+        t0 = time.perf_counter()
         targets = [self._target(label, box, frame) for label, box in parsed.boxes[:MAX_TARGETS]]
+        timings.segment = time.perf_counter() - t0
         status, message = Status.OK, ""
         if result.stop_reason == StopReason.DEADLINE:
             status, message = Status.TIMEOUT, f"deadline reached after {len(result.token_ids)} tokens; answer is partial"
@@ -77,9 +80,9 @@ class Pipeline:
         frame = Frame(np.full((height, width, 3), 128, np.uint8), camera="warm-up")
         return self.answer(frame, Request(Task.ANSWER, "what is in the picture?", max_new_tokens=4, timeout_s=timeout_s))
 
-    @staticmethod
-    def _target(label: str, box, frame: Frame) -> Target:
-        position = None
-        if frame.depth is not None and frame.intrinsics is not None:
-            position = target_position(frame.depth, box, frame.intrinsics, image_size=(frame.width, frame.height))
-        return Target(label=label, box=box, position=position)
+    def _target(self, label: str, box, frame: Frame) -> Target:
+        """A box target with its depth-layer mask and 3-D geometry where the frame has depth and intrinsics."""
+        geometry = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=box)
+        if geometry.position is None and frame.depth is not None and frame.intrinsics is not None:
+            self.dropped_geometry += 1
+        return Target(label=label, box=box, mask=geometry.mask, position=geometry.position, shape=geometry.shape)
