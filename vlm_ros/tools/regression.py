@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -177,8 +178,8 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
                 time.sleep(0.002)
             request = Query.Request(instruction=truth.instruction, ground=truth.ground, timeout_s=float(timeout_s))
             outcome, answered = Outcome(truth), threading.Event()
+            sent = time.monotonic()  # before sending: the answer can come before call_async returns to this thread
             future = client.call_async(request)
-            sent = time.monotonic()
 
             def on_done(f, o=outcome, t=sent, event=answered):
                 o.latency_s = time.monotonic() - t
@@ -258,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-accuracy", type=float, default=0.0)
     parser.add_argument("--min-grounding", type=float, default=0.0)
     parser.add_argument("--max-p95-latency", type=float, default=float("inf"), help="seconds")
+    parser.add_argument("--min-mask-iou", type=float, default=0.0,
+                        help="median mask IoU of the matched targets (targets without a mask count as 0)")
+    parser.add_argument("--max-centroid-error", type=float, default=float("inf"),
+                        help="median 3-D centroid error of the matched targets, metres (targets without 3-D: inf)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -290,6 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"grounding accuracy {report.grounding_accuracy:.2f} < {args.min_grounding}")
     if not report.latency(0.95) <= args.max_p95_latency:
         failures.append(f"p95 latency {report.latency(0.95):.2f} s > {args.max_p95_latency} s")
+    scores = [g for o in report.outcomes for g in o.geometry]
+    if args.min_mask_iou > 0:
+        iou = statistics.median([s.mask_iou or 0.0 for s in scores]) if scores else 0.0
+        if not iou >= args.min_mask_iou:
+            failures.append(f"median mask IoU {iou:.3f} < {args.min_mask_iou}")
+    if args.max_centroid_error < float("inf"):
+        errors = [s.centroid_error_m if s.centroid_error_m is not None else float("inf") for s in scores]
+        error = statistics.median(errors) if errors else float("inf")
+        if not error <= args.max_centroid_error:
+            failures.append(f"median 3-D centroid error {error:.4f} m > {args.max_centroid_error} m")
     for f in failures:
         print(f"FAIL: {f}")
     return 1 if failures else 0
