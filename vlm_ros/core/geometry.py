@@ -303,7 +303,8 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
             w = (a * grid.cols[None, :].astype(np.float32)) + (b * grid.rows[:, None] + c).astype(np.float32)  # (h, w)
             w_bg = w if w_bg is None else np.maximum(w_bg, w)  # the visible background: the nearest plane
     if w_bg is not None:
-        w_bg *= z  # z / z_background (a plane behind the camera has 1/z <= 0: never in front)
+        with np.errstate(invalid="ignore", over="ignore"):
+            w_bg *= z  # z / z_background; where a plane's 1/z <= 0 (beyond its horizon) nothing is background
         candidate = valid & (w_bg < 1.0 - settings.background_margin)  # in front of the background by the margin
 
     # 2. the object's layer: the nearer surface of what is left in the central half of the box (as target_position)
