@@ -44,7 +44,7 @@ class Outcome:
     answer: str = ""
     correct: bool = False
     latency_s: float = float("nan")  # call to answer, as the caller sees it
-    node_s: float = float("nan")  # the node's own timing: queue wait, preprocessing, vision, prefill, decode
+    node_s: float = float("nan")  # the node's own timing (timings.total): queue wait to the targets' geometry
     ious: list[float] = field(default_factory=list)
     geometry: list[GeometryScore] = field(default_factory=list)  # per matched target
     targets: list[Target] = field(default_factory=list)
