@@ -282,7 +282,7 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
     seeds = z[valid & inner] if np.count_nonzero(valid & inner) >= 3 else z[valid & inbox]
     if seeds.size < 3:
         return None
-    z_ref = surface_depth(seeds.astype(np.float64))  # the object's depth, first guess
+    z_ref = surface_depth(seeds.astype(np.float64), max_samples=4096)  # the object's depth, first guess
 
     # 1. the background: planes through the valid depths around the box (the ring between box and grown box),
     #    those the object stands in front of
@@ -313,7 +313,7 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
         seeds = z[candidate & inbox]
     if seeds.size < 3:
         return None
-    z_ref = surface_depth(seeds.astype(np.float64))
+    z_ref = surface_depth(seeds.astype(np.float64), max_samples=4096)
     with np.errstate(invalid="ignore"):
         layer = candidate & (np.abs(z - z_ref) <= settings.layer_tolerance * z_ref)
 
@@ -328,9 +328,10 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
     cut[:, :-1] |= jx
     cut[1:, :] |= jy
     cut[:-1, :] |= jy
-    n, labels = cv2.connectedComponents((layer & ~cut).astype(np.uint8), connectivity=4)
-    total = np.bincount(labels.ravel(), minlength=n)
-    in_box = np.bincount(labels[inbox], minlength=n)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((layer & ~cut).astype(np.uint8), connectivity=4)
+    total = stats[:, cv2.CC_STAT_AREA]
+    rows, cols = np.nonzero(in_rows)[0], np.nonzero(in_cols)[0]  # the box: a rectangle of the grid
+    in_box = np.bincount(labels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].ravel(), minlength=n)
     total[0] = in_box[0] = 0  # label 0 = not in the layer
     if in_box.max() == 0:
         return None
