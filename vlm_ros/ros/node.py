@@ -553,7 +553,7 @@ class PerceptionNode(LifecycleNode):
             text.pose.orientation.w = 1.0
             text.pose.position.x, text.pose.position.y, text.pose.position.z = t.position
             top = t.shape.extent_min[1] if t.shape is not None else t.position[1]
-            text.pose.position.y = min(top, t.position[1]) - 0.04  # above the object (y is down)
+            text.pose.position.y = top - 0.04  # above the object (y is down)
             text.scale.z = 0.04
             text.color.r = text.color.g = text.color.b = text.color.a = 1.0
             markers += [sphere, text]
