@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from vlm_ros.core.geometry import target_position
+from vlm_ros.core.geometry import target_geometry
 from vlm_ros.core.types import Box, Frame, Mask, Request, Target, Task, Timings
 from vlm_ros.models.parsing import box_or_reason, clean_label
 from vlm_ros.models.phrases import grounding_phrases, object_phrases
@@ -192,8 +192,10 @@ class Grounder:
                 self._segment(frame, out)
             elif polygons is not None:
                 self._polygon_masks(frame, polygons, deadline, out)
-        for t in out.targets:
-            t.position, t.shape = _geometry(frame, t)
+        without_3d = sum(not _geometry(frame, t) for t in out.targets)
+        if without_3d:
+            self.drops["no 3-D (no valid depth under the target)"] += without_3d
+            out.notes.append(f"{without_3d} targets without 3-D: no valid depth under them")
         timings.segment = time.perf_counter() - t0
         return out
 
@@ -375,20 +377,10 @@ def _rasterise_polygons(polygons: list[np.ndarray], width: int, height: int) -> 
     return canvas.astype(bool) if canvas.any() else None
 
 
-def _geometry(frame: Frame, target: Target):
-    """(3-D position, Shape3D) of a target from the frame's depth: its mask, else its box, else its point."""
-    if frame.depth is None or frame.intrinsics is None:
-        return None, None
-    return target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=target.box,
-                           mask=target.mask, point=target.point)
-
-
-def target_geometry(depth, intrinsics, image_size, *, box=None, mask=None, point=None):
-    """PLACEHOLDER for core.geometry.target_geometry (mask/box/point -> centroid, extent; another change brings it):
-    the box's robust 3-D point, or the point's, and no shape. The mask is not used here."""
-    if box is None:
-        x, y = point
-        box = Box(max(0.0, x - 2), max(0.0, y - 2), min(image_size[0], x + 2), min(image_size[1], y + 2))
-    inner = 0.5 if point is None else 1.0
-    position = target_position(depth, box, intrinsics, image_size=image_size, inner_fraction=inner)
-    return position, None
+def _geometry(frame: Frame, target: Target) -> bool:
+    """Mask (the depth layer where none is given), 3-D position and Shape3D of a target from the frame's depth.
+    False when the frame has depth and intrinsics but the target got no 3-D position (counted by the caller)."""
+    geometry = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=target.box,
+                               mask=target.mask, point=target.point)
+    target.mask, target.position, target.shape = geometry
+    return target.position is not None or frame.depth is None or frame.intrinsics is None

@@ -5,7 +5,8 @@
 
 Three rendered scenes (seeds in PARAMS), each on camera for 2 s at 2 fps (4 frames), 320x240: JPEG
 CompressedImage colour, raw 16UC1 depth, CameraInfo for both, /clock at 20 Hz, and the ground-truth sidecar
-`groundtruth.json` (objects, boxes, 3-D positions, instructions with the time to ask them and the answers).
+`groundtruth.json` (objects, boxes, masks, 3-D positions and extents, instructions with the time to ask them and
+the answers).
 About 2 MB. The test suite regenerates it into a temporary directory and compares (test/ros/test_bags.py).
 """
 

@@ -139,6 +139,13 @@ def test_sidecar_matches_the_rendered_ground_truth(pair):
             assert (truth.label, truth.shape, truth.color, truth.size) == (obj.label, obj.shape, obj.color, obj.size)
             assert truth.box == obj.box
             assert np.allclose(truth.position, obj.position)
+            assert np.allclose(truth.surface_centroid, obj.surface_centroid)
+            assert np.allclose(truth.surface_min, obj.surface_min) and np.allclose(truth.surface_max, obj.surface_max)
+            assert np.allclose(truth.object_center, obj.object_center)
+            assert np.allclose(truth.object_size, obj.object_size)
+        for i, truth in enumerate(s.objects):  # masks: the visible pixels, over the box
+            assert truth.mask.source == "truth" and (truth.mask.x0, truth.mask.y0) == (truth.box.x_min, truth.box.y_min)
+            assert np.array_equal(truth.mask.full(160, 120), scene.labels == i)
         assert all(s.start_ns <= t < s.end_ns for t in s.frame_stamps_ns)
         assert gt.scene_at(s.frame_stamps_ns[-1]) is s
     assert gt.scene_at(gt.end_ns) is None
@@ -147,6 +154,27 @@ def test_sidecar_matches_the_rendered_ground_truth(pair):
     assert raw["scenes"][1]["objects"][0]["box"] == list(
         (gt.scenes[1].objects[0].box.x_min, gt.scenes[1].objects[0].box.y_min,
          gt.scenes[1].objects[0].box.x_max, gt.scenes[1].objects[0].box.y_max))
+
+
+def test_sidecar_of_format_1_still_loads(pair, tmp_path):
+    """Bags written before masks and 3-D extents were added: same fields, the new ones None."""
+    raw = json.loads((pair["mcap"] / "groundtruth.json").read_text())
+    assert raw["format"] == "vlm_ros.groundtruth/2"
+    raw["format"] = "vlm_ros.groundtruth/1"
+    for scene in raw["scenes"]:
+        for o in scene["objects"]:
+            for name in ("mask", "surface_centroid", "surface_min", "surface_max", "object_center", "object_size"):
+                del o[name]
+    (tmp_path / "groundtruth.json").write_text(json.dumps(raw))
+    old, new = load_groundtruth(tmp_path), load_groundtruth(pair["mcap"])
+    assert old.instructions == new.instructions
+    for a, b in zip(old.scenes, new.scenes):
+        assert [(o.label, o.box, o.position) for o in a.objects] == [(o.label, o.box, o.position) for o in b.objects]
+        assert all(o.mask is None and o.surface_centroid is None and o.object_size is None for o in a.objects)
+    raw["format"] = "something/3"
+    (tmp_path / "groundtruth.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="groundtruth/2"):
+        load_groundtruth(tmp_path)
 
 
 def test_instructions_are_timed_inside_their_scene_with_correct_answers(pair):

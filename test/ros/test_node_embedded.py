@@ -2,7 +2,8 @@
 16UC1 depth, CameraInfo), grounded 3-D targets out.
 
 The node runs in a subprocess on the shipped weights (vlm_ros/embedded/weights). Scenes come from the
-project's renderer, whose ground truth gives the box and the 3-D position of every object.
+project's renderer, whose ground truth gives the box, the visible pixels and the visible surface's 3-D centroid
+of every object.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ pytestmark = [requires_ros, pytest.mark.skipif(not (default_model_dir() / "confi
                                               reason="no shipped embedded weights (train: python -m vlm_ros.embedded.train)")]
 
 # Fixed held-out-style scenes with two objects each. The shipped weights ground 0.93 of the objects of 300
-# held-out scenes (TRAINING.md) and these three with box IoU 0.80-0.93, 3-D points 0.7-2.4 cm off. A retrained
-# model that misses one fails here, which is the point: the node must hand planners a box and a 3-D point that
-# match the scene.
+# held-out scenes (TRAINING.md) and these three with box IoU 0.80-0.93. A retrained model that misses one fails
+# here, which is the point: the node must hand planners a box, a mask and a 3-D point that match the scene.
 SEEDS = (101, 202, 303)
 
 
@@ -77,8 +77,19 @@ def test_grounded_target_box_and_3d_point_match_the_rendered_truth(node_and_clie
     box = Box(target.x_min, target.y_min, target.x_max, target.y_max)
     assert box.iou(obj.box) >= 0.5, (box, obj.box)
     assert target.position_valid, "no 3-D point: depth or CameraInfo not paired with the frame"
-    error = sum((a - b) ** 2 for a, b in zip((target.position.x, target.position.y, target.position.z), obj.position)) ** 0.5
-    assert error < 0.05, f"3-D point {error * 100:.1f} cm from the truth"
+    from vlm_ros.ros.convert import target_from_msg
+    from vlm_ros.tools.geometry_metrics import GeometryTruth, score_target
+
+    index = scene.objects.index(obj)
+    score = score_target(target_from_msg(target), GeometryTruth.of(obj, scene.object_mask(index)), 640, 480)
+    assert target.geometry_method == "depth_layer" and score.mask_iou >= 0.85, score
+    # Depth is exact here, x and y also need the frame's CameraInfo. Each rendered scene has its own focal length,
+    # unlike a real camera, and on a loaded machine the node has answered a frame whose own CameraInfo was late
+    # with the newest one, the previous scene's (README: after twice depth_sync_tolerance_s): x and y were then
+    # 2-4 cm off. So: depth tight, the whole point within 5 cm.
+    assert abs(target.position.z - obj.surface_centroid[2]) < 0.015, (target.position, obj.surface_centroid)
+    assert score.extent_error_m[2] < 0.02, score
+    assert score.centroid_error_m < 0.05, f"3-D centroid {score.centroid_error_m * 100:.1f} cm from the truth"
 
 
 def test_scene_question_is_answered_from_the_published_frame(node_and_client):

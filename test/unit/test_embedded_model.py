@@ -126,3 +126,9 @@ def test_shipped_weights_meet_accuracy_floors():
     res.pop("_queries")
     for key, floor in FLOORS.items():
         assert res[key] is not None and res[key] >= floor, (key, res[key], floor, res)
+    # the geometry of its grounded targets (depth-layer masks from the scenes' depth): the issue's targets
+    geometry = res["geometry"]
+    assert geometry["targets"] >= 20 and geometry["mask_iou"]["n"] == geometry["targets"], geometry
+    assert geometry["mask_iou"]["median"] >= 0.85, geometry
+    assert geometry["centroid_error_m"]["median"] <= 0.015, geometry
+    assert all(geometry["extent_error_m"][axis]["median"] <= 0.015 for axis in "xyz"), geometry

@@ -2,7 +2,15 @@
 
 A pinhole camera looks down at a table (a plane) in front of a wall (a vertical plane). Objects stand on the
 table and are drawn as shaded 2-D shapes whose surfaces carry their own depth; a z-buffer resolves the
-occlusions between them, so image, depth, instance labels and boxes agree by construction.
+occlusions between them, so image, depth, instance labels, masks and boxes agree by construction.
+
+3-D truth of each object (camera optical frame, metres), computed as `core.geometry` computes a target's, from
+the renderer's own depth under the object's visible pixels, back-projected with the published intrinsics
+(K's pixel-centre convention): the visible surface's centroid and axis-aligned extent. Besides, what the renderer
+knows of the whole object: an object is drawn as a body symmetric about the fronto-parallel plane at its base
+depth, bulging towards the camera by up to its `max bulge x half width`; its centre is its silhouette's centre
+on that plane and its size is (silhouette width, silhouette height, 2 x max bulge x half width).
+(The renderer casts pixel i's ray through i + 0.5 - c, half a pixel from K's convention: about 1 mm at 1 m.)
 
 Geometry (camera optical frame, metres): x right, y down, z forward. The camera is pitched down by
 `pitch` and sits `cam_height` above the table; the wall stands `wall_distance` ahead (horizontally).
@@ -16,7 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vlm_ros.core.types import Box, CameraIntrinsics
+from vlm_ros.core.geometry import backproject
+from vlm_ros.core.types import Box, CameraIntrinsics, Mask
 
 SHAPES: tuple[str, ...] = ("ball", "cube", "cone", "cylinder", "ring", "star")
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "orange", "purple", "white", "black")
@@ -49,6 +58,12 @@ class SceneObject:
     box: Box  # visible extent in source pixels
     position: tuple[float, float, float]  # camera optical frame, metres: box centre ray at the median visible depth
     visible_fraction: float
+    # 3-D truth (camera optical frame, metres; see the module docstring)
+    surface_centroid: tuple[float, float, float]  # mean of the visible pixels' 3-D points
+    surface_min: tuple[float, float, float]  # axis-aligned extent of those points
+    surface_max: tuple[float, float, float]
+    object_center: tuple[float, float, float]  # the whole object's centre
+    object_size: tuple[float, float, float]  # the whole object's size
 
     @property
     def label(self) -> str:
@@ -73,6 +88,12 @@ class Scene:
     @property
     def height(self) -> int:
         return int(self.image.shape[0])
+
+    def object_mask(self, index: int) -> Mask:
+        """The visible pixels of object `index` (after occlusion), over its box."""
+        box = self.objects[index].box
+        x0, y0, x1, y1 = int(box.x_min), int(box.y_min), int(box.x_max), int(box.y_max)
+        return Mask(x0, y0, self.labels[y0:y1, x0:x1] == index, "truth")
 
 
 def _noise_texture(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -275,9 +296,8 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
                     break
             if ok:
                 ids, zbuf = new_ids, new_z
-                placed.append(
-                    dict(shape=shape, color=color, size=size, mask=mask, shade=shade, depth=obj_depth, sl=sl)
-                )
+                placed.append(dict(shape=shape, color=color, size=size, mask=mask, shade=shade, depth=obj_depth,
+                                   sl=sl, z_base=z_base, thickness=2.0 * float(bulge.max()) * half_w))
                 break
 
     # --- paint ---
@@ -326,6 +346,11 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
         z = float(np.median(depth[vs, us]))
         uc, vc = box.center
         pos = ((uc - k.cx) * z / k.fx, (vc - k.cy) * z / k.fy, z)
+        points = np.stack(backproject(us, vs, depth[vs, us].astype(np.float64), k))  # (3, n)
+        rows, cols = p["sl"]
+        z_base = p["z_base"]
+        center = backproject((cols.start + cols.stop) / 2.0 - 0.5, (rows.start + rows.stop) / 2.0 - 0.5, z_base, k)
+        full_size = ((cols.stop - cols.start) * z_base / k.fx, (rows.stop - rows.start) * z_base / k.fy, p["thickness"])
         objects.append(
             SceneObject(
                 shape=p["shape"],
@@ -334,6 +359,15 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
                 box=box,
                 position=pos,
                 visible_fraction=len(vs) / float(p["mask"].sum()),
+                surface_centroid=_floats(points.mean(axis=1)),
+                surface_min=_floats(points.min(axis=1)),
+                surface_max=_floats(points.max(axis=1)),
+                object_center=_floats(center),
+                object_size=_floats(full_size),
             )
         )
     return Scene(image=image, depth=depth.astype(np.float32), labels=ids, intrinsics=k, objects=objects, seed=seed)
+
+
+def _floats(values) -> tuple[float, float, float]:
+    return tuple(float(v) for v in values)  # type: ignore[return-value]

@@ -6,12 +6,16 @@ tested by building messages by hand.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Vector3
+from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from vlm_ros.core.requests import QueryArgs
-from vlm_ros.core.types import Answer, Target, Timings
+from vlm_ros.core.types import Answer, Box, GeometryMethod, Mask, Request, Shape3D, Target, Task, Timings
 from vlm_ros.msg import GroundedTarget, QueryTimings
 
 
@@ -27,19 +31,71 @@ def make_header(stamp_ns: int, frame_id: str) -> Header:
     return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
 
 
+def _finite(values) -> bool:
+    return all(math.isfinite(float(v)) for v in values)
+
+
+def mask_to_msg(mask: Mask) -> tuple[Image, int, int]:
+    """(mono8 Image, x offset, y offset) of a mask (GroundedTarget.msg documents the form)."""
+    h, w = mask.data.shape
+    data = mask.data.astype(np.uint8) * 255  # (h, w)
+    return Image(height=h, width=w, encoding="mono8", is_bigendian=0, step=w, data=data.tobytes()), mask.x0, mask.y0
+
+
+def mask_from_msg(msg: GroundedTarget) -> Mask | None:
+    """The target's mask, or None when it has none (empty image) or it is malformed."""
+    image, h, w = msg.mask, msg.mask.height, msg.mask.width
+    if h == 0 or w == 0 or image.encoding != "mono8" or image.step < w or len(image.data) < image.step * h:
+        return None
+    data = np.frombuffer(bytes(image.data), np.uint8)[: image.step * h].reshape(h, image.step)[:, :w] > 127
+    return Mask(int(msg.mask_x_offset), int(msg.mask_y_offset), data, msg.mask_source)
+
+
 def target_to_msg(target: Target) -> GroundedTarget:
-    msg = GroundedTarget(
-        label=target.label,
-        score=float(target.score),
-        x_min=float(target.box.x_min),
-        y_min=float(target.box.y_min),
-        x_max=float(target.box.x_max),
-        y_max=float(target.box.y_max),
-    )
-    if target.position is not None:
+    """A GroundedTarget; 3-D fields are left invalid (zeros) unless every one of them is finite."""
+    msg = GroundedTarget(label=target.label, score=float(target.score))
+    if target.box is not None:
+        box = target.box
+        msg.kind = GroundedTarget.KIND_BOX
+        msg.x_min, msg.y_min, msg.x_max, msg.y_max = (float(box.x_min), float(box.y_min), float(box.x_max),
+                                                      float(box.y_max))
+        msg.point_x, msg.point_y = (float(v) for v in (target.point or box.center))
+    else:
+        msg.kind = GroundedTarget.KIND_POINT
+        msg.point_x, msg.point_y = (float(v) for v in target.point)
+    if target.mask is not None and target.mask.data.size:
+        msg.mask, msg.mask_x_offset, msg.mask_y_offset = mask_to_msg(target.mask)
+        msg.mask_source = target.mask.source
+    shape = target.shape
+    if target.position is not None and _finite(target.position) and (
+            shape is None or _finite(shape.extent_min + shape.extent_max + (shape.valid_fraction,))):
         msg.position_valid = True
         msg.position = Point(x=float(target.position[0]), y=float(target.position[1]), z=float(target.position[2]))
+        if shape is not None:
+            lo, hi = shape.extent_min, shape.extent_max
+            msg.extent_center = Point(x=(lo[0] + hi[0]) / 2, y=(lo[1] + hi[1]) / 2, z=(lo[2] + hi[2]) / 2)
+            msg.extent_size = Vector3(x=hi[0] - lo[0], y=hi[1] - lo[1], z=hi[2] - lo[2])
+            msg.valid_points = int(shape.valid_points)
+            msg.valid_fraction = float(shape.valid_fraction)
+            msg.geometry_method = shape.method.value
     return msg
+
+
+def target_from_msg(msg: GroundedTarget) -> Target:
+    """The core Target of a GroundedTarget (for clients: the regression harness, tests)."""
+    box = Box(msg.x_min, msg.y_min, msg.x_max, msg.y_max) if msg.kind == GroundedTarget.KIND_BOX else None
+    point = (msg.point_x, msg.point_y) if box is None else None
+    position = shape = None
+    if msg.position_valid:
+        position = (msg.position.x, msg.position.y, msg.position.z)
+        if msg.geometry_method in {m.value for m in GeometryMethod}:
+            c, size = msg.extent_center, msg.extent_size
+            shape = Shape3D(extent_min=(c.x - size.x / 2, c.y - size.y / 2, c.z - size.z / 2),
+                            extent_max=(c.x + size.x / 2, c.y + size.y / 2, c.z + size.z / 2),
+                            valid_points=int(msg.valid_points), valid_fraction=float(msg.valid_fraction),
+                            method=GeometryMethod(msg.geometry_method))
+    return Target(label=msg.label, box=box, score=msg.score, position=position, point=point,
+                  mask=mask_from_msg(msg), shape=shape)
 
 
 def timings_to_msg(timings: Timings, generated_tokens: int) -> QueryTimings:
@@ -49,6 +105,8 @@ def timings_to_msg(timings: Timings, generated_tokens: int) -> QueryTimings:
         vision_encode=timings.vision_encode,
         prefill=timings.prefill,
         decode=timings.decode,
+        ground=timings.ground,
+        segment=timings.segment,
         total=timings.total,
         generated_tokens=int(generated_tokens),
     )

@@ -398,31 +398,51 @@ class PerceptionNode(LifecycleNode):
 
     @staticmethod
     def _annotated(frame: Frame, answer: Answer, header: Header) -> Image:
+        """The source image with each target's box (or point), mask outline and label."""
         image = np.ascontiguousarray(frame.image.copy())
+        colour = (255, 64, 0)
         for t in answer.targets:
-            p1, p2 = (int(t.box.x_min), int(t.box.y_min)), (int(t.box.x_max) - 1, int(t.box.y_max) - 1)
-            cv2.rectangle(image, p1, p2, (255, 64, 0), 2)
-            cv2.putText(image, t.label[:40], (p1[0], max(12, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 64, 0), 1)
+            if t.mask is not None and t.mask.data.any():
+                contours, _ = cv2.findContours(t.mask.data.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(image, contours, -1, (0, 220, 255), 1, offset=(t.mask.x0, t.mask.y0))
+            if t.box is not None:
+                p1, p2 = (int(t.box.x_min), int(t.box.y_min)), (int(t.box.x_max) - 1, int(t.box.y_max) - 1)
+                cv2.rectangle(image, p1, p2, colour, 2)
+            else:
+                p1 = (int(t.point[0]), int(t.point[1]))
+                cv2.drawMarker(image, p1, colour, cv2.MARKER_CROSS, 12, 2)
+            cv2.putText(image, t.label[:40], (p1[0], max(12, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
         h, w = image.shape[:2]
         return Image(header=header, height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
                      data=image.tobytes())
 
     @staticmethod
     def _markers(answer: Answer, header: Header) -> MarkerArray:
+        """Per target with a 3-D position: a sphere at it, its label, and a box (CUBE) of its 3-D extent."""
         markers = [Marker(header=header, ns="vlm_targets", action=Marker.DELETEALL)]
         for i, t in enumerate(t for t in answer.targets if t.position is not None):
-            sphere = Marker(header=header, ns="vlm_targets", id=2 * i, type=Marker.SPHERE, action=Marker.ADD)
+            sphere = Marker(header=header, ns="vlm_targets", id=3 * i, type=Marker.SPHERE, action=Marker.ADD)
             sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z = t.position
             sphere.pose.orientation.w = 1.0
-            sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.05
+            sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.02
             sphere.color.r, sphere.color.g, sphere.color.a = 1.0, 0.3, 0.9
-            text = Marker(header=header, ns="vlm_targets", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
+            text = Marker(header=header, ns="vlm_targets", id=3 * i + 1, type=Marker.TEXT_VIEW_FACING,
                           action=Marker.ADD, text=t.label)
-            text.pose = sphere.pose
-            text.pose.position.y -= 0.06
+            text.pose.orientation.w = 1.0
+            text.pose.position.x, text.pose.position.y, text.pose.position.z = t.position
+            top = t.shape.extent_min[1] if t.shape is not None else t.position[1]
+            text.pose.position.y = top - 0.04  # above the object (y is down)
             text.scale.z = 0.04
             text.color.r = text.color.g = text.color.b = text.color.a = 1.0
             markers += [sphere, text]
+            if t.shape is not None and max(t.shape.size) > 0.0:
+                lo, hi = t.shape.extent_min, t.shape.extent_max
+                cube = Marker(header=header, ns="vlm_targets", id=3 * i + 2, type=Marker.CUBE, action=Marker.ADD)
+                cube.pose.position.x, cube.pose.position.y, cube.pose.position.z = ((a + b) / 2 for a, b in zip(lo, hi))
+                cube.pose.orientation.w = 1.0
+                cube.scale.x, cube.scale.y, cube.scale.z = (max(b - a, 0.002) for a, b in zip(lo, hi))  # RViz: > 0
+                cube.color.r, cube.color.g, cube.color.b, cube.color.a = 0.0, 0.85, 1.0, 0.35
+                markers.append(cube)
         return MarkerArray(markers=markers)
 
     def _publish_diagnostics(self) -> None:

@@ -12,22 +12,28 @@ A scene bag holds, per frame, for one camera (default topic names of the node's 
 Header stamps equal the bag timestamps; frame ids are `<camera>_color_optical_frame` and
 `<camera>_depth_optical_frame`. Each scene of `vlm_ros.embedded.scenes` is held for `seconds / len(scenes)`
 seconds (several frames with light per-frame sensor noise), then the next follows. The ground truth (objects,
-boxes, 3-D positions per scene, and instructions with the time to ask them and the expected answer) is written
-to `<bag>/groundtruth.json`; :func:`load_groundtruth` reads it into dataclasses.
+boxes, masks, 3-D positions and extents per scene, and instructions with the time to ask them and the expected
+answer) is written to `<bag>/groundtruth.json`; :func:`load_groundtruth` reads it into dataclasses (files of the
+earlier format 1, without masks and extents, too).
+
+An object's mask in the sidecar: {"x0", "y0", "width", "height", "png"}: its visible pixels over the box at
+(x0, y0), a mono8 PNG (255 = object) of width x height, base64-encoded.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import functools
 import json
 import math
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
@@ -35,7 +41,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from vlm_ros.core.images import encode_compressed, encode_depth, encode_image
-from vlm_ros.core.types import Box, CameraIntrinsics
+from vlm_ros.core.types import Box, CameraIntrinsics, Mask
 from vlm_ros.embedded import tasks
 from vlm_ros.embedded.scenes import Scene, render_scene
 
@@ -64,7 +70,8 @@ __all__ = [
 BAG_VERSION = 9  # rosbag2 metadata version written by Jazzy and Kilted (QoS stored as a YAML list)
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000  # a fixed wall-clock-like start: bags are reproducible
 GROUNDTRUTH_FILE = "groundtruth.json"
-GROUNDTRUTH_FORMAT = "vlm_ros.groundtruth/1"
+GROUNDTRUTH_FORMAT = "vlm_ros.groundtruth/2"  # 2: object masks and 3-D extents
+_READABLE_FORMATS = ("vlm_ros.groundtruth/1", GROUNDTRUTH_FORMAT)
 
 # Stream role -> topic. Absolute names: a bag stores resolved names. A role mapped to None is not written.
 DEFAULT_TOPICS: dict[str, str] = {
@@ -120,6 +127,14 @@ class ObjectTruth:
     box: Box  # visible extent, source-image pixels
     position: tuple[float, float, float]  # colour camera optical frame, metres
     visible_fraction: float
+    # format 2 (None when read from a format-1 file); 3-D in the colour camera optical frame, metres, as
+    # vlm_ros.embedded.scenes defines them
+    mask: Mask | None = field(default=None, compare=False)  # visible pixels (after occlusion), source "truth"
+    surface_centroid: tuple[float, float, float] | None = None  # of the visible surface
+    surface_min: tuple[float, float, float] | None = None  # axis-aligned extent of the visible surface
+    surface_max: tuple[float, float, float] | None = None
+    object_center: tuple[float, float, float] | None = None  # the whole object, as the renderer knows it
+    object_size: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +197,40 @@ def _box_list(box: Box) -> list[float]:
     return [box.x_min, box.y_min, box.x_max, box.y_max]
 
 
+def _mask_to_json(mask: Mask) -> dict:
+    ok, png = cv2.imencode(".png", mask.data.astype(np.uint8) * 255)
+    if not ok:  # pragma: no cover - OpenCV always encodes a mono8 image
+        raise RuntimeError("PNG encoding of a mask failed")
+    h, w = mask.data.shape
+    return {"x0": mask.x0, "y0": mask.y0, "width": w, "height": h, "png": base64.b64encode(png.tobytes()).decode()}
+
+
+def _mask_from_json(d: dict) -> Mask:
+    data = cv2.imdecode(np.frombuffer(base64.b64decode(d["png"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+    if data is None or data.shape != (int(d["height"]), int(d["width"])):
+        raise ValueError(f"mask PNG does not decode to {d['width']}x{d['height']}")
+    return Mask(int(d["x0"]), int(d["y0"]), data > 127, "truth")
+
+
+_OBJECT_3D = ("surface_centroid", "surface_min", "surface_max", "object_center", "object_size")
+
+
+def _object_to_json(o: ObjectTruth) -> dict:
+    d = {
+        "label": o.label,
+        "shape": o.shape,
+        "color": o.color,
+        "size": o.size,
+        "box": _box_list(o.box),
+        "position": list(o.position),
+        "visible_fraction": o.visible_fraction,
+    }
+    if o.mask is not None:
+        d["mask"] = _mask_to_json(o.mask)
+    d.update({name: list(getattr(o, name)) for name in _OBJECT_3D if getattr(o, name) is not None})
+    return d
+
+
 def _groundtruth_to_json(gt: GroundTruth) -> dict:
     return {
         "format": GROUNDTRUTH_FORMAT,
@@ -203,18 +252,7 @@ def _groundtruth_to_json(gt: GroundTruth) -> dict:
                 "end_ns": s.end_ns,
                 "frame_stamps_ns": list(s.frame_stamps_ns),
                 "intrinsics": dict(fx=s.intrinsics.fx, fy=s.intrinsics.fy, cx=s.intrinsics.cx, cy=s.intrinsics.cy),
-                "objects": [
-                    {
-                        "label": o.label,
-                        "shape": o.shape,
-                        "color": o.color,
-                        "size": o.size,
-                        "box": _box_list(o.box),
-                        "position": list(o.position),
-                        "visible_fraction": o.visible_fraction,
-                    }
-                    for o in s.objects
-                ],
+                "objects": [_object_to_json(o) for o in s.objects],
             }
             for s in gt.scenes
         ],
@@ -239,11 +277,14 @@ def _groundtruth_to_json(gt: GroundTruth) -> dict:
 
 
 def _groundtruth_from_json(d: dict) -> GroundTruth:
-    if d.get("format") != GROUNDTRUTH_FORMAT:
-        raise ValueError(f"not a {GROUNDTRUTH_FORMAT} file (format={d.get('format')!r})")
+    if d.get("format") not in _READABLE_FORMATS:
+        raise ValueError(f"not a {' or '.join(_READABLE_FORMATS)} file (format={d.get('format')!r})")
 
     def pos(v) -> tuple[float, float, float]:
         return (float(v[0]), float(v[1]), float(v[2]))
+
+    def optional_3d(o: dict) -> dict:
+        return {name: pos(o[name]) for name in _OBJECT_3D if name in o}
 
     scenes = tuple(
         SceneTruth(
@@ -262,6 +303,8 @@ def _groundtruth_from_json(d: dict) -> GroundTruth:
                     box=Box(*o["box"]),
                     position=pos(o["position"]),
                     visible_fraction=float(o["visible_fraction"]),
+                    mask=_mask_from_json(o["mask"]) if "mask" in o else None,
+                    **optional_3d(o),
                 )
                 for o in s["objects"]
             ),
@@ -327,9 +370,11 @@ def _scene_truth(scene: Scene, index: int, start_ns: int, end_ns: int, stamps: S
         intrinsics=scene.intrinsics,
         objects=tuple(
             ObjectTruth(
-                o.label, o.shape, o.color, o.size, o.box, tuple(float(v) for v in o.position), float(o.visible_fraction)
+                o.label, o.shape, o.color, o.size, o.box, tuple(float(v) for v in o.position), float(o.visible_fraction),
+                mask=scene.object_mask(i), surface_centroid=o.surface_centroid, surface_min=o.surface_min,
+                surface_max=o.surface_max, object_center=o.object_center, object_size=o.object_size,
             )
-            for o in scene.objects
+            for i, o in enumerate(scene.objects)
         ),
     )
 

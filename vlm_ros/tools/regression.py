@@ -1,5 +1,9 @@
 """Regression harness: replay a bag into the perception node, ask the sidecar's questions at their times,
-compare answers and targets with the truth, report accuracy and latency, and fail below thresholds.
+compare answers and targets with the truth, report accuracy, target geometry and latency, and fail below thresholds.
+
+Target geometry (vlm_ros.tools.geometry_metrics), for each answered target matched to a true object (box IoU
+>= 0.5): mask IoU, 3-D centroid error, 3-D extent error per axis, object-centre error (sidecars of format 1 carry
+no masks and extents: regenerate such a bag to have them).
 
     python -m vlm_ros.tools.regression test/bags/scenes_small --start-node --min-accuracy 0.6
     python -m vlm_ros.tools.regression my.bag --service /robot1/vlm/query     # against a running node
@@ -18,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_ros.core.types import Box
+from vlm_ros.core.types import Target
 from vlm_ros.models.parsing import strip_loc_tokens
 from vlm_ros.tools.bags import GroundTruth, InstructionTruth, load_groundtruth
+from vlm_ros.tools.geometry_metrics import GeometryScore, GeometryTruth, score_target, summarize, summary_lines
 from vlm_ros.tools.processes import PythonProcess, node_args
 from vlm_ros.tools.stats import percentile
 
@@ -36,10 +41,10 @@ class Outcome:
     answer: str = ""
     correct: bool = False
     latency_s: float = float("nan")  # call to answer, as the caller sees it
-    node_s: float = float("nan")  # the node's own timing: queue wait, preprocessing, vision, prefill, decode
+    node_s: float = float("nan")  # the node's own timing (timings.total): queue wait to the targets' geometry
     ious: list[float] = field(default_factory=list)
-    position_errors_m: list[float] = field(default_factory=list)
-    targets: list[tuple[str, Box, tuple[float, float, float] | None]] = field(default_factory=list)
+    geometry: list[GeometryScore] = field(default_factory=list)  # per matched target
+    targets: list[Target] = field(default_factory=list)
 
 
 @dataclass
@@ -62,19 +67,19 @@ class Report:
     def latency(self, q: float, inside_node: bool = False) -> float:
         return percentile([o.node_s if inside_node else o.latency_s for o in self.outcomes if o.status >= 0], q)
 
+    def geometry_summary(self) -> dict:
+        return summarize([g for o in self.outcomes for g in o.geometry])
+
     def summary(self) -> str:
         kinds = sorted({o.truth.kind for o in self.outcomes})
         lines = [f"{'kind':10s} {'n':>3s} {'accuracy':>9s}"]
         for kind in kinds:
             n = sum(o.truth.kind == kind for o in self.outcomes)
             lines.append(f"{kind:10s} {n:3d} {self.accuracy({kind}):9.2f}")
-        errors = [e for o in self.outcomes for e in o.position_errors_m]
         lines.append(f"answered OK from the right scene: {self.answered:.2f}")
         lines.append(f"overall accuracy {self.accuracy():.2f} over {len(self.outcomes)} questions; grounding "
                      f"(IoU >= 0.5) {self.grounding_accuracy:.2f}")
-        if errors:
-            lines.append(f"3-D error of matched targets: median {statistics.median(errors) * 100:.1f} cm, "
-                         f"max {max(errors) * 100:.1f} cm over {len(errors)} targets")
+        lines += summary_lines(self.geometry_summary())
         lines.append(f"latency p50 {self.latency(0.5) * 1e3:.0f} ms, p95 {self.latency(0.95) * 1e3:.0f} ms "
                      f"(inside the node p50 {self.latency(0.5, True) * 1e3:.0f} ms, "
                      f"p95 {self.latency(0.95, True) * 1e3:.0f} ms)")
@@ -91,19 +96,19 @@ def score(outcome: Outcome, gt: GroundTruth) -> None:
     if outcome.status != 0:
         return
     if truth.kind in ("ground", "list"):
-        unmatched = list(range(len(outcome.targets)))
+        scene = gt.scenes[truth.scene_index]
+        unmatched = [i for i, t in enumerate(outcome.targets) if t.box is not None]  # point targets have no box
         for expected in truth.targets:
             best, best_iou = None, 0.0
             for i in unmatched:
-                iou = expected.box.iou(outcome.targets[i][1])
+                iou = expected.box.iou(outcome.targets[i].box)
                 if iou > best_iou:
                     best, best_iou = i, iou
             outcome.ious.append(best_iou)
             if best is not None and best_iou >= 0.5:
                 unmatched.remove(best)
-                position = outcome.targets[best][2]
-                if position is not None:
-                    outcome.position_errors_m.append(sum((a - b) ** 2 for a, b in zip(position, expected.position)) ** 0.5)
+                truth_3d = GeometryTruth.of(scene.objects[expected.object_index])
+                outcome.geometry.append(score_target(outcome.targets[best], truth_3d, gt.width, gt.height))
         matched = all(iou >= 0.5 for iou in outcome.ious)
         outcome.correct = matched and (bool(truth.targets) or not outcome.targets)
     else:
@@ -158,8 +163,8 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
                 time.sleep(0.002)
             request = Query.Request(instruction=truth.instruction, ground=truth.ground, timeout_s=float(timeout_s))
             outcome, answered = Outcome(truth), threading.Event()
+            sent = time.monotonic()  # before sending: the answer can come before call_async returns to this thread
             future = client.call_async(request)
-            sent = time.monotonic()
 
             def on_done(f, o=outcome, t=sent, event=answered):
                 o.latency_s = time.monotonic() - t
@@ -184,13 +189,12 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
 
 
 def _fill(outcome: Outcome, resp, gt: GroundTruth) -> None:
+    from vlm_ros.ros.convert import target_from_msg
     outcome.status, outcome.message, outcome.answer = resp.status, resp.message, resp.answer
     outcome.node_s = resp.timings.total
     stamp = resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec
     scene = gt.scenes[outcome.truth.scene_index]
-    for t in resp.targets:
-        position = (t.position.x, t.position.y, t.position.z) if t.position_valid else None
-        outcome.targets.append((t.label, Box(t.x_min, t.y_min, t.x_max, t.y_max), position))
+    outcome.targets = [target_from_msg(t) for t in resp.targets]
     if outcome.status == 0 and not scene.start_ns <= stamp < scene.end_ns:
         outcome.message = "answered from a frame of another scene"
         outcome.status = -2
@@ -212,9 +216,17 @@ def print_outcome(o: Outcome) -> None:
     print(f"[{mark}] {o.truth.instruction!r} -> {o.answer!r} (expected {strip_loc_tokens(o.truth.answer)!r}), "
           f"{o.latency_s * 1e3:.0f} ms ({o.node_s * 1e3:.0f} ms in the node)"
           + ("" if o.status == 0 else f", status {o.status}: {o.message}"))
-    for label, box, position in o.targets:
-        where = f", 3-D ({position[0]:+.2f}, {position[1]:+.2f}, {position[2]:.2f}) m" if position else ""
-        print(f"        target {label!r}: box ({box.x_min:.0f}, {box.y_min:.0f}, {box.x_max:.0f}, {box.y_max:.0f}) px{where}")
+    for t in o.targets:
+        where = (f"box ({t.box.x_min:.0f}, {t.box.y_min:.0f}, {t.box.x_max:.0f}, {t.box.y_max:.0f}) px"
+                 if t.box is not None else f"point ({t.point[0]:.0f}, {t.point[1]:.0f}) px")
+        if t.mask is not None:
+            where += f", mask {t.mask.area} px ({t.mask.source})"
+        if t.position is not None:
+            where += f", 3-D ({t.position[0]:+.3f}, {t.position[1]:+.3f}, {t.position[2]:.3f}) m"
+        if t.shape is not None:
+            size = ", ".join(f"{v * 100:.1f}" for v in t.shape.size)
+            where += f", extent ({size}) cm, {t.shape.valid_points} points, {t.shape.method.value}"
+        print(f"        target {t.label!r}: {where}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-accuracy", type=float, default=0.0)
     parser.add_argument("--min-grounding", type=float, default=0.0)
     parser.add_argument("--max-p95-latency", type=float, default=float("inf"), help="seconds")
+    parser.add_argument("--min-mask-iou", type=float, default=0.0,
+                        help="median mask IoU of the matched targets (targets without a mask count as 0)")
+    parser.add_argument("--max-centroid-error", type=float, default=float("inf"),
+                        help="median 3-D centroid error of the matched targets, metres (targets without 3-D: inf)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -264,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"grounding accuracy {report.grounding_accuracy:.2f} < {args.min_grounding}")
     if not report.latency(0.95) <= args.max_p95_latency:
         failures.append(f"p95 latency {report.latency(0.95):.2f} s > {args.max_p95_latency} s")
+    scores = [g for o in report.outcomes for g in o.geometry]
+    if args.min_mask_iou > 0:
+        iou = statistics.median([s.mask_iou or 0.0 for s in scores]) if scores else 0.0
+        if not iou >= args.min_mask_iou:
+            failures.append(f"median mask IoU {iou:.3f} < {args.min_mask_iou}")
+    if args.max_centroid_error < float("inf"):
+        errors = [s.centroid_error_m if s.centroid_error_m is not None else float("inf") for s in scores]
+        error = statistics.median(errors) if errors else float("inf")
+        if not error <= args.max_centroid_error:
+            failures.append(f"median 3-D centroid error {error:.4f} m > {args.max_centroid_error} m")
     for f in failures:
         print(f"FAIL: {f}")
     return 1 if failures else 0
