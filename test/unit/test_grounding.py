@@ -177,8 +177,8 @@ def test_segmenter_masks_are_cropped_to_their_boxes(adapters, models, segmenter)
         x0, y0 = math.floor(t.box.x_min), math.floor(t.box.y_min)
         x1, y1 = math.ceil(t.box.x_max), math.ceil(t.box.y_max)
         inside = m[y0:y1, x0:x1]
-        if t.mask is None:  # random weights: an empty mask inside the box is dropped, and counted
-            assert not inside.any()
+        if t.mask is None or t.mask.source == "depth_layer":  # random weights: an empty segmenter mask inside the
+            assert not inside.any()  # box is dropped and counted; the target falls back to its depth layer
             continue
         masked += 1
         assert t.mask.source == "segmenter" and (t.mask.x0, t.mask.y0) == (x0, y0)
@@ -197,7 +197,7 @@ class FixedText:
     def __init__(self, texts, stop=StopReason.EOS):
         self.texts, self.stop, self.calls = texts, stop, []
 
-    def generate(self, inputs, max_new_tokens, *, deadline=None, stop_strings=(), on_text=None, cancel=None):
+    def generate(self, inputs, max_new_tokens, *, deadline=None, on_text=None, cancel=None):
         self.calls.append(max_new_tokens)
         text = self.texts(len(self.calls)) if callable(self.texts) else self.texts
         return GenerationResult(token_ids=[1], text=text, stop_reason=self.stop)
@@ -263,7 +263,7 @@ def test_florence2_truncated_polygon_is_dropped(adapters):
     engine = FixedText(lambda call: "mug<loc_250><loc_250><loc_750><loc_750>" if call == 1 else
                        "<loc_300><loc_300><loc_700><loc_300><loc_500><loc_700>", stop=StopReason.LENGTH)
     answer = Pipeline(adapters["florence2"], engine=engine).answer(depth_frame(), GROUND)
-    assert answer.targets[0].mask is None and "polygon outputs dropped" in answer.message
+    assert answer.targets[0].mask.source == "depth_layer" and "polygon outputs dropped" in answer.message
 
 
 # --- bad input: dropped, counted, the query still answers ------------------------------------------------------
@@ -337,7 +337,7 @@ def test_bad_segmenter_output_is_dropped_and_counted(adapters, make, note):
     grounder = Grounder(GroundingSettings("d", segmenter="s"), detector=detector, segmenter=BadSegmenter(make))
     answer = Pipeline(adapters["llava"], grounder=grounder).answer(depth_frame(), GROUND)
     assert answer.status == Status.OK and len(answer.targets) == 2
-    assert all(t.mask is None and t.position is not None for t in answer.targets)
+    assert all(t.mask.source == "depth_layer" and t.position is not None for t in answer.targets)
     assert note in answer.message, answer.message
     assert sum(v for k, v in grounder.drops.items() if k.startswith("segmenter")) >= 1
 
@@ -351,7 +351,7 @@ def test_an_out_of_box_mask_is_empty_inside_the_box_and_dropped(adapters):
     grounder = Grounder(GroundingSettings("d", segmenter="s"), detector=BadDetector([GOOD]),
                         segmenter=BadSegmenter(outside))
     answer = Pipeline(adapters["llava"], grounder=grounder).answer(depth_frame(), GROUND)
-    assert answer.targets[0].mask is None and grounder.drops["segmenter mask"] == 1
+    assert answer.targets[0].mask.source == "depth_layer" and grounder.drops["segmenter mask"] == 1
 
 
 class SlowText(FixedText):
@@ -375,6 +375,6 @@ def test_the_deadline_stops_grounding_work(adapters):
     assert "deadline reached before the detector ran" in answer.message and answer.text == "a red cup"
     florence = Pipeline(adapters["florence2"], engine=SlowText("mug<loc_250><loc_250><loc_750><loc_750>", 0.3))
     answer = florence.answer(depth_frame(), GROUND, deadline=time.monotonic() + 0.2)
-    assert answer.status == Status.TIMEOUT and len(answer.targets) == 1 and answer.targets[0].mask is None
+    assert answer.status == Status.TIMEOUT and len(answer.targets) == 1 and answer.targets[0].mask.source == "depth_layer"
     assert "deadline reached before all polygons were generated" in answer.message
     assert len(florence.engine.calls) == 1  # no polygon generation after the deadline

@@ -49,13 +49,12 @@ class GatedEngine:
         if open_:
             self.gate.set()
 
-    def generate(self, inputs, max_new_tokens, *, deadline=None, stop_strings=(), on_text=None, cancel=None):
+    def generate(self, inputs, max_new_tokens, *, deadline=None, on_text=None, cancel=None):
         self.entered.set()
         while not self.gate.wait(0.01):
             if self.honour_cancel and cancel is not None and cancel.is_set():
                 break
-        return self.engine.generate(inputs, max_new_tokens, deadline=deadline, stop_strings=stop_strings,
-                                    on_text=on_text, cancel=cancel)
+        return self.engine.generate(inputs, max_new_tokens, deadline=deadline, on_text=on_text, cancel=cancel)
 
 
 class Rig:
