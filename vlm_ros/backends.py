@@ -50,6 +50,11 @@ def torch_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     t0 = time.monotonic()
     adapter = load_adapter(settings.model, settings.family, device, getattr(torch, dtype))
     log(f"loaded {adapter.family} model in {time.monotonic() - t0:.1f} s")
+    if settings.extra.get("quantize", "none") == "int8":
+        from vlm_ros.quantize import quantize_decoder_int8
+
+        log(f"int8 weights: {quantize_decoder_int8(adapter.model)} decoder linear layers")
+        return Pipeline(adapter), f"torch ({device}, {dtype}, int8 decoder weights)"
     return Pipeline(adapter), f"torch ({device}, {dtype})"
 
 

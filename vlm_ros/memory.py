@@ -16,8 +16,10 @@ import os
 import platform
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MiB = 2**20
 
@@ -395,3 +397,43 @@ def check_fits(model_dir: str | Path, *, margin_mb: float, **settings) -> Admiss
     if not admission.fits:
         raise MemoryAdmissionError(admission.message())
     return admission
+
+
+def node_admission(param: Callable[[str], Any], log: Callable[[str], None]) -> Admission | None:
+    """The configure-time check for the node's parameters (`param(name)` reads one); None when it does not apply
+    (memory_check false, backend remote). Raises MemoryAdmissionError with the figures when the model does not fit.
+    """
+    backend = param("backend")
+    if not param("memory_check") or backend == "remote":
+        return None
+    device, dtype = param("device"), param("dtype")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "onnxruntime":  # float32 graphs, no int8 layers
+        dtype, quantize = "float32", "none"
+    else:
+        quantize = param("quantize") if backend in ("torch", "auto") else "none"
+    admission = check_fits(param("model"), margin_mb=param("memory_margin_mb"), dtype=dtype, device=device,
+                           quantize=quantize, max_tokens=param("engine_max_tokens"), family=param("family"),
+                           image_size=(param("engine_image_height"), param("engine_image_width")))
+    log(admission.message())
+    return admission
+
+
+def diagnostic_values(admission: Admission | None) -> dict[str, str]:
+    """Estimate and available memory (at the last configure) and what the process uses now, MiB."""
+    if admission is None:
+        return {"memory_estimate_mb": "", "memory_available_mb": "", "memory_actual_mb": ""}
+    actual = float("nan")
+    if admission.estimate.device == "cuda" and not is_jetson():
+        import torch
+
+        actual = torch.cuda.max_memory_allocated() / MiB
+    else:
+        with open("/proc/self/statm") as f:
+            actual = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+    return {"memory_estimate_mb": f"{admission.estimate.total / MiB:.0f}",
+            "memory_available_mb": f"{admission.available.bytes / MiB:.0f}",
+            "memory_actual_mb": f"{actual:.0f}"}

@@ -44,6 +44,7 @@ from vlm_ros.core.geometry import intrinsics_from_k
 from vlm_ros.core.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
 from vlm_ros.core.requests import check_limits, normalise_instruction
 from vlm_ros.core.types import Answer, Frame, Request, Status, Task
+from vlm_ros.memory import diagnostic_values, node_admission
 from vlm_ros.msg import GroundedTargetArray, SceneDescription
 from vlm_ros.ros.convert import fill_result, make_header, request_from_goal, stamp_to_ns, target_to_msg
 from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
@@ -148,6 +149,7 @@ class PerceptionNode(LifecycleNode):
         self._companions: dict[str, tuple] = {}  # camera -> (depth, CameraInfo) subscriptions, None where not set
         self._pipeline = None
         self._backend = "none"
+        self._memory = None  # the last configure's memory admission (vlm_ros/memory.py)
         self._configure_error = ""  # why the last configure failed, shown in diagnostics until one succeeds
         self._warmup_s: float | None = None  # the last warm-up query's time
         self._cpu_threads: int | None = None  # torch's intra-op threads, as the worker set them
@@ -224,6 +226,7 @@ class PerceptionNode(LifecycleNode):
     # --- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
+            self._memory = node_admission(self.p, self.get_logger().info)  # refuses what would not fit
             self._pipeline, self._backend = self._load_pipeline()
         except Exception as exc:  # a clear reason in the log and diagnostics, and the node stays unconfigured
             self._configure_error = f"configure failed: {type(exc).__name__}: {exc}"
@@ -285,7 +288,7 @@ class PerceptionNode(LifecycleNode):
 
         settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
         settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
-                                                       "dla_core", "engine_image_height", "engine_image_width",
+                                                       "quantize", "dla_core", "engine_image_height", "engine_image_width",
                                                        "cpu_threads")})
         settings.extra.update({k: self.p(k) for k in self._specs if k.startswith("remote.")})
         return build_pipeline(settings, self.get_logger().info)
@@ -586,7 +589,7 @@ class PerceptionNode(LifecycleNode):
                   "warmup_s": "" if self._warmup_s is None else f"{self._warmup_s:.3f}",
                   "cpu_threads": "" if self._cpu_threads is None else self._cpu_threads,
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
-                  "rss_now_mb": f"{current_rss_mb():.0f}"}
+                  "rss_now_mb": f"{current_rss_mb():.0f}", **diagnostic_values(self._memory)}
         engine_diagnostics = getattr(getattr(self._pipeline, "engine", None), "diagnostics", None)
         if engine_diagnostics is not None:  # e.g. the remote engine: server, last latency, last error
             values.update(engine_diagnostics())
