@@ -133,9 +133,12 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
     if int8:
         import copy
 
-        from vlm_ros.quantize import decoder_weight_bytes as int8_bytes, quantize_decoder_int8
+        from vlm_ros.quantize import decoder_layers, decoder_weight_bytes as int8_bytes, quantize_decoder_int8
 
-        quantized = copy.deepcopy(adapter)
+        # a copy whose decoder layers are its own (then quantised) and whose other tensors are the original's
+        layer_tensors = {id(t) for layer in decoder_layers(adapter.model) for t in layer.parameters()}
+        shared = {id(t): t for t in adapter.model.parameters() if id(t) not in layer_tensors}
+        quantized = copy.deepcopy(adapter, memo=shared)
         quantize_decoder_int8(quantized.model)
         int8_engine = TorchEngine(quantized)
         if enter("engine int8", _engine_runner(int8_engine, inputs), decoder_weight_bytes=int8_bytes(quantized.model),
