@@ -6,7 +6,10 @@ present on CPU and, depending on the build, CUDA and MPS. On the CPU its bfloat1
 the 2-core x86 machine, one thread, a 1024 x 4096 layer at batch 1: fp32 F.linear 653 us, int8pack with fp32
 input 2,320 us, with bf16 input 227 us), so activations enter the kernel as bfloat16 and leave in the model's
 dtype. Where the kernel is missing for the device, the weight is dequantised per call (memory saved at rest,
-not compute), which `Int8Linear.kernel` says.
+not compute), which `Int8Linear.kernel` says. A prefill (PREFILL_ROWS or more rows) also multiplies by the
+dequantised weight in the activations' dtype: a matrix-matrix product is bound by compute, where the int8 kernel
+was slower (the 0.5B-class decoder's 739-token prefill on the CPU: 2.5x fp32's time), and one layer's weight is
+dequantised at a time (a transient of one layer).
 Only the text decoder's layers are quantised (`language model .layers[*]`, attention and MLP projections): the
 embeddings and an lm_head tied to them stay in the model's dtype; the vision encoder is untouched.
 """
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 KERNEL_DTYPE = torch.bfloat16  # activations and scales inside the int8 kernel
+PREFILL_ROWS = 16  # from this many rows (tokens) on, multiply by the dequantised weight instead
 
 
 class Int8Linear(torch.nn.Module):
@@ -34,7 +38,7 @@ class Int8Linear(torch.nn.Module):
         self.kernel = "int8pack" if _kernel_works(self.weight_int8.device) else "dequantize"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., K) -> (..., N)
-        if self.kernel == "int8pack":
+        if self.kernel == "int8pack" and x.numel() < PREFILL_ROWS * self.in_features:
             y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).to(KERNEL_DTYPE), self.weight_int8,
                                           self.scale).reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         else:

@@ -100,10 +100,11 @@ def test_int8_linear_computes_with_its_dequantized_weight():
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
     q = Int8Linear(linear)
-    x = torch.randn(3, 5, 96)
-    expected = torch.nn.functional.linear(x, q.dequantized(), linear.bias)
-    assert q(x).shape == (3, 5, 40) and q(x).dtype == torch.float32
-    assert torch.allclose(q(x), expected, atol=0.05, rtol=0.02)  # bf16 activations in the kernel
+    for rows in (1, 15, 64):  # the int8 kernel (bf16 activations) below PREFILL_ROWS, the dequantised weight above
+        x = torch.randn(rows, 96)
+        expected = torch.nn.functional.linear(x, q.dequantized(), linear.bias)
+        assert q(x[None]).shape == (1, rows, 40) and q(x).dtype == torch.float32
+        assert torch.allclose(q(x), expected, atol=0.05, rtol=0.02)
     assert (q.dequantized() - linear.weight).abs().max() <= linear.weight.abs().max() / 127  # half a step per row
 
 
