@@ -80,12 +80,22 @@ class MemoryEstimate:
     decoder_activations: int
     runtime_overhead: int
     image: ImageGeometry
+    loading_weights: int = 0  # int8: the weights at dtype, held while loading before they are packed
     notes: tuple[str, ...] = ()
 
     @property
-    def total(self) -> int:
+    def running(self) -> int:
         return (self.weights + self.kv_cache + self.vision_activations + self.decoder_activations
                 + self.runtime_overhead)
+
+    @property
+    def loading(self) -> int:
+        return self.loading_weights + self.runtime_overhead
+
+    @property
+    def total(self) -> int:
+        """The peak: while answering, or while loading when the unpacked weights are larger."""
+        return max(self.running, self.loading)
 
     def rows(self) -> list[tuple[str, int]]:
         """(what, bytes) for a table."""
@@ -96,7 +106,10 @@ class MemoryEstimate:
                 ("decoder prefill activations", self.decoder_activations),
                 (f"runtime overhead ({self.device}{'' if OVERHEAD_MEASURED[self.device] else ', not measured'})",
                  self.runtime_overhead),
-                ("total", self.total)]
+                *([("running (the sum above)", self.running),
+                   (f"loading peak (weights at {self.dtype} before int8 packing + runtime)", self.loading)]
+                  if self.loading_weights else []),
+                ("total (the larger of running and loading)" if self.loading_weights else "total", self.total)]
 
     def table(self) -> str:
         width = max(len(what) for what, _ in self.rows())
@@ -226,14 +239,16 @@ def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: 
     """Peak activations of one vision-encoder forward (inference: one layer's tensors live at a time).
 
     Per encoder image: the residual stream, q/k/v and the attention output (5 x hidden), the MLP's intermediate
-    twice (input and activation) and one head's attention scores at a time are alive together (sdpa on CPU).
+    twice (input and activation) and one head's attention scores at a time are alive together (sdpa on CPU);
+    beside them the processor's float32 pixels and their copy in the model's dtype.
     """
     vision = _vision_config(config)
     hidden = int(vision.get("hidden_size", vision.get("embed_dim", 768)))
     inter = int(vision.get("intermediate_size", 4 * hidden))
     p = geometry.patches
+    pixels = p * int(vision.get("patch_size", 14)) ** 2 * 3 * int(vision.get("temporal_patch_size", 1))
     per_image = p * (5 * hidden + 2 * inter) + p * p
-    return geometry.images * per_image * dtype_bytes
+    return geometry.images * (per_image * dtype_bytes + pixels * (4 + dtype_bytes))
 
 
 def decoder_activation_bytes(text: dict, prompt_tokens: int, dtype_bytes: int) -> int:
@@ -292,7 +307,19 @@ def estimate(model_dir: str | Path = "", *, dtype: str = "auto", device: str = "
         image_size=tuple(image_size), weights=weight_bytes(tensors, dtype, quantize), kv_cache=kv,
         vision_activations=vision_activation_bytes(config, geometry, size),
         decoder_activations=decoder_activation_bytes(text, prompt_tokens, size),
-        runtime_overhead=RUNTIME_OVERHEAD[device], image=geometry, notes=tuple(notes))
+        runtime_overhead=RUNTIME_OVERHEAD[device], image=geometry,
+        loading_weights=weight_bytes(tensors, dtype) if quantize != "none" else 0, notes=tuple(notes))
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim): after a model is unloaded or its weights replaced
+    (int8 packing), the freed memory shows as available and later allocations do not add to the peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # --- what the machine has -----------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vlm_ros.memory import release_free_memory
+
 KERNEL_DTYPE = torch.bfloat16  # activations and scales inside the int8 kernel
 PREFILL_ROWS = 16  # from this many rows (tokens) on, multiply by the dequantised weight instead
 
@@ -84,6 +86,7 @@ def quantize_decoder_int8(model: torch.nn.Module) -> int:
                 parent_name, _, child = name.rpartition(".")
                 setattr(layer.get_submodule(parent_name) if parent_name else layer, child, Int8Linear(module))
                 count += 1
+        release_free_memory()  # the replaced weights' pages, else they stay resident (measured: +40% peak)
     return count
 
 

@@ -46,7 +46,11 @@ def test_int8_weight_estimate_equals_the_quantized_models_bytes():
     adapter = load_adapter("")
     layers = quantize_decoder_int8(adapter.model)
     assert layers == 6 * 7  # q, k, v, o, gate, up, down in each of the embedded model's 6 layers
-    assert estimate("", dtype="float32", quantize="int8").weights == persistent_bytes(adapter.model)
+    packed = estimate("", dtype="float32", quantize="int8")
+    assert packed.weights == persistent_bytes(adapter.model)
+    # loading holds the float32 weights before they are packed: the peak is the larger of loading and running
+    assert packed.loading_weights == estimate("", dtype="float32").weights
+    assert packed.total == max(packed.running, packed.loading)
 
 
 def test_kv_estimate_equals_the_engines_kv_buffers():

@@ -44,7 +44,7 @@ from vlm_ros.core.geometry import intrinsics_from_k
 from vlm_ros.core.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
 from vlm_ros.core.requests import check_limits, normalise_instruction
 from vlm_ros.core.types import Answer, Frame, Request, Status, Task
-from vlm_ros.memory import diagnostic_values, node_admission
+from vlm_ros.memory import diagnostic_values, node_admission, release_free_memory
 from vlm_ros.msg import GroundedTargetArray, SceneDescription
 from vlm_ros.ros.convert import fill_result, make_header, request_from_goal, stamp_to_ns, target_to_msg
 from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
@@ -600,16 +600,6 @@ class PerceptionNode(LifecycleNode):
     def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
         return DiagnosticStatus(level=level, name=name, message=message, hardware_id=self.get_fully_qualified_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-
-
-def release_free_memory() -> None:
-    """Return freed heap pages to the OS (glibc malloc_trim): the model's memory shows up as free after cleanup."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def current_rss_mb() -> float:
