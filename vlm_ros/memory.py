@@ -32,9 +32,10 @@ INT8_SCALE_BYTES = 2  # one bfloat16 scale per output row (vlm_ros/quantize.py)
 
 # The runtime's own memory: RSS of a process that imported torch, transformers and vlm_ros, loaded the embedded
 # model (17.6 MB of weights) and answered one query, minus those weights and its KV cache. Measured on the
-# project's x86_64 CPU machine (torch 2.13 CPU, transformers 5.24): 456 MiB peak RSS -> 440 MiB. The ROS node
-# adds rclpy and the Fast DDS participant (measured: see README "Memory"). The CUDA context is not measured
-# here (no GPU was lent when this was written): the CUDA figure is an assumption, said so in the table.
+# project's x86_64 CPU machine (torch 2.13 CPU, transformers 5.24): 456 MiB peak RSS -> 440 MiB. Not included:
+# rclpy and the Fast DDS participant of the node (not measured separately; the margin covers them). The CUDA
+# context is not measured (no GPU was lent when this was written): the CUDA figure is an assumption, and the
+# table says so.
 RUNTIME_OVERHEAD = {"cpu": 440 * MiB, "cuda": 1024 * MiB}
 OVERHEAD_MEASURED = {"cpu": True, "cuda": False}
 

@@ -288,8 +288,8 @@ class PerceptionNode(LifecycleNode):
 
         settings = BackendSettings(**{k: self.p(k) for k in ("backend", "model", "family", "device", "dtype")})
         settings.extra.update({k: self.p(k) for k in ("engines_dir", "engine_policy", "precision", "engine_max_tokens",
-                                                       "quantize", "dla_core", "engine_image_height", "engine_image_width",
-                                                       "cpu_threads")})
+                                                       "quantize", "dla_core", "engine_image_height",
+                                                       "engine_image_width", "cpu_threads")})
         settings.extra.update({k: self.p(k) for k in self._specs if k.startswith("remote.")})
         return build_pipeline(settings, self.get_logger().info)
 
