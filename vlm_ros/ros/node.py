@@ -43,6 +43,7 @@ from vlm_ros.core.geometry import intrinsics_from_k
 from vlm_ros.core.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
 from vlm_ros.core.requests import QuerySettings
 from vlm_ros.core.types import Answer, Frame, Request, Status, Task
+from vlm_ros.memory import diagnostic_values, node_admission, release_free_memory
 from vlm_ros.msg import GroundedTargetArray, SceneDescription
 from vlm_ros.ros.convert import fill_result, make_header, query_from_msg, stamp_to_ns, target_to_msg
 from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
@@ -127,6 +128,7 @@ class PerceptionNode(LifecycleNode):
         self._cameras = CameraIngest(self)
         self._companions: dict[str, tuple] = {}  # camera -> (depth, CameraInfo) subscriptions, None where not set
         self._backend = "none"
+        self._memory = None  # the last configure's memory admission (vlm_ros/memory.py)
         self._configure_error = ""  # why the last configure failed, shown in diagnostics until one succeeds
         self._active = False
         self._scheduler = Scheduler(self.p("queue_size"), self.buffers, snapshot=self._snapshot,
@@ -202,6 +204,7 @@ class PerceptionNode(LifecycleNode):
     # --- lifecycle ----------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
+            self._memory = node_admission(self.p, self.get_logger().info)  # refuses what would not fit
             pipeline, self._backend = self._load_pipeline()
         except Exception as exc:  # a clear reason in the log and diagnostics, and the node stays unconfigured
             self._configure_error = f"configure failed: {type(exc).__name__}: {exc}"
@@ -482,7 +485,7 @@ class PerceptionNode(LifecycleNode):
                   "warmup_s": "" if scheduler.warmup_s is None else f"{scheduler.warmup_s:.3f}",
                   "cpu_threads": "" if scheduler.cpu_threads is None else scheduler.cpu_threads,
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
-                  "rss_now_mb": f"{current_rss_mb():.0f}"}
+                  "rss_now_mb": f"{current_rss_mb():.0f}", **diagnostic_values(self._memory)}
         engine_diagnostics = getattr(getattr(pipeline, "engine", None), "diagnostics", None)
         if engine_diagnostics is not None:  # e.g. the remote engine: server, last latency, last error
             values.update(engine_diagnostics())
@@ -493,16 +496,6 @@ class PerceptionNode(LifecycleNode):
     def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
         return DiagnosticStatus(level=level, name=name, message=message, hardware_id=self.get_fully_qualified_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-
-
-def release_free_memory() -> None:
-    """Return freed heap pages to the OS (glibc malloc_trim): the model's memory shows up as free after cleanup."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def current_rss_mb() -> float:

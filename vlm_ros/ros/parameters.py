@@ -74,7 +74,13 @@ NODE_PARAMS = [
              "(build missing or stale), refuse (build nothing at start)", choices=("reuse", "rebuild", "refuse")),
     _backend("precision", "TensorRT precision; int8/fp8 need a Q/DQ-quantised graph and a GPU that has them",
              choices=("fp16", "fp32", "int8", "fp8")),
-    _backend("engine_max_tokens", "TensorRT shape profile: most prompt + generated tokens", range=(64, 32768)),
+    _backend("engine_max_tokens", "most prompt + generated tokens: the TensorRT shape profile and the context the "
+             "memory check counts the KV cache for", range=(64, 32768)),
+    _backend("quantize", "backend torch: int8 = the text decoder's linear layers hold int8 weights (torch's "
+             "int8 weight-packed kernel)", choices=("none", "int8")),
+    ParamSpec("memory_check", True, "at configure, refuse a model whose estimated memory (weights, KV cache for "
+              "engine_max_tokens, activations, runtime) + memory_margin_mb exceeds what is available"),
+    ParamSpec("memory_margin_mb", 512.0, "memory kept free beyond the estimate (MiB)", range=(0.0, 1048576.0)),
     _backend("dla_core", "Jetson: build TensorRT engines for this DLA core (GPU fallback); -1 = GPU only",
              range=(-1, 7)),
     _backend("engine_image_height", "onnxruntime/tensorrt with idefics3 or qwen2_5_vl: camera frame height the "
