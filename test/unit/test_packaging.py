@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from conftest import REPO, requires_ros
 
@@ -27,6 +28,25 @@ def test_install_space_holds_generated_interfaces_and_core_under_one_name(tmp_pa
     assert out.returncode == 0, out.stderr
     core_file = out.stdout.strip()
     assert "site-packages" in core_file and not core_file.startswith(str(REPO / "vlm_ros")), core_file
+
+
+@requires_ros
+def test_demo_finds_its_bag_in_the_install_space_and_else_in_the_checkout(tmp_path):
+    code = "from vlm_ros.tools.demo import default_bag; print(default_bag())"
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    # installed: only the build's paths, outside the checkout
+    installed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                               env=dict(base, PYTHONPATH=os.environ.get("PYTHONPATH", ""),
+                                        AMENT_PREFIX_PATH=os.environ.get("AMENT_PREFIX_PATH", "")))
+    assert installed.returncode == 0, installed.stderr
+    bag = Path(installed.stdout.strip())
+    assert bag.parts[-4:] == ("share", "vlm_ros", "bags", "scenes_small") and not bag.is_relative_to(REPO), bag
+    assert (bag / "groundtruth.json").is_file() and (bag / "metadata.yaml").is_file()
+    # a checkout that is not installed: its own test/bags
+    checkout = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              env=dict(base, PYTHONPATH=str(REPO)))
+    assert checkout.returncode == 0, checkout.stderr
+    assert Path(checkout.stdout.strip()) == REPO / "test" / "bags" / "scenes_small"
 
 
 def test_status_codes_match_interface_files():
