@@ -31,7 +31,7 @@ def serve_available() -> bool:
 
 
 requires_serve = pytest.mark.skipif(not serve_available(),
-                                    reason="transformers[serving] is not installed (pip install -r requirements.txt)")
+                                    reason="transformers[serving] is not installed (pip install -r requirements-dev.txt)")
 
 
 def free_port() -> int:
