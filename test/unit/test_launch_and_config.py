@@ -38,18 +38,22 @@ def test_every_parameter_has_a_description_and_bad_values_are_refused_with_a_rea
     assert by_name["queue_size"].descriptor().integer_range[0].to_value == 64
 
 
-def test_camera_topic_defaults_live_in_the_parameters_only():
-    """The launch file repeats none of the default camera topics (it overrides them only when asked)."""
-    tree = ast.parse((REPO / "launch" / "perception.launch.py").read_text())
-    docstring = ast.get_docstring(tree, clean=False)
-    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    topics = {v for k, v in yaml_params().items() if k.startswith("cameras.front.") and v}
-    assert topics and not topics & (strings - {docstring})
-
-
 LAUNCH_AVAILABLE = all(importlib.util.find_spec(m) for m in ("launch", "launch_ros"))
-needs_launch = pytest.mark.skipif(not LAUNCH_AVAILABLE, reason="launch/launch_ros are not installed here (no PyPI "
-                                  "wheels); the launch file is checked by hand with upstream sources, see README")
+
+
+@pytest.mark.skipif(not LAUNCH_AVAILABLE, reason="launch/launch_ros are not installed here (no PyPI wheels); "
+                    "the launch file is checked by hand with upstream sources, see README")
+def test_launch_file_declares_arguments_and_one_lifecycle_node():
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+
+    description = get_launch_description_from_python_launch_file(str(REPO / "launch" / "perception.launch.py"))
+    names = {a.name for a in description.get_launch_arguments()}
+    assert {"params_file", "namespace", "use_sim_time", "model", "image_topic", "compressed_topic",
+            "camera_info_topic", "depth_topic", "depth_info_topic"} <= names
+    node, parameters = launch_node()
+    assert node.node_executable == "perception_node"
+    assert parameters["use_sim_time"] is False
+    assert {k: v for k, v in parameters.items() if k != "use_sim_time"} == yaml_params()
 
 
 def launch_node(**launch_args: str):
@@ -77,21 +81,7 @@ def launch_node(**launch_args: str):
     return node, parameters
 
 
-@needs_launch
-def test_launch_file_declares_arguments_and_one_lifecycle_node():
-    from launch.launch_description_sources import get_launch_description_from_python_launch_file
-
-    description = get_launch_description_from_python_launch_file(str(REPO / "launch" / "perception.launch.py"))
-    names = {a.name for a in description.get_launch_arguments()}
-    assert {"params_file", "namespace", "use_sim_time", "model", "image_topic", "compressed_topic",
-            "camera_info_topic", "depth_topic", "depth_info_topic"} <= names
-    node, parameters = launch_node()
-    assert node.node_executable == "perception_node"
-    assert parameters["use_sim_time"] is False
-    assert {k: v for k, v in parameters.items() if k != "use_sim_time"} == yaml_params()
-
-
-@needs_launch
+@pytest.mark.skipif(not LAUNCH_AVAILABLE, reason="launch/launch_ros are not installed here")
 def test_launch_arguments_set_sim_time_and_only_the_topics_given():
     _, parameters = launch_node(use_sim_time="true", compressed_topic="/camera/image_raw/compressed")
     assert parameters["use_sim_time"] is True
@@ -99,3 +89,12 @@ def test_launch_arguments_set_sim_time_and_only_the_topics_given():
     assert parameters["cameras.front.image_topic"] == yaml_params()["cameras.front.image_topic"]
     with pytest.raises(Exception, match="use_sim_time"):
         launch_node(use_sim_time="yes")
+
+
+def test_camera_topic_defaults_live_in_the_parameters_only():
+    """The launch file repeats none of the default camera topics (it overrides them only when asked)."""
+    tree = ast.parse((REPO / "launch" / "perception.launch.py").read_text())
+    docstring = ast.get_docstring(tree, clean=False)
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    topics = {v for k, v in yaml_params().items() if k.startswith("cameras.front.") and v}
+    assert topics and not topics & (strings - {docstring})
