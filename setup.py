@@ -4,7 +4,16 @@ The ROS package (interfaces, node executables, launch and config files) is built
 CMakeLists.txt; this file is not used by that build.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def requirements(name: str) -> list[str]:
+    """The requirement lines of a requirements file beside this one (no comments, no -r includes)."""
+    lines = (line.split("#")[0].strip() for line in (Path(__file__).parent / name).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
 
 setup(
     name="vlm_ros",
@@ -14,15 +23,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vlm_ros", "vlm_ros.*"]),
     package_data={"vlm_ros.embedded": ["weights/*", "weights/**/*"]},
-    install_requires=[
-        "numpy",
-        "opencv-python-headless",
-        "torch",
-        "transformers>=5.0",
-        "tokenizers",
-        "safetensors",
-    ],
-    extras_require={"test": ["pytest", "hypothesis"], "bags": ["rosbags"],
-                    "onnx": ["onnx", "onnxscript", "onnxruntime"]},  # TensorRT: from JetPack or NVIDIA's wheels
+    install_requires=requirements("requirements.txt"),  # TensorRT: from JetPack or NVIDIA's wheels
+    extras_require={"dev": requirements("requirements-dev.txt")},
     entry_points={"console_scripts": ["vlm-ros-build-engines = vlm_ros.export.build_engines:main"]},
 )

@@ -30,8 +30,8 @@ def serve_available() -> bool:
     return is_serve_available()
 
 
-requires_serve = pytest.mark.skipif(not serve_available(),
-                                    reason="transformers[serving] is not installed (pip install -r requirements.txt)")
+requires_serve = pytest.mark.skipif(
+    not serve_available(), reason="transformers[serving] is not installed (pip install -r requirements-dev.txt)")
 
 
 def free_port() -> int:

@@ -170,19 +170,21 @@ def test_image_callbacks_keep_their_rate_while_a_slow_query_runs(start_process, 
     harness.start_camera(image(h=480, w=640), rate_hz=rate)
     harness.wait_until_answering()
     time.sleep(0.5)
-    future = harness.query_async(instruction="describe it", max_new_tokens=4000, timeout_s=4.0)
+    # two long queries back to back: one took 1.3-2.0 s (torch 2.13 CPU and CUDA builds), too close to 2 s alone
+    futures = [harness.query_async(instruction="describe it", max_new_tokens=4000, timeout_s=4.0) for _ in range(2)]
     started = time.monotonic()
-    while not future.done() and time.monotonic() - started < 10:
+    while not all(f.done() for f in futures) and time.monotonic() - started < 20:
         time.sleep(0.05)
     finished = time.monotonic()
-    assert future.done() and future.result().status in (Query.Response.OK, Query.Response.TIMEOUT)
-    assert finished - started > 2.0, "the query was not slow enough to show anything"
+    assert all(f.done() and f.result().status in (Query.Response.OK, Query.Response.TIMEOUT) for f in futures)
+    assert finished - started > 2.0, "the queries were not slow enough to show anything"
     during = [(t, n) for t, n in received if started + 0.3 <= t <= finished - 0.1]
     assert len(during) >= 2
     (t0, n0), (t1, n1) = during[0], during[-1]
     measured = (n1 - n0) / (t1 - t0)
     sent = sum(t0 <= t <= t1 for t in harness.published_at) / (t1 - t0)  # what the camera really achieved
-    print(f"image callbacks during a {finished - started:.1f} s query: {measured:.1f} Hz (camera sent {sent:.1f} Hz)")
+    print(f"image callbacks during {finished - started:.1f} s of queries: {measured:.1f} Hz "
+          f"(camera sent {sent:.1f} Hz)")
     assert sent >= 0.5 * rate, "the test's own camera could not keep its rate"
     assert measured >= 0.8 * sent
 

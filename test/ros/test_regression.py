@@ -51,6 +51,21 @@ def run_harness(bag: Path, tmp_path: Path, *extra: str) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
+def box_drawn(path: Path, box: tuple[int, int, int, int]) -> bool:
+    """The node's box outline (2 px, colour (255, 64, 0)) runs along the top and bottom edges of `box` (pixels, as
+    printed: rounded) in the saved image."""
+    import cv2
+    import numpy as np
+
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    x_min, y_min, x_max, y_max = box
+    if not (0 < y_min and y_max < rgb.shape[0] and x_max - x_min > 6):
+        return False
+    drawn = np.all(rgb == (255, 64, 0), axis=-1)  # (H, W)
+    columns = slice(x_min + 2, x_max - 3)
+    return all(drawn[y - 1:y + 2, columns].any(axis=0).all() for y in (y_min, y_max - 1))
+
+
 def test_committed_bag_meets_accuracy_and_latency_thresholds(tmp_path):
     rc, output = run_harness(BAG, tmp_path, "--rate", str(RATE), "--min-answered", str(MIN_ANSWERED),
                              "--min-accuracy", str(MIN_ACCURACY),
@@ -61,7 +76,11 @@ def test_committed_bag_meets_accuracy_and_latency_thresholds(tmp_path):
     assert "overall accuracy" in output and "FAIL" not in output
     for line in ("mask IoU of matched targets", "3-D centroid error", "3-D extent error per axis", "object-centre error"):
         assert line in output, line
-    assert list((tmp_path / "annotated").glob("annotated_*.png")), "no annotated image was saved"
+    images = sorted((tmp_path / "annotated").glob("annotated_*.png"))
+    assert images, "no annotated image was saved"
+    # each answer has its own image (answers from one frame share its stamp): some show a printed grounded box
+    boxes = [tuple(map(int, b)) for b in re.findall(r"box \((\d+), (\d+), (\d+), (\d+)\) px", output)]
+    assert boxes and any(box_drawn(path, box) for path in images for box in boxes), (boxes, images)
     # each answer's round trip and the node's own share of it (which cannot be longer)
     pairs = [(int(a), int(b)) for a, b in re.findall(r"(\d+) ms \((\d+) ms in the node\)", output)]
     assert len(pairs) == output.count("-> ") and pairs and all(0 < node <= trip + 1 for trip, node in pairs), pairs

@@ -33,6 +33,46 @@ def test_install_space_holds_generated_interfaces_and_core_under_one_name(tmp_pa
     assert not list(installed.rglob("*.log")), "logs (the training log) are not installed"
 
 
+@requires_ros
+def test_demo_finds_its_bag_in_the_install_space_and_else_in_the_checkout(tmp_path):
+    code = "from vlm_ros.tools.demo import default_bag; print(default_bag())"
+    base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
+    # installed: only the build's paths, outside the checkout
+    installed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                               env=dict(base, PYTHONPATH=os.environ.get("PYTHONPATH", ""),
+                                        AMENT_PREFIX_PATH=os.environ.get("AMENT_PREFIX_PATH", "")))
+    assert installed.returncode == 0, installed.stderr
+    bag = Path(installed.stdout.strip())
+    assert bag.parts[-4:] == ("share", "vlm_ros", "bags", "scenes_small") and not bag.is_relative_to(REPO), bag
+    assert (bag / "groundtruth.json").is_file() and (bag / "metadata.yaml").is_file()
+    # a checkout that is not installed: its own test/bags
+    checkout = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              env=dict(base, PYTHONPATH=str(REPO)))
+    assert checkout.returncode == 0, checkout.stderr
+    assert Path(checkout.stdout.strip()) == REPO / "test" / "bags" / "scenes_small"
+
+
+def read_requirements(name: str) -> list:
+    from packaging.requirements import Requirement
+
+    lines = (line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines())
+    return [Requirement(line) for line in lines if line and not line.startswith("-")]
+
+
+def test_runtime_requirements_are_ranges_without_dev_tools_and_ci_pins_them_all():
+    from packaging.utils import canonicalize_name
+
+    runtime = {canonicalize_name(r.name): r for r in read_requirements("requirements.txt")}
+    assert not [r for r in runtime.values() if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert all(runtime[name].specifier and not runtime[name].extras for name in ("torch", "transformers"))
+    dev_only = {"pytest", "hypothesis", "ruff", "fastapi", "uvicorn", "openai", "accelerate", "tqdm"}
+    assert not dev_only & set(runtime)
+    pinned = {canonicalize_name(r.name) for r in read_requirements("constraints.txt")
+              if any(s.operator == "==" for s in r.specifier)}
+    wanted = set(runtime) | {canonicalize_name(r.name) for r in read_requirements("requirements-dev.txt")}
+    assert wanted <= pinned, wanted - pinned
+
+
 def test_status_codes_match_interface_files():
     """vlm_ros.core.types.Status and the constants of srv/Query.srv and action/Query.action agree."""
     from vlm_ros.core.types import Status
@@ -49,7 +89,8 @@ def test_status_codes_match_interface_files():
 
 def test_ros_free_wheel_builds_and_imports_without_rclpy(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(REPO)],
         capture_output=True, text=True,
     )
     assert out.returncode == 0, out.stderr
@@ -65,7 +106,7 @@ def test_ros_free_wheel_builds_and_imports_without_rclpy(tmp_path):
         "import sys; sys.modules['rclpy'] = None\n"
         "import vlm_ros.core.types as t; print(t.__file__)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": os.environ["PATH"]},
-                         capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(site), "PATH": os.environ["PATH"]})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().startswith(str(site))

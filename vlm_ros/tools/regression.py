@@ -153,7 +153,8 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
         if annotated_dir is not None:
             annotated_dir.mkdir(parents=True, exist_ok=True)
             node.create_subscription(Image, service.rsplit("/", 1)[0] + "/annotated",
-                                     lambda m: saved.append(_save_image(m, annotated_dir)), qos_profile_sensor_data)
+                                     lambda m: saved.append(_save_image(m, annotated_dir, len(saved))),
+                                     qos_profile_sensor_data)
         player = BagPlayer(player_node, bag, rate=rate, remap=remap, wait_for_subscribers=1, wait_timeout=60.0)
         player.start()
         pending: list[tuple[Outcome, float, object]] = []
@@ -201,12 +202,14 @@ def _fill(outcome: Outcome, resp, gt: GroundTruth) -> None:
     score(outcome, gt)
 
 
-def _save_image(msg, folder: Path) -> Path:
+def _save_image(msg, folder: Path, index: int) -> Path:
+    """annotated_<index>_<stamp>.png: the index-th answer's image (in the order answered); answers from one
+    frame share its stamp."""
     import cv2
     import numpy as np
 
     rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
-    path = folder / f"annotated_{msg.header.stamp.sec}_{msg.header.stamp.nanosec:09d}.png"
+    path = folder / f"annotated_{index:02d}_{msg.header.stamp.sec}_{msg.header.stamp.nanosec:09d}.png"
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     return path
 
