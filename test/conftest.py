@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _rclpy_available() -> bool:
     try:
         import rclpy  # noqa: F401
+
         from vlm_ros.srv import Query  # noqa: F401
     except ImportError:
         return False

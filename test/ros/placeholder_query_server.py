@@ -7,11 +7,11 @@ tested in its own tests.
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from vlm_ros.srv import Query
 
 from vlm_ros.core.requests import QuerySettings, build_request
 from vlm_ros.core.types import Answer, Box, GeometryMethod, Mask, Shape3D, Status, Target, Timings
 from vlm_ros.ros.convert import fill_result, make_header, query_from_msg
+from vlm_ros.srv import Query
 
 STAMP_NS = 1_700_000_000_123_456_789
 MUG_MASK = np.zeros((200, 100), bool)  # an L: the mug's body and handle

@@ -15,6 +15,7 @@ SERVER = str(Path(__file__).with_name("placeholder_query_server.py"))
 
 def call(node, client, **fields):
     import rclpy
+
     from vlm_ros.srv import Query
 
     request = Query.Request(**fields)
@@ -27,6 +28,7 @@ def call(node, client, **fields):
 @pytest.fixture
 def query_client(rclpy_context, start_process):
     import rclpy
+
     from vlm_ros.srv import Query
 
     server = start_process([SERVER], "placeholder_server")
@@ -41,6 +43,7 @@ def query_client(rclpy_context, start_process):
 def test_query_round_trip_carries_answer_targets_header_and_timings(query_client):
     import numpy as np
     from placeholder_query_server import grounded_targets
+
     from vlm_ros.msg import GroundedTarget
     from vlm_ros.ros.convert import target_from_msg
     from vlm_ros.srv import Query

@@ -48,6 +48,7 @@ class Goals:
 
     def __init__(self, harness):
         from rclpy.action import ActionClient
+
         from vlm_ros.action import Query as QueryAction
 
         self.client = ActionClient(harness.node, QueryAction, "/vlm/query")
@@ -114,6 +115,7 @@ def test_goals_end_succeeded_only_for_ok_aborted_for_other_statuses_canceled_whe
     """Also: NOT_READY names the lifecycle state the node is in."""
     from action_msgs.msg import GoalStatus
     from lifecycle_msgs.msg import Transition
+
     from vlm_ros.action import Query as QueryAction
 
     start_node(start_process, tiny_model, "autostart:=false")

@@ -32,11 +32,10 @@ def node_args(model, *params: str) -> list[str]:
 
 
 def test_qwen3_vl_node_answers_like_the_core_pipeline_over_dds(start_process, tmp_path, harness):
-    from vlm_ros.srv import Query
-
     from vlm_ros.core.types import Frame, Request, Status, Task
     from vlm_ros.models.registry import load_adapter
     from vlm_ros.pipeline import Pipeline
+    from vlm_ros.srv import Query
     from vlm_ros.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
 
     model = build_tiny_qwen3_vl(tmp_path / "tiny_qwen3_vl", seed=2)
@@ -64,8 +63,8 @@ def test_weights_that_do_not_fit_the_config_fail_configure_with_the_keys_and_dia
         start_process, tmp_path, harness):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from safetensors.torch import load_file, save_file
-    from vlm_ros.srv import Query
 
+    from vlm_ros.srv import Query
     from vlm_ros.testing.tiny import build_tiny_llava
 
     model = build_tiny_llava(tmp_path / "tiny_llava")

@@ -172,6 +172,7 @@ def memory_model(tmp_path_factory):
 
 def test_lifecycle_transitions_with_a_query_in_flight_answer_and_memory_returns(start_process, memory_model, harness):
     from lifecycle_msgs.msg import Transition
+
     from vlm_ros.srv import Query
 
     model_mb = sum(f.stat().st_size for f in memory_model.glob("*.safetensors")) / 2**20
@@ -223,6 +224,7 @@ def test_lifecycle_transitions_with_a_query_in_flight_answer_and_memory_returns(
 def test_camera_stops_and_resumes_stale_then_recovery_and_diagnostics_error_then_ok(start_process, tiny_model,
                                                                                      harness):
     from diagnostic_msgs.msg import DiagnosticStatus
+
     from vlm_ros.srv import Query
 
     start_node(start_process, tiny_model, "max_frame_age_s:=0.5")
@@ -256,9 +258,9 @@ def test_camera_stops_and_resumes_stale_then_recovery_and_diagnostics_error_then
 
 def test_sim_time_jumping_back_resets_the_buffers(start_process, tiny_model, harness):
     from rosgraph_msgs.msg import Clock
-    from vlm_ros.srv import Query
 
     from vlm_ros.ros.convert import make_header
+    from vlm_ros.srv import Query
 
     node = start_node(start_process, tiny_model, "use_sim_time:=true")
     diagnostics = Diagnostics(harness)
@@ -369,6 +371,7 @@ def test_camera_info_with_zero_or_nonfinite_focal_length_gives_no_3d_targets(sta
 def test_deactivate_activate_under_a_streaming_camera_never_kills_the_node(start_process, tiny_model, harness):
     """deactivate destroys the subscriptions while frames arrive: rclpy can raise out of spin(); the node goes on."""
     from lifecycle_msgs.msg import Transition
+
     from vlm_ros.srv import Query
 
     node = start_node(start_process, tiny_model)

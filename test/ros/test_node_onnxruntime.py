@@ -27,7 +27,6 @@ def harness(rclpy_context):
 
 def test_node_answers_with_backend_onnxruntime_and_reuses_the_export(start_process, tmp_path, harness):
     from vlm_ros.srv import Query
-
     from vlm_ros.testing.tiny import build_tiny_llava
 
     model = build_tiny_llava(tmp_path / "tiny_llava")
@@ -56,8 +55,8 @@ def test_tensorrt_without_tensorrt_fails_configure_and_auto_falls_back_visibly(s
     """backend tensorrt: configure fails with the reason and queries get NOT_READY; backend auto: torch, said in
     the log and in /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from vlm_ros.srv import Query
 
+    from vlm_ros.srv import Query
     from vlm_ros.testing.tiny import build_tiny_llava
 
     model = build_tiny_llava(tmp_path / "tiny_llava")

@@ -46,6 +46,7 @@ def image(seed=0, h=120, w=160):
 
 def test_lifecycle_not_ready_then_no_frame_then_answer_with_source_header(start_process, tiny_model, harness):
     from lifecycle_msgs.msg import Transition
+
     from vlm_ros.srv import Query
 
     node = start_node(start_process, tiny_model, "autostart:=false")
@@ -151,6 +152,7 @@ def test_tiny_deadline_returns_timeout_with_partial_answer(start_process, tiny_m
 def test_image_callbacks_keep_their_rate_while_a_slow_query_runs(start_process, tiny_model, harness):
     """Inference runs on the worker thread: frames keep arriving at the camera rate during a long answer."""
     from diagnostic_msgs.msg import DiagnosticArray
+
     from vlm_ros.srv import Query
 
     # bfloat16 keeps the tiny model on the torch decode step (float32 takes the numpy step, which finishes 4000

@@ -29,15 +29,15 @@ def test_node_on_a_remote_server_answers_like_the_local_model_and_survives_the_s
         start_process, harness, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.action import ActionClient
-    from vlm_ros.action import Query as QueryAction
-    from vlm_ros.srv import Query
 
+    from vlm_ros.action import Query as QueryAction
     from vlm_ros.core.requests import QuerySettings, build_request
     from vlm_ros.core.types import Frame
     from vlm_ros.embedded.scenes import render_scene
     from vlm_ros.models.registry import load_adapter
     from vlm_ros.pipeline import Pipeline
     from vlm_ros.ros.convert import query_from_msg
+    from vlm_ros.srv import Query
 
     peer = ServePeer(tmp_path / "serve.log")
     peer.start()

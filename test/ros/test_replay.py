@@ -278,7 +278,7 @@ def test_unusual_encodings_play_and_decode(tmp_path, bag_player, listener):
 def test_types_that_are_not_installed_are_skipped_and_nested_types_convert(tmp_path, bag_player, listener):
     from diagnostic_msgs.msg import DiagnosticArray
     from rosbags.rosbag2 import Writer
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
     store.register(get_types_from_msg("int32 x", "not_installed_pkg/msg/Thing"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from vlm_ros.core.types import Request, Task
 from vlm_ros.engine import TorchEngine
 from vlm_ros.models.idefics3 import DESCRIBE_INSTRUCTION, Idefics3Adapter, idefics3_input_size
 from vlm_ros.testing.tiny_idefics3 import LONGEST_EDGE, TILE, build_tiny_idefics3
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 REQUESTS = [Request(Task.DESCRIBE), Request(Task.ANSWER, "what color is the mug?"),
             Request(Task.GROUND, "where is the red mug?")]

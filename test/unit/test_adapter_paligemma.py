@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 from vlm_ros.core.types import Request, Task
 from vlm_ros.engine import TorchEngine
 from vlm_ros.models.paligemma import PaliGemmaAdapter, strip_paligemma_tokens
 from vlm_ros.testing.tiny_paligemma import IMAGE_SIZE, build_tiny_paligemma
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 REQUESTS = [Request(Task.DESCRIBE), Request(Task.ANSWER, "what color is the mug?"),
             Request(Task.GROUND, "where is the red mug?")]

@@ -7,13 +7,13 @@ import shutil
 
 import pytest
 import torch
+from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from vlm_ros.core.types import Request, Task
 from vlm_ros.engine import TorchEngine
 from vlm_ros.models.qwen2_5_vl import DESCRIBE_INSTRUCTION, Qwen25VLAdapter, grounding_instruction
 from vlm_ros.testing.tiny_qwen2_5_vl import build_tiny_qwen2_5_vl
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 REQUESTS = [Request(Task.DESCRIBE), Request(Task.ANSWER, "what color is the mug?"),
             Request(Task.GROUND, "where is the red mug?")]

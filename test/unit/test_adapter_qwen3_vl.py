@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from vlm_ros.core.types import Request, Task
@@ -11,7 +12,6 @@ from vlm_ros.models.qwen2_5_vl import DESCRIBE_INSTRUCTION
 from vlm_ros.models.qwen3_vl import Qwen3VLAdapter
 from vlm_ros.models.registry import load_adapter
 from vlm_ros.testing.tiny_qwen3_vl import build_tiny_qwen3_vl
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
 
 REQUESTS = [Request(Task.DESCRIBE), Request(Task.ANSWER, "what color is the mug?"),
             Request(Task.GROUND, "where is the red mug?")]

@@ -11,8 +11,7 @@ import torch
 
 from vlm_ros.core.types import Box, Frame
 from vlm_ros.models.detector import OpenVocabularyDetector, nms, phrase_token_spans, validate_detections
-from vlm_ros.testing.tiny_detector import (BERT_IDS, build_tiny_grounding_dino, build_tiny_owlv2,
-                                           build_tiny_owlvit)
+from vlm_ros.testing.tiny_detector import BERT_IDS, build_tiny_grounding_dino, build_tiny_owlv2, build_tiny_owlvit
 
 W, H = 160, 120  # non-square: OWLv2 pads to a square, the others do not
 

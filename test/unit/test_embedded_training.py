@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_embedded_model import TINY
 
 from vlm_ros.embedded.build import build_model, build_tokenizer
 from vlm_ros.embedded.model import load
@@ -22,8 +23,6 @@ from vlm_ros.embedded.train import (
     patch_targets,
     render_pool,
 )
-
-from test_embedded_model import TINY
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import time
 
 import pytest
 import torch
+from model_checks import frame, reference_tokens
 
 from vlm_ros.core.types import Request, Status, Task
 from vlm_ros.engine import StopReason, TorchEngine
 from vlm_ros.models.llava import LlavaAdapter
 from vlm_ros.pipeline import Pipeline
 from vlm_ros.testing.tiny import build_tiny_llava
-from model_checks import frame, reference_tokens
 
 
 @pytest.fixture(scope="module")

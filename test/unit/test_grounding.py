@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from model_checks import frame, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
 from vlm_ros.core.types import Box, CameraIntrinsics, Frame, Request, Status, Task
 from vlm_ros.engine import GenerationResult, StopReason
 from vlm_ros.grounding import Grounder, GroundingSettings, naming_question

@@ -10,8 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_ros.memory import (AVAILABLE_OVERRIDE_ENV, Available, MemoryAdmissionError, MiB, admit, available_bytes,
-                            check_fits, estimate, image_geometry, kv_cache_bytes, kv_buffer_tokens)
+from vlm_ros.memory import (
+    AVAILABLE_OVERRIDE_ENV,
+    Available,
+    MemoryAdmissionError,
+    MiB,
+    admit,
+    available_bytes,
+    check_fits,
+    estimate,
+    image_geometry,
+    kv_buffer_tokens,
+    kv_cache_bytes,
+)
 from vlm_ros.models.registry import load_adapter
 from vlm_ros.quantize import Int8Linear, decoder_weight_bytes, quantize_decoder_int8
 

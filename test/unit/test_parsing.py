@@ -20,9 +20,9 @@ from vlm_ros.models.parsing import (
     ResizeTransform,
     clean_label,
     map_box,
+    parse_loc_polygons,
     parse_loc_tokens,
     parse_paligemma,
-    parse_loc_polygons,
     parse_qwen_json,
 )
 

@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from vlm_ros.core.requests import QueryArgs
-from vlm_ros.core.types import Answer, Box, GeometryMethod, Mask, Request, Shape3D, Target, Task, Timings
+from vlm_ros.core.types import Answer, Box, GeometryMethod, Mask, Shape3D, Target, Timings
 from vlm_ros.msg import GroundedTarget, QueryTimings
 
 

@@ -19,8 +19,14 @@ QWEN_VOCAB = 151936
 
 def so400m_qwen2_0_5b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
     """(LlavaAdapter, processor) with random weights, built directly on the device."""
-    from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config,
-                              SiglipImageProcessorPil, SiglipVisionConfig)
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
 
     from vlm_ros.models.llava import LlavaAdapter
 

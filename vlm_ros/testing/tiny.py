@@ -38,8 +38,14 @@ def build_tiny_llava(path: str | Path, seed: int = 0, text_hidden: int = 32, tex
 
     text_hidden / text_layers make the decoder larger (its MLP is 2 x text_hidden), e.g. for memory tests.
     """
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     seeded(seed)
     tokenizer = build_tokenizer(["<image>"])

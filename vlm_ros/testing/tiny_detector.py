@@ -80,8 +80,14 @@ def build_tiny_owlv2(path: str | Path, seed: int = 0) -> Path:
 
     Box regression is zeroed (see _grid_prior_boxes): box k is cell (row k // 4, column k % 4) of a 4x4 grid
     over the *padded square* input, centred on the cell's bottom-right corner; class scores stay random."""
-    from transformers import (Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessorPil, Owlv2Processor,
-                              Owlv2TextConfig, Owlv2VisionConfig)
+    from transformers import (
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessorPil,
+        Owlv2Processor,
+        Owlv2TextConfig,
+        Owlv2VisionConfig,
+    )
 
     seeded(seed)
     tokenizer = _owl_tokenizer()
@@ -99,8 +105,14 @@ def build_tiny_owlv2(path: str | Path, seed: int = 0) -> Path:
 
 def build_tiny_owlvit(path: str | Path, seed: int = 0) -> Path:
     """OWL-ViT, same sizes and grid-prior boxes as build_tiny_owlv2 (plain resize instead of pad-to-square)."""
-    from transformers import (OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil, OwlViTProcessor,
-                              OwlViTTextConfig, OwlViTVisionConfig)
+    from transformers import (
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessorPil,
+        OwlViTProcessor,
+        OwlViTTextConfig,
+        OwlViTVisionConfig,
+    )
 
     seeded(seed)
     tokenizer = _owl_tokenizer()

@@ -27,8 +27,14 @@ POST_PROCESSOR_CONFIG = {
 
 def build_tiny_florence2(path: str | Path, seed: int = 0, text_std: float | None = None) -> Path:
     """Florence-2 with 32x32 inputs (8x8 feature map after strides 4, 2 -> 16 + 1 image tokens)."""
-    from transformers import (BartConfig, CLIPImageProcessorPil, Florence2Config, Florence2ForConditionalGeneration,
-                              Florence2Processor, Florence2VisionConfig)
+    from transformers import (
+        BartConfig,
+        CLIPImageProcessorPil,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        Florence2VisionConfig,
+    )
 
     seeded(seed)
     locs = [f"<loc_{i}>" for i in range(1000)]

@@ -13,8 +13,14 @@ EXTRA_WORDS = ["caption", "en", "detect", "segment", "describe", "mug", "person"
 
 def build_tiny_paligemma(path: str | Path, seed: int = 0, version: int = 1) -> Path:
     """Save a ~0.2 M-parameter PaliGemma (version=1: Gemma) or PaliGemma 2 (version=2: Gemma 2) under `path`."""
-    from transformers import (Gemma2Config, GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
-                              PaliGemmaProcessor, SiglipVisionConfig)
+    from transformers import (
+        Gemma2Config,
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipVisionConfig,
+    )
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     if version not in (1, 2):

@@ -15,8 +15,15 @@ IMAGE_SIZE = 64  # model input side (the released checkpoints use 1024)
 
 def build_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     """SAM (ViT 2x32 on 64x64 inputs, 8-px patches -> an 8x8 embedding; prompt encoder and mask decoder d=16)."""
-    from transformers import (SamConfig, SamImageProcessorPil, SamMaskDecoderConfig, SamModel, SamProcessor,
-                              SamPromptEncoderConfig, SamVisionConfig)
+    from transformers import (
+        SamConfig,
+        SamImageProcessorPil,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
 
     seeded(seed)
     vision = SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
@@ -44,8 +51,14 @@ def build_tiny_sam2(path: str | Path, seed: int = 0) -> Path:
     checkpoints carry it (a plain resize to IMAGE_SIZE x IMAGE_SIZE, ImageNet mean/std); transformers loads it
     where torchvision is present, and BoxSegmenter's image-only steps read it where it is not.
     """
-    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2Model,
-                              Sam2PromptEncoderConfig, Sam2VisionConfig)
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     seeded(seed)
     # blocks 0 | 1 | 2 3 | 4: the global-attention block (3) is not the first of a stage (no query pooling there)

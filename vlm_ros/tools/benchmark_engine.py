@@ -133,7 +133,8 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
     if int8:
         import copy
 
-        from vlm_ros.quantize import decoder_layers, decoder_weight_bytes as int8_bytes, quantize_decoder_int8
+        from vlm_ros.quantize import decoder_layers, quantize_decoder_int8
+        from vlm_ros.quantize import decoder_weight_bytes as int8_bytes
 
         # a copy whose decoder layers are its own (then quantised) and whose other tensors are the original's
         layer_tensors = {id(t) for layer in decoder_layers(adapter.model) for t in layer.parameters()}
