@@ -200,10 +200,15 @@ def _processor_config(model_dir: Path) -> dict:
     return merged
 
 
+def _per_stage(value, pick) -> int:
+    """A vision config value that is one number, or one per stage (Florence-2's DaViT): `pick` of the stages."""
+    return int(pick(value) if isinstance(value, (list, tuple)) else value)
+
+
 def image_geometry(family: str, config: dict, processor: dict, height: int, width: int) -> ImageGeometry:
     """Encoder images, patches per image and prompt image tokens for one frame (the adapters' own arithmetic)."""
     vision = _vision_config(config)
-    patch = int(vision.get("patch_size", 14))
+    patch = _per_stage(vision.get("patch_size", 14), min)
     if family in ("qwen2_5_vl", "qwen3_vl"):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -228,7 +233,7 @@ def image_geometry(family: str, config: dict, processor: dict, height: int, widt
         return ImageGeometry(images, (tile // patch) ** 2, images * seq)
     if family == "florence2":
         return ImageGeometry(1, (768 // 32) ** 2, int(config.get("image_seq_length", 577)))
-    image_size = int(vision.get("image_size", 224))
+    image_size = _per_stage(vision.get("image_size", 224), max)
     patches = (image_size // patch) ** 2
     if family in ("blip2", "instructblip"):
         return ImageGeometry(1, patches + 1, int(config.get("num_query_tokens", 32)))
@@ -244,10 +249,10 @@ def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: 
     beside them the processor's float32 pixels and their copy in the model's dtype.
     """
     vision = _vision_config(config)
-    hidden = int(vision.get("hidden_size", vision.get("embed_dim", 768)))
-    inter = int(vision.get("intermediate_size", 4 * hidden))
+    hidden = _per_stage(vision.get("hidden_size", vision.get("embed_dim", 768)), max)
+    inter = _per_stage(vision.get("intermediate_size", 4 * hidden), max)
     p = geometry.patches
-    pixels = p * int(vision.get("patch_size", 14)) ** 2 * 3 * int(vision.get("temporal_patch_size", 1))
+    pixels = p * _per_stage(vision.get("patch_size", 14), min) ** 2 * 3 * int(vision.get("temporal_patch_size", 1))
     per_image = p * (5 * hidden + 2 * inter) + p * p
     return geometry.images * (per_image * dtype_bytes + pixels * (4 + dtype_bytes))
 

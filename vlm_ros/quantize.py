@@ -67,9 +67,9 @@ def _kernel_works(device: torch.device) -> bool:
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The text decoder's layers (the same lookup as the lean decoder's)."""
-    from vlm_ros.engine.lean_decoder import _language_model
+    from vlm_ros.engine.lean_decoder import language_model
 
-    lm = _language_model(model)
+    lm = language_model(model)
     if lm is None:
         raise ValueError(f"quantize int8: no text decoder with .layers found in {type(model).__name__} "
                          "(decoder-only families only: embedded, llava, qwen2_5_vl, qwen3_vl, idefics3, paligemma)")
@@ -92,9 +92,9 @@ def quantize_decoder_int8(model: torch.nn.Module) -> int:
 
 def decoder_weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the text decoder's parameters and buffers (embeddings, layers, final norm), each tensor once."""
-    from vlm_ros.engine.lean_decoder import _language_model
+    from vlm_ros.engine.lean_decoder import language_model
 
-    lm = _language_model(model)
+    lm = language_model(model)
     seen, total = set(), 0
     for tensor in [*lm.parameters(), *lm.buffers(), *getattr(model, "lm_head", torch.nn.Identity()).parameters()]:
         if tensor.data_ptr() not in seen and not tensor.is_meta:

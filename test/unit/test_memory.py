@@ -124,7 +124,8 @@ def test_int8_linear_computes_with_its_dequantized_weight():
 
 
 def test_int8_embedded_model_keeps_greedy_tokens_and_halves_decoder_weights():
-    from vlm_ros.embedded.model import build_prompt, load
+    from vlm_ros.embedded.model import load
+    from vlm_ros.embedded.prompt import build_prompt
     from vlm_ros.embedded.scenes import render_scene
     from vlm_ros.embedded.tasks import KINDS, make_example
     from vlm_ros.embedded.train import EVAL_SEED_START
@@ -163,3 +164,16 @@ def test_torch_engine_on_int8_weights_equals_generate_through_the_sliced_step():
         out = adapter.model.generate(**inputs.tensors, max_new_tokens=16, do_sample=False)
     expected = [t for t in out[0, inputs.prompt_length:].tolist() if t not in adapter.eos_token_ids]
     assert result.token_ids == expected
+
+
+@pytest.mark.parametrize("family", ["florence2", "idefics3", "qwen2_5_vl", "paligemma", "blip2"])
+def test_every_tiny_family_gets_an_estimate(tmp_path, family):
+    """The estimate reads each family's config layout (Florence-2's DaViT has one patch size per stage)."""
+    import importlib
+
+    builder = {"florence2": "tiny_florence2", "idefics3": "tiny_idefics3", "qwen2_5_vl": "tiny_qwen2_5_vl",
+               "paligemma": "tiny_paligemma", "blip2": "tiny_blip2"}[family]
+    module = importlib.import_module(f"vlm_ros.testing.{builder}")
+    model_dir = getattr(module, f"build_tiny_{family}")(tmp_path / family)
+    est = estimate(model_dir)
+    assert est.weights > 0 and est.vision_activations > 0
