@@ -99,6 +99,16 @@ def test_each_frame_takes_the_camera_info_with_its_own_stamp_and_waits_briefly_f
     assert buf.snapshot(4 * S, S, companion_wait_s=0.1)[0].intrinsics.fx == 540.0
 
 
+def test_a_frame_without_its_own_camera_info_never_takes_one_for_another_resolution():
+    buf = CameraBuffer("front")
+    buf.put_intrinsics(CameraIntrinsics(500.0, 500.0, 319.5, 239.5), size=(640, 480), stamp_ns=S)
+    buf.put_intrinsics(CameraIntrinsics(250.0, 250.0, 159.5, 119.5), size=(320, 240), stamp_ns=2 * S)
+    buf.put_image(rgb(h=480, w=640), 3 * S, "cam")  # its own CameraInfo never comes
+    assert buf.snapshot(3 * S, S, companion_wait_s=0.05)[0].intrinsics.fx == 500.0
+    buf.put_image(rgb(h=120, w=160), 4 * S, "cam")  # a resolution no CameraInfo was for: no intrinsics, no 3-D
+    assert buf.snapshot(4 * S, S, companion_wait_s=0.05)[0].intrinsics is None
+
+
 def test_camera_info_stamped_apart_from_the_frames_is_used_without_waiting():
     unsynchronised = CameraBuffer("front")
     unsynchronised.put_intrinsics(CameraIntrinsics(500.0, 500.0, 1.0, 1.0), stamp_ns=S // 3)

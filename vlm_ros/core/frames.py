@@ -36,6 +36,7 @@ class _Image:
 class _Intrinsics:
     value: CameraIntrinsics | None
     stamp_ns: int
+    size: tuple[int, int] | None = None  # (width, height) the CameraInfo is for; None: not given
 
 
 @dataclass
@@ -93,7 +94,7 @@ class CameraBuffer:
             if depth:
                 self._depth_intrinsics, self._depth_size = intrinsics, size
             else:
-                self._intrinsics.append(_Intrinsics(intrinsics, stamp_ns))
+                self._intrinsics.append(_Intrinsics(intrinsics, stamp_ns, size if size and all(size) else None))
                 self._lock.notify_all()
 
     def drop(self, reason: str) -> None:
@@ -122,7 +123,7 @@ class CameraBuffer:
         its depth image when depth is expected (`depth_expected`: the caller knows a depth publisher, or a
         depth image arrived in the last second); its own CameraInfo (same stamp) when the camera's CameraInfo
         has carried frame stamps before, or none has arrived yet and the caller knows a publisher
-        (`intrinsics_expected`). Without its own CameraInfo the frame takes the newest one.
+        (`intrinsics_expected`). Without its own CameraInfo the frame takes the newest one for its resolution.
         """
         with self._lock:
             image = self._image
@@ -143,10 +144,11 @@ class CameraBuffer:
                 self._lock.wait(left)
             if intrinsics is not None:
                 self._intrinsics_match_frames = True
-            else:  # a driver that stamps CameraInfo apart from its frames, or this frame's is late: the newest
-                intrinsics = self._intrinsics[-1] if self._intrinsics else None
-            k = (intrinsics.value if intrinsics is not None else None) or self._scaled_depth_intrinsics(
-                image.array.shape[1], image.array.shape[0])
+            height, width = image.array.shape[:2]
+            if intrinsics is None:  # a driver that stamps CameraInfo apart from its frames, or this frame's is late:
+                # the newest for this resolution (one for another resolution would put every 3-D point elsewhere)
+                intrinsics = next((k for k in reversed(self._intrinsics) if k.size in (None, (width, height))), None)
+            k = (intrinsics.value if intrinsics is not None else None) or self._scaled_depth_intrinsics(width, height)
         frame = Frame(image.array, image.stamp_ns, image.frame_id, self.name, k,
                       depth.array if depth is not None else None)
         return frame, Status.OK, ""
