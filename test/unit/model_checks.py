@@ -1,4 +1,5 @@
-"""Shared pieces of the model tests: random frames, generate()'s reference tokens, one torch thread."""
+"""Shared pieces of the model tests: random frames, generate()'s reference tokens and the engine against them,
+one torch thread."""
 
 from __future__ import annotations
 
@@ -20,6 +21,22 @@ def reference_tokens(adapter, inputs, n: int) -> list[int]:
     out = adapter.model.generate(**inputs.tensors, do_sample=False, max_new_tokens=n)
     ids = out[0, inputs.prompt_length:].tolist()
     return ids[: next((i for i, t in enumerate(ids) if t in adapter.eos_token_ids), len(ids))]
+
+
+def check_engine_equals_generate(adapter, engine, requests, n: int = 12) -> list[bool]:
+    """Every request on two frames through one engine (later queries reuse its cache and the frame's vision
+    features): its tokens equal generate()'s, and are a real sequence (>= 6 before an end token). Returns whether
+    each answer found the frame's vision features cached."""
+    cached = []
+    for seed in (0, 1):
+        f = frame(seed, stamp_ns=seed + 1)
+        for request in requests:
+            inputs = adapter.prepare(f, request)
+            result = engine.generate(inputs, n)
+            assert result.token_ids == reference_tokens(adapter, inputs, n), request
+            assert len(result.token_ids) >= 6
+            cached.append(result.vision_cached)
+    return cached
 
 
 @pytest.fixture(scope="module", autouse=True)

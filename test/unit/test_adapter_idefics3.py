@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
+from model_checks import check_engine_equals_generate, frame, one_thread  # noqa: F401  (one_thread: autouse)
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from vlm_ros.core.types import Request, Task
@@ -32,16 +32,7 @@ def adapter(request, tmp_path_factory):
 def test_engine_tokens_equal_generate_for_every_task(adapter, form):
     # one engine: later queries reuse its cache and the frame's vision features
     engine = TorchEngine(adapter, decode_form=form)
-    cached = []
-    for seed in (0, 1):
-        f = frame(seed, stamp_ns=seed + 1)
-        for request in REQUESTS:
-            inputs = adapter.prepare(f, request)
-            result = engine.generate(inputs, 12)
-            assert result.token_ids == reference_tokens(adapter, inputs, 12), request
-            assert len(result.token_ids) >= 6
-            cached.append(result.vision_cached)
-    assert cached == [False, True, True] * 2
+    assert check_engine_equals_generate(adapter, engine, REQUESTS) == [False, True, True] * 2
 
 
 # --- prompts ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
+from model_checks import check_engine_equals_generate, frame, one_thread  # noqa: F401  (one_thread: autouse)
 
 from vlm_ros.core.types import Request, Task
 from vlm_ros.engine import TorchEngine
@@ -25,13 +25,7 @@ def adapter(request, tmp_path_factory):
 
 def test_engine_tokens_equal_generate_for_every_task(adapter):
     engine = TorchEngine(adapter)  # one engine: from the second query on, its static cache is reused
-    for seed in (0, 1):
-        f = frame(seed, stamp_ns=seed + 1)
-        for request in REQUESTS:
-            inputs = adapter.prepare(f, request)
-            result = engine.generate(inputs, 12)
-            assert result.token_ids == reference_tokens(adapter, inputs, 12), request
-            assert len(result.token_ids) >= 6
+    check_engine_equals_generate(adapter, engine, REQUESTS)
 
 
 # --- prompts ---------------------------------------------------------------------------------------------

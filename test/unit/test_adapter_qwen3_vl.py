@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from model_checks import frame, one_thread, reference_tokens  # noqa: F401  (one_thread: autouse fixture)
+from model_checks import check_engine_equals_generate, frame, one_thread  # noqa: F401  (one_thread: autouse)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from vlm_ros.core.types import Request, Task
@@ -38,16 +38,7 @@ def test_the_registry_picks_the_qwen3_vl_adapter(adapter):
 def test_engine_tokens_equal_generate_for_every_task(adapter):
     # one engine: later queries reuse its cache and the frame's vision features (with their DeepStack features)
     engine = TorchEngine(adapter)
-    cached = []
-    for seed in (0, 1):
-        f = frame(seed, stamp_ns=seed + 1)
-        for request in REQUESTS:
-            inputs = adapter.prepare(f, request)
-            result = engine.generate(inputs, 12)
-            assert result.token_ids == reference_tokens(adapter, inputs, 12), request
-            assert len(result.token_ids) >= 6  # the random model produces a real sequence to compare
-            cached.append(result.vision_cached)
-    assert cached == [False, True, True] * 2
+    assert check_engine_equals_generate(adapter, engine, REQUESTS) == [False, True, True] * 2
 
 
 def test_prefill_needs_the_token_types(adapter):

@@ -28,6 +28,41 @@ CHAT_TEMPLATE = (
 )
 
 
+def qwen_tokenizer():
+    """The tiny tokenizer of the Qwen VL families and the ids of its special tokens."""
+    tokenizer = build_tokenizer(SPECIAL, EXTRA_WORDS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
+    return tokenizer, {tok: tokenizer.convert_tokens_to_ids(tok) for tok in [*SPECIAL, "<|endoftext|>"]}
+
+
+def text_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """The decoder config's special token ids."""
+    return dict(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+
+
+def vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    """The model config's image/video placeholder ids."""
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+
+
+def save_like_released(model, processor, ids: dict[str, int], path: str | Path, processor_class: str) -> Path:
+    """Save model and processor as a released Qwen VL checkpoint is: generation stops at <|im_end|> or
+    <|endoftext|>, and the files name the stock processor class (the image-only class is a loading detail)."""
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        file = path / name
+        if file.is_file():
+            data = json.loads(file.read_text())
+            if "processor_class" in data:
+                data["processor_class"] = processor_class
+                file.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
     """Save a ~0.1 M-parameter Qwen2.5-VL (ViT 2x32 with 14-px patches and 2x2 merge; Qwen2 decoder 2x32)."""
     from transformers import Qwen2_5_VLConfig
@@ -36,8 +71,7 @@ def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
     from vlm_ros.models.qwen2_5_vl import ImageOnlyQwen2_5_VLProcessor, Qwen25VLAdapter
 
     seeded(seed)
-    tokenizer = build_tokenizer(SPECIAL, EXTRA_WORDS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in [*SPECIAL, "<|endoftext|>"]}
+    tokenizer, ids = qwen_tokenizer()
     # The released patch geometry (14-px patches, 2x2 merge -> multiples of 28) and pixel limits.
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
@@ -52,25 +86,7 @@ def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
                          num_attention_heads=32 // head_dim, num_key_value_heads=1, max_position_embeddings=1024,
                          # M-RoPE sections (temporal, height, width) over head_dim / 2 = 8 frequencies
                          rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], initializer_range=0.2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+                         initializer_range=0.2, **text_token_ids(ids)),
+        tie_word_embeddings=False, **vision_token_ids(ids),
     )
-    model = Qwen25VLAdapter.model_class(config).eval()
-    # as released: generation stops at <|im_end|> or <|endoftext|>
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    # Name the stock processor class, as a released checkpoint does (the image-only class is a loading detail).
-    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        file = path / name
-        if file.is_file():
-            data = json.loads(file.read_text())
-            if "processor_class" in data:
-                data["processor_class"] = "Qwen2_5_VLProcessor"
-                file.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return save_like_released(Qwen25VLAdapter.model_class(config).eval(), processor, ids, path, "Qwen2_5_VLProcessor")

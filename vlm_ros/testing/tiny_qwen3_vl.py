@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vlm_ros.testing.tiny import build_tokenizer, seeded
-from vlm_ros.testing.tiny_qwen2_5_vl import EXTRA_WORDS, SPECIAL
+from vlm_ros.testing.tiny import seeded
+from vlm_ros.testing.tiny_qwen2_5_vl import qwen_tokenizer, save_like_released, text_token_ids, vision_token_ids
 
 # The Qwen3-VL chat format as the released Instruct checkpoints write it for one user turn with an image:
 # no default system turn, the image as <|vision_start|><|image_pad|><|vision_end|> before the text.
@@ -31,8 +30,7 @@ def build_tiny_qwen3_vl(path: str | Path, seed: int = 0) -> Path:
     from vlm_ros.models.qwen3_vl import ImageOnlyQwen3VLProcessor, Qwen3VLAdapter
 
     seeded(seed)
-    tokenizer = build_tokenizer(SPECIAL, EXTRA_WORDS, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in [*SPECIAL, "<|endoftext|>"]}
+    tokenizer, ids = qwen_tokenizer()
     # The released patch geometry (16-px patches, 2x2 merge -> multiples of 32), pixel limits and normalisation.
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                min_pixels=64 * 64, max_pixels=32 * 32 * 1280,
@@ -50,25 +48,7 @@ def build_tiny_qwen3_vl(path: str | Path, seed: int = 0) -> Path:
                          # interleaved M-RoPE sections (temporal, height, width) over head_dim / 2 = 8 frequencies
                          rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3],
                                           "mrope_interleaved": True},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], initializer_range=0.2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+                         initializer_range=0.2, **text_token_ids(ids)),
+        tie_word_embeddings=False, **vision_token_ids(ids),
     )
-    model = Qwen3VLAdapter.model_class(config).eval()
-    # as released: generation stops at <|im_end|> or <|endoftext|>
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    # Name the stock processor class, as a released checkpoint does (the image-only class is a loading detail).
-    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        file = path / name
-        if file.is_file():
-            data = json.loads(file.read_text())
-            if "processor_class" in data:
-                data["processor_class"] = "Qwen3VLProcessor"
-                file.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return save_like_released(Qwen3VLAdapter.model_class(config).eval(), processor, ids, path, "Qwen3VLProcessor")
