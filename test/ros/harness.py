@@ -38,26 +38,44 @@ class Harness:
         self.node.destroy_node()
 
     def wait_for_service(self, timeout: float = 60.0) -> None:
+        """Wait for /vlm/query and for one answered call (an empty instruction, one token at most).
+
+        Right after discovery the node can answer before it has matched this client's response reader, and DDS
+        then drops that response although the request got through: calls are repeated until one is answered,
+        so that a test's own first call cannot be lost.
+        """
+        deadline = time.monotonic() + timeout
         assert self.client.wait_for_service(timeout_sec=timeout), "/vlm/query did not appear"
+        while self._call(Query.Request(instruction="", max_new_tokens=1), 5.0) is None:
+            assert time.monotonic() < deadline, f"/vlm/query answered no call within {timeout} s"
 
     def wait_until_answering(self, timeout: float = 60.0) -> None:
-        """Poll until the node is active and has a frame (model loaded, subscriptions matched)."""
+        """Poll until the node is active and has a frame (model loaded, subscriptions matched).
+
+        A call whose response does not come is repeated (see wait_for_service).
+        """
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
-            last = self.query(instruction="", max_new_tokens=1)
-            if last.status == Query.Response.OK:
+            last = self._call(Query.Request(instruction="", max_new_tokens=1), 5.0) or last
+            if last is not None and last.status == Query.Response.OK:
                 return
             time.sleep(0.1)
-        raise AssertionError(f"node not answering after {timeout} s: {last.status} {last.message}")
+        outcome = "no response" if last is None else f"{last.status} {last.message}"
+        raise AssertionError(f"node not answering after {timeout} s: {outcome}")
 
     def query(self, timeout: float = 30.0, client=None, **fields) -> Query.Response:
         """One call of /vlm/query (or of `client`, a Query client of another name), waited for at most `timeout`."""
-        future = (client or self.client).call_async(Query.Request(**fields))
+        response = self._call(Query.Request(**fields), timeout, client)
+        assert response is not None, f"no response within {timeout} s"
+        return response
+
+    def _call(self, request, timeout: float, client=None):
+        """The response to one call, or None when none came within `timeout`."""
+        future = (client or self.client).call_async(request)
         done = threading.Event()
         future.add_done_callback(lambda f: done.set())
-        assert done.wait(timeout), f"no response within {timeout} s"
-        return future.result()
+        return future.result() if done.wait(timeout) else None
 
     def query_async(self, **fields):
         return self.client.call_async(Query.Request(**fields))

@@ -44,32 +44,49 @@ def image(seed=0, h=120, w=160):
 
 
 class Goals:
-    """Sends Query goals; run() waits for the result, optionally cancelling after some feedback."""
+    """Sends Query goals; run() waits for the result, optionally cancelling after some feedback.
+
+    Feedback is read from the action's feedback topic by a subscription of our own: rclpy's ActionClient forgets a
+    goal's feedback callback once the result has arrived, and the result (a service) may overtake the last
+    feedback (a topic), which would then be lost to the test although the node published it.
+    """
 
     def __init__(self, harness):
         from rclpy.action import ActionClient
 
         from vlm_ros.action import Query as QueryAction
 
+        self.node = harness.node
         self.client = ActionClient(harness.node, QueryAction, "/vlm/query")
+        self._feedback: dict[bytes, list[tuple[int, str]]] = {}
+        harness.node.create_subscription(QueryAction.Impl.FeedbackMessage, "/vlm/query/_action/feedback",
+                                         self._on_feedback, 100)
         assert self.client.wait_for_server(timeout_sec=60)
+        t0 = time.monotonic()
+        while harness.node.count_publishers("/vlm/query/_action/feedback") < 1:
+            assert time.monotonic() - t0 < 10, "the node's feedback publisher was not discovered"
+            time.sleep(0.05)
+
+    def _on_feedback(self, msg) -> None:
+        self._feedback.setdefault(bytes(msg.goal_id.uuid), []).append(
+            (msg.feedback.generated_tokens, msg.feedback.partial_answer))
 
     def run(self, cancel_after: int | None = None, **fields):
-        """(GoalStatus code, result, feedback [(generated_tokens, partial_answer)]) of one goal."""
+        """(GoalStatus code, result, feedback [(generated_tokens, partial_answer)] as received) of one goal."""
         from vlm_ros.action import Query as QueryAction
 
-        feedback = []
         handle_box = {}
+        seen = [0]
 
         def cancel_when_due():
             # feedback can arrive before the goal's handle does: cancel on whichever comes second
-            if cancel_after is not None and len(feedback) >= cancel_after and "handle" in handle_box \
+            if cancel_after is not None and seen[0] >= cancel_after and "handle" in handle_box \
                     and not handle_box.get("cancel_sent"):
                 handle_box["cancel_sent"] = True
                 handle_box["handle"].cancel_goal_async()
 
-        def on_feedback(msg):
-            feedback.append((msg.feedback.generated_tokens, msg.feedback.partial_answer))
+        def on_feedback(_msg):
+            seen[0] += 1
             cancel_when_due()
 
         send = self.client.send_goal_async(QueryAction.Goal(**fields), feedback_callback=on_feedback)
@@ -84,10 +101,13 @@ class Goals:
         while not result.done():
             assert time.monotonic() - t0 < 30
             time.sleep(0.01)
-        # feedback (a topic) and the result (a service) are separate streams: the last feedback may come after
-        while len(feedback) < result.result().result.timings.generated_tokens and time.monotonic() - t0 < 35:
+        feedback = self._feedback.setdefault(bytes(handle_box["handle"].goal_id.uuid), [])
+        # the last feedback was published before the result, but travels on another stream
+        tokens = result.result().result.timings.generated_tokens
+        deadline = time.monotonic() + 10.0
+        while tokens and not (feedback and feedback[-1][0] >= tokens) and time.monotonic() < deadline:
             time.sleep(0.01)
-        return result.result().status, result.result().result, feedback
+        return result.result().status, result.result().result, list(feedback)
 
 
 def test_action_streams_feedback_and_honours_cancel(start_process, tiny_model, harness):
@@ -101,8 +121,9 @@ def test_action_streams_feedback_and_honours_cancel(start_process, tiny_model, h
 
     status, result, feedback = goals.run(instruction="describe it", max_new_tokens=12)
     assert status == GoalStatus.STATUS_SUCCEEDED and result.status == 0
-    assert [n for n, _ in feedback] == list(range(1, len(feedback) + 1)) and len(feedback) >= 1
-    assert feedback[-1][1] == result.answer and result.timings.generated_tokens == 12
+    assert result.timings.generated_tokens == 12
+    assert [n for n, _ in feedback] == list(range(1, 13)), feedback  # one per token, in order, none lost
+    assert feedback[-1][1] == result.answer
 
     status, result, feedback = goals.run(instruction="describe it", max_new_tokens=4000, timeout_s=20.0,
                                          cancel_after=3)
