@@ -92,8 +92,8 @@ def _time_rounds(runners: dict[str, Callable[[int], object]], tokens: int, repea
     full: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            one[name].append(_timed(lambda: run(1), device))
-            full[name].append(_timed(lambda: run(tokens), device))
+            one[name].append(_timed(lambda run=run: run(1), device))
+            full[name].append(_timed(lambda run=run: run(tokens), device))
     figures = {}
     for name in runners:
         t1, tn = statistics.median(one[name]), statistics.median(full[name])
