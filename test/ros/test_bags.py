@@ -77,7 +77,7 @@ def test_headers_stamps_and_frame_ids_are_consistent(pair):
         frames.setdefault(m.timestamp_ns, {})[m.topic] = i
         assert clock_seen and clock_seen[-1] <= m.timestamp_ns  # the clock reached this time first
     assert sorted(frames) == [DEFAULT_START_NS + k * 250_000_000 for k in range(12)]
-    for stamp, topics in frames.items():
+    for topics in frames.values():
         assert set(topics) == set(FRAME_TOPICS)  # every stream once per frame, all with the same stamp
         assert topics["/camera/camera_info"] < topics["/camera/image_raw"]  # info before the image it describes
     assert clock_seen == [DEFAULT_START_NS + k * 100_000_000 for k in range(30)]

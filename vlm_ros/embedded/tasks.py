@@ -218,7 +218,7 @@ def gen_count(scene: Scene, rng: np.random.Generator) -> Example | None:
 
 def gen_color(scene: Scene, rng: np.random.Generator) -> Example | None:
     cands = []
-    for i, o in enumerate(scene.objects):
+    for o in scene.objects:
         for size in (None, o.size):
             if sum(_matches(p, size, None, o.shape) for p in scene.objects) == 1:
                 cands.append((size, o))
