@@ -539,7 +539,7 @@ def main(args: list[str] | None = None, node_type: Callable[[], PerceptionNode] 
     except ValueError as exc:
         rclpy.logging.get_logger("vlm").fatal(str(exc))
         rclpy.try_shutdown()
-        raise SystemExit(2)
+        raise SystemExit(2) from None  # the fatal log above says why
     executor = MultiThreadedExecutor(num_threads=node.p("queue_size") + 4)
     executor.add_node(node)
     if node.p("autostart"):
