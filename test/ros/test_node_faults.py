@@ -214,7 +214,7 @@ def test_lifecycle_transitions_with_a_query_in_flight_answer_and_memory_returns(
     assert node.proc.poll() is None
     # Cleanup gives the model's memory back (not down to "unconfigured": torch and transformers stay imported),
     # and configure/cleanup cycles do not keep models: a kept model would add about model_mb per cycle.
-    for active, cleaned in zip(rss["active"], rss["after_cleanup"]):
+    for active, cleaned in zip(rss["active"], rss["after_cleanup"], strict=True):
         assert active - cleaned > 0.5 * model_mb, rss
     # one cycle's RSS after cleanup moves with the allocator (seen: 591, 650, 596, 617 MB): judge all cycles together
     cycles = len(rss["after_cleanup"]) - 1

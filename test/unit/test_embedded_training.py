@@ -56,7 +56,7 @@ def test_multi_turn_sequence_supervises_only_the_answers(pool):
     assert ids[: TINY.num_image_tokens] == [tok.convert_tokens_to_ids("<image>")] * TINY.num_image_tokens
     text = tok.decode(ids[TINY.num_image_tokens :])
     assert text == "how many balls are there? answer: 2</s> is there a red cube? answer: no</s>"
-    assert tok.decode([i for i, s in zip(ids, supervised) if s]) == "2</s> no</s>"
+    assert tok.decode([i for i, s in zip(ids, supervised, strict=True) if s]) == "2</s> no</s>"
     # the first turn is exactly the inference prompt
     prompt = tok("<image>how many balls are there? answer:", add_special_tokens=False).input_ids
     first_answer = supervised.index(True)

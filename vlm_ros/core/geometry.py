@@ -298,7 +298,7 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
     flat = bool(planes) and not in_front[0]
     candidate = valid & inbox if flat else valid
     w_bg = None
-    for (a, b, c), behind in zip(planes, in_front):
+    for (a, b, c), behind in zip(planes, in_front, strict=True):
         if behind and not flat:
             w = (a * grid.cols[None, :].astype(np.float32)) + (b * grid.rows[:, None] + c).astype(np.float32)  # (h, w)
             w_bg = w if w_bg is None else np.maximum(w_bg, w)  # the visible background: the nearest plane

@@ -441,9 +441,9 @@ class PerceptionNode(LifecycleNode):
             if t.shape is not None and max(t.shape.size) > 0.0:
                 lo, hi = t.shape.extent_min, t.shape.extent_max
                 cube = Marker(header=header, ns="vlm_targets", id=3 * i + 2, type=Marker.CUBE, action=Marker.ADD)
-                cube.pose.position.x, cube.pose.position.y, cube.pose.position.z = ((a + b) / 2 for a, b in zip(lo, hi))
+                cube.pose.position.x, cube.pose.position.y, cube.pose.position.z = ((a + b) / 2 for a, b in zip(lo, hi, strict=True))
                 cube.pose.orientation.w = 1.0
-                cube.scale.x, cube.scale.y, cube.scale.z = (max(b - a, 0.002) for a, b in zip(lo, hi))  # RViz: > 0
+                cube.scale.x, cube.scale.y, cube.scale.z = (max(b - a, 0.002) for a, b in zip(lo, hi, strict=True))  # RViz: > 0
                 cube.color.r, cube.color.g, cube.color.b, cube.color.a = 0.0, 0.85, 1.0, 0.35
                 markers.append(cube)
         return MarkerArray(markers=markers)
