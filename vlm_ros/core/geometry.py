@@ -150,7 +150,8 @@ def target_position(
     return None if found is None else found[0]
 
 
-def surface_depth(depths: np.ndarray, min_share: float = 0.2, min_gap: float = 0.05, max_samples: int = 20_000) -> float:
+def surface_depth(depths: np.ndarray, min_share: float = 0.2, min_gap: float = 0.05,
+                  max_samples: int = 20_000) -> float:
     """The depth of the nearest surface among valid depths (metres, 1-D): the median of all of them, or of
     their nearer group when they form two groups.
 

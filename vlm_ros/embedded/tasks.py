@@ -134,7 +134,8 @@ def _left_to_right(objs: list[SceneObject]) -> list[SceneObject]:
 
 
 def _matches(o: SceneObject, size: str | None, color: str | None, shape: str | None) -> bool:
-    return (size is None or o.size == size) and (color is None or o.color == color) and (shape is None or o.shape == shape)
+    return ((size is None or o.size == size) and (color is None or o.color == color)
+            and (shape is None or o.shape == shape))
 
 
 def _phrase(size: str | None, color: str | None, shape: str | None, noun: str = "") -> str:

@@ -370,7 +370,8 @@ def _scene_truth(scene: Scene, index: int, start_ns: int, end_ns: int, stamps: S
         intrinsics=scene.intrinsics,
         objects=tuple(
             ObjectTruth(
-                o.label, o.shape, o.color, o.size, o.box, tuple(float(v) for v in o.position), float(o.visible_fraction),
+                o.label, o.shape, o.color, o.size, o.box, tuple(float(v) for v in o.position),
+                float(o.visible_fraction),
                 mask=scene.object_mask(i), surface_centroid=o.surface_centroid, surface_min=o.surface_min,
                 surface_max=o.surface_max, object_center=o.object_center, object_size=o.object_size,
             )
