@@ -75,7 +75,8 @@ class Pipeline:
 
         status, message = Status.OK, ""
         if result.stop_reason == StopReason.DEADLINE:
-            status, message = Status.TIMEOUT, f"deadline reached after {len(result.token_ids)} tokens; answer is partial"
+            status = Status.TIMEOUT
+            message = f"deadline reached after {len(result.token_ids)} tokens; answer is partial"
         elif result.stop_reason == StopReason.CANCELLED:
             message = f"cancelled after {len(result.token_ids)} tokens; answer is partial"
         elif result.stop_reason == StopReason.LENGTH:
@@ -106,4 +107,5 @@ class Pipeline:
         """One short query on a blank frame, so that the first real one finds the engine's first-use work done
         (KV buffers, numpy views; on a GPU, CUDA-graph capture and compilation, which take seconds)."""
         frame = Frame(np.full((height, width, 3), 128, np.uint8), camera="warm-up")
-        return self.answer(frame, Request(Task.ANSWER, "what is in the picture?", max_new_tokens=4, timeout_s=timeout_s))
+        return self.answer(frame, Request(Task.ANSWER, "what is in the picture?", max_new_tokens=4,
+                                          timeout_s=timeout_s))

@@ -9,13 +9,13 @@ import numpy as np
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-CAMERA_PUBLISHER_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from vlm_ros.core.images import encode_compressed, encode_depth, encode_image
 from vlm_ros.ros.convert import make_header
 from vlm_ros.srv import Query
+
+CAMERA_PUBLISHER_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class Harness:

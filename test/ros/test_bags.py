@@ -77,7 +77,7 @@ def test_headers_stamps_and_frame_ids_are_consistent(pair):
         frames.setdefault(m.timestamp_ns, {})[m.topic] = i
         assert clock_seen and clock_seen[-1] <= m.timestamp_ns  # the clock reached this time first
     assert sorted(frames) == [DEFAULT_START_NS + k * 250_000_000 for k in range(12)]
-    for stamp, topics in frames.items():
+    for topics in frames.values():
         assert set(topics) == set(FRAME_TOPICS)  # every stream once per frame, all with the same stamp
         assert topics["/camera/camera_info"] < topics["/camera/image_raw"]  # info before the image it describes
     assert clock_seen == [DEFAULT_START_NS + k * 100_000_000 for k in range(30)]
@@ -135,7 +135,7 @@ def test_sidecar_matches_the_rendered_ground_truth(pair):
         scene = render_scene(s.seed, 160, 120)
         assert s.intrinsics == scene.intrinsics
         assert len(s.objects) == len(scene.objects) > 0
-        for truth, obj in zip(s.objects, scene.objects):
+        for truth, obj in zip(s.objects, scene.objects, strict=True):
             assert (truth.label, truth.shape, truth.color, truth.size) == (obj.label, obj.shape, obj.color, obj.size)
             assert truth.box == obj.box
             assert np.allclose(truth.position, obj.position)
@@ -168,7 +168,7 @@ def test_sidecar_of_format_1_still_loads(pair, tmp_path):
     (tmp_path / "groundtruth.json").write_text(json.dumps(raw))
     old, new = load_groundtruth(tmp_path), load_groundtruth(pair["mcap"])
     assert old.instructions == new.instructions
-    for a, b in zip(old.scenes, new.scenes):
+    for a, b in zip(old.scenes, new.scenes, strict=True):
         assert [(o.label, o.box, o.position) for o in a.objects] == [(o.label, o.box, o.position) for o in b.objects]
         assert all(o.mask is None and o.surface_centroid is None and o.object_size is None for o in a.objects)
     raw["format"] = "something/3"
@@ -315,7 +315,7 @@ def test_committed_bag_is_small_and_reproduced_by_its_generator(tmp_path):
         (committed / "groundtruth.json").read_text())
     old, new = list(read_bag_messages(committed)), list(read_bag_messages(fresh))
     assert [(m.topic, m.timestamp_ns) for m in old] == [(m.topic, m.timestamp_ns) for m in new]
-    for a, b in zip(old, new):
+    for a, b in zip(old, new, strict=True):
         if a.topic == "/camera/image_raw/compressed":  # JPEG bytes may differ between OpenCV builds
             diff = np.abs(decode_compressed(a.message.format, a.message.data).astype(int)
                           - decode_compressed(b.message.format, b.message.data))

@@ -96,7 +96,8 @@ def test_malformed_images_are_dropped_counted_and_queries_keep_working(start_pro
             resp = harness.query(instruction="what is this?", max_new_tokens=3)
             if resp.status == 0 and resp.header.stamp.sec * 10**9 + resp.header.stamp.nanosec == stamp:
                 break
-            assert time.monotonic() < deadline, f"no answer on a good frame after bad input: {resp.status} {resp.message}"
+            assert time.monotonic() < deadline, (
+                f"no answer on a good frame after bad input: {resp.status} {resp.message}")
             harness.publish_frame(good, stamp_ns=stamp)
             time.sleep(0.2)
         for target in resp.targets:

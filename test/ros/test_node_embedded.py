@@ -15,8 +15,11 @@ from conftest import requires_ros
 
 from vlm_ros.models.registry import default_model_dir
 
-pytestmark = [requires_ros, pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
-                                              reason="no shipped embedded weights (train: python -m vlm_ros.embedded.train)")]
+pytestmark = [
+    requires_ros,
+    pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
+                       reason="no shipped embedded weights (train: python -m vlm_ros.embedded.train)"),
+]
 
 # Fixed held-out-style scenes with two objects each. The shipped weights ground 0.93 of the objects of 300
 # held-out scenes (TRAINING.md) and these three with box IoU 0.80-0.93. A retrained model that misses one fails
@@ -71,7 +74,8 @@ def test_grounded_target_box_and_3d_point_match_the_rendered_truth(node_and_clie
     resp, stamp_ns, frame_id = ask_about(harness, scene, obj, f"where is the {obj.color} {obj.shape}?", True,
                                          compressed=None if transport == "raw" else transport)
     assert resp.status == 0, resp.message
-    assert (resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec, resp.header.frame_id) == (stamp_ns, frame_id)
+    assert resp.header.stamp.sec * 1_000_000_000 + resp.header.stamp.nanosec == stamp_ns
+    assert resp.header.frame_id == frame_id
     assert obj.shape in resp.answer and obj.color in resp.answer, resp.answer
     (target,) = [t for t in resp.targets if obj.shape in t.label]
     box = Box(target.x_min, target.y_min, target.x_max, target.y_max)

@@ -208,13 +208,14 @@ def test_lifecycle_transitions_with_a_query_in_flight_answer_and_memory_returns(
         time.sleep(0.5)
         rss["after_cleanup"].append(round(rss_mb(pid)))
         print(f"cycle {cycle}: deactivate {deactivate_s:.2f} s, cleanup {cleanup_s:.2f} s (running query answered "
-              f"{t_running:.2f} s later: {r.message!r}, {r.timings.generated_tokens} tokens; queued: {q.message!r} after "
-              f"{t_queued:.2f} s); RSS active {rss['active'][-1]} MB -> after cleanup {rss['after_cleanup'][-1]} MB")
+              f"{t_running:.2f} s later: {r.message!r}, {r.timings.generated_tokens} tokens; "
+              f"queued: {q.message!r} after {t_queued:.2f} s); "
+              f"RSS active {rss['active'][-1]} MB -> after cleanup {rss['after_cleanup'][-1]} MB")
     print(f"node RSS (MB): {rss}")
     assert node.proc.poll() is None
     # Cleanup gives the model's memory back (not down to "unconfigured": torch and transformers stay imported),
     # and configure/cleanup cycles do not keep models: a kept model would add about model_mb per cycle.
-    for active, cleaned in zip(rss["active"], rss["after_cleanup"]):
+    for active, cleaned in zip(rss["active"], rss["after_cleanup"], strict=True):
         assert active - cleaned > 0.5 * model_mb, rss
     # one cycle's RSS after cleanup moves with the allocator (seen: 591, 650, 596, 617 MB): judge all cycles together
     cycles = len(rss["after_cleanup"]) - 1
@@ -350,9 +351,9 @@ def test_camera_info_with_zero_or_nonfinite_focal_length_gives_no_3d_targets(sta
     harness.wait_until_answering()
     harness.stop_camera()
     observed = {}
-    for name, k in [("valid", good_k), ("zero fx, fy", (0.0, 0.0, 159.5, 119.5)), ("NaN fx", (math.nan, 260.0, 159.5, 119.5)),
-                    ("inf fy", (260.0, math.inf, 159.5, 119.5)), ("negative fx", (-260.0, 260.0, 159.5, 119.5)),
-                    ("valid again", good_k)]:
+    for name, k in [("valid", good_k), ("zero fx, fy", (0.0, 0.0, 159.5, 119.5)),
+                    ("NaN fx", (math.nan, 260.0, 159.5, 119.5)), ("inf fy", (260.0, math.inf, 159.5, 119.5)),
+                    ("negative fx", (-260.0, 260.0, 159.5, 119.5)), ("valid again", good_k)]:
         targets, dropped = targets_with(k)
         assert len(targets) == 1 and targets[0].label == "red ball", targets
         t = targets[0]

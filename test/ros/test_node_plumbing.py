@@ -205,7 +205,8 @@ def test_process_wide_remaps_rename_the_node_and_its_camera_node_follows(start_p
     deadline = time.monotonic() + 30
     while not harness.node.get_subscriptions_info_by_topic("/sensors/rgb") and time.monotonic() < deadline:
         time.sleep(0.1)
-    subscribers = [(i.node_name, i.node_namespace) for i in harness.node.get_subscriptions_info_by_topic("/sensors/rgb")]
+    subscribers = [(i.node_name, i.node_namespace)
+                   for i in harness.node.get_subscriptions_info_by_topic("/sensors/rgb")]
     assert subscribers == [("eye_cameras", "/robot1")]
     assert {("eye", "/robot1"), ("eye_cameras", "/robot1")} <= set(harness.node.get_node_names_and_namespaces())
 

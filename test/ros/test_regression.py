@@ -15,8 +15,11 @@ from conftest import REPO, requires_ros
 
 from vlm_ros.models.registry import default_model_dir
 
-pytestmark = [requires_ros, pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
-                                              reason="no shipped embedded weights (train: python -m vlm_ros.embedded.train)")]
+pytestmark = [
+    requires_ros,
+    pytest.mark.skipif(not (default_model_dir() / "config.json").is_file(),
+                       reason="no shipped embedded weights (train: python -m vlm_ros.embedded.train)"),
+]
 
 BAG = REPO / "test" / "bags" / "scenes_small"
 # Floor under the accuracy measured with the shipped weights on this bag (15 of 15 on 2026-11-28, at this rate):
@@ -74,7 +77,8 @@ def test_committed_bag_meets_accuracy_and_latency_thresholds(tmp_path):
     print(output)
     assert rc == 0, output
     assert "overall accuracy" in output and "FAIL" not in output
-    for line in ("mask IoU of matched targets", "3-D centroid error", "3-D extent error per axis", "object-centre error"):
+    for line in ("mask IoU of matched targets", "3-D centroid error", "3-D extent error per axis",
+                 "object-centre error"):
         assert line in output, line
     images = sorted((tmp_path / "annotated").glob("annotated_*.png"))
     assert images, "no annotated image was saved"

@@ -149,7 +149,7 @@ def test_every_message_arrives_with_headers_intact_and_sim_time_follows(scene_ba
     for topic in DATA_TOPICS:
         got, want = lis.msgs(topic), bag[topic]
         assert len(got) == len(want) == 10, topic  # no duplicates either
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert stamp_ns(g.header.stamp) == stamp_ns(w.header.stamp)
             assert g.header.frame_id == w.header.frame_id
             if hasattr(w, "data"):

@@ -56,7 +56,7 @@ def test_multi_turn_sequence_supervises_only_the_answers(pool):
     assert ids[: TINY.num_image_tokens] == [tok.convert_tokens_to_ids("<image>")] * TINY.num_image_tokens
     text = tok.decode(ids[TINY.num_image_tokens :])
     assert text == "how many balls are there? answer: 2</s> is there a red cube? answer: no</s>"
-    assert tok.decode([i for i, s in zip(ids, supervised) if s]) == "2</s> no</s>"
+    assert tok.decode([i for i, s in zip(ids, supervised, strict=True) if s]) == "2</s> no</s>"
     # the first turn is exactly the inference prompt
     prompt = tok("<image>how many balls are there? answer:", add_special_tokens=False).input_ids
     first_answer = supervised.index(True)
@@ -190,7 +190,8 @@ def test_bf16_autocast_training_run(tmp_path):
     cfg.write_text(json.dumps(TINY.to_dict()))
     out = tmp_path / "weights"
     assert main(["--out", str(out), "--steps", "2", "--minutes", "0", "--pool", "4", "--workers", "1",
-                 "--batch", "2", "--config", str(cfg), "--device", "cpu", "--precision", "bf16", "--compile", "off"]) == 0
+                 "--batch", "2", "--config", str(cfg), "--device", "cpu", "--precision", "bf16",
+                 "--compile", "off"]) == 0
     facts = json.loads((out / "embedded_config.json").read_text())["train"]
     assert facts["precision"] == "bf16 autocast" and np.isfinite(facts["final_loss"])
     model, _ = load(out)
@@ -230,8 +231,9 @@ def test_curriculum_limits_the_objects_per_scene_also_in_loader_workers(workers)
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", CURRICULUM_CHECK, str(workers), str(TINY.image_size), str(TINY.patch_size)],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", CURRICULUM_CHECK, str(workers), str(TINY.image_size), str(TINY.patch_size)],
+        capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 

@@ -118,7 +118,8 @@ def test_shape_profiles_cover_the_dynamic_axes():
 
 
 def test_shape_profiles_cover_every_graph_input_of_a_multimodal_rope_model():
-    shapes = dataclasses.replace(SHAPES, pixel_shape=(64, 1176), image_grid=(1, 8, 8), mrope=True, image_size=(112, 112))
+    shapes = dataclasses.replace(SHAPES, pixel_shape=(64, 1176), image_grid=(1, 8, 8), mrope=True,
+                                 image_size=(112, 112))
     profiles = shape_profiles(shapes, max_tokens=256)
     assert profiles["vision"][names.PIXEL_VALUES] == ((64, 1176),) * 3
     assert profiles["prefill"][names.POSITION_IDS] == ((3, 17), (3, 48), (3, 256))  # follows the prompt length

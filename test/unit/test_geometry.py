@@ -126,7 +126,8 @@ def test_tiny_box_can_still_qualify() -> None:
     assert got is not None and got[2] == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("intr", [None, CameraIntrinsics(0.0, 0.0, 0.0, 0.0), CameraIntrinsics(math.nan, 500, 320, 240)])
+@pytest.mark.parametrize("intr", [None, CameraIntrinsics(0.0, 0.0, 0.0, 0.0),
+                                  CameraIntrinsics(math.nan, 500, 320, 240)])
 def test_invalid_intrinsics_is_none(intr) -> None:
     assert target_position(np.ones((H, W), np.float32), Box(0, 0, 10, 10), intr) is None
 
@@ -229,7 +230,8 @@ def tilted_wall(z_left: float = 2.0, z_right: float = 2.6, h: int = H, w: int = 
     return (1.0 / inv).astype(np.float32)
 
 
-def table(pitch_deg: float = 35.0, cam_height: float = 0.7, k: CameraIntrinsics = K, h: int = H, w: int = W) -> np.ndarray:
+def table(pitch_deg: float = 35.0, cam_height: float = 0.7, k: CameraIntrinsics = K, h: int = H,
+          w: int = W) -> np.ndarray:
     """(h, w) depth of a table plane seen from a camera pitched down (depth grows towards the top rows)."""
     ray_v = (np.arange(h) - k.cy) / k.fy
     down = math.cos(math.radians(pitch_deg)) * ray_v + math.sin(math.radians(pitch_deg))

@@ -375,6 +375,7 @@ def test_the_deadline_stops_grounding_work(adapters):
     assert "deadline reached before the detector ran" in answer.message and answer.text == "a red cup"
     florence = Pipeline(adapters["florence2"], engine=SlowText("mug<loc_250><loc_250><loc_750><loc_750>", 0.3))
     answer = florence.answer(depth_frame(), GROUND, deadline=time.monotonic() + 0.2)
-    assert answer.status == Status.TIMEOUT and len(answer.targets) == 1 and answer.targets[0].mask.source == "depth_layer"
+    assert answer.status == Status.TIMEOUT and len(answer.targets) == 1
+    assert answer.targets[0].mask.source == "depth_layer"
     assert "deadline reached before all polygons were generated" in answer.message
     assert len(florence.engine.calls) == 1  # no polygon generation after the deadline

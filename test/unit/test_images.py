@@ -111,7 +111,8 @@ def test_output_owns_memory_and_input_is_untouched(encoding: str) -> None:
     assert bytes(buf) == data
 
 
-@pytest.mark.parametrize("container", [bytes, bytearray, memoryview, lambda b: array.array("B", b), lambda b: np.frombuffer(b, np.uint8)])
+@pytest.mark.parametrize("container", [bytes, bytearray, memoryview, lambda b: array.array("B", b),
+                                       lambda b: np.frombuffer(b, np.uint8)])
 def test_accepts_message_buffer_types(container) -> None:
     # rclpy gives uint8[] fields as array.array('B'); bags give bytes; tests give numpy arrays
     rgb = _rgb()
@@ -162,7 +163,8 @@ def test_bayer_too_small_is_an_error() -> None:
         decode_image("bayer_rggb8", 1, 1, 1, b"\x00")
 
 
-@pytest.mark.parametrize("encoding,order", [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")])
+@pytest.mark.parametrize("encoding,order",
+                         [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")])
 def test_yuv422_uniform_colour(encoding: str, order: str) -> None:
     y, u, v = 120, 90, 170
     # ITU-R BT.601 limited range ("video" YUV, Y in 16..235), the convention of 4:2:2 camera streams
@@ -392,7 +394,8 @@ def test_png_header_reads_declared_size() -> None:
 def test_png_16uc1_depth() -> None:
     mm = np.array([[0, 500, 1234], [65535, 1, 0]], np.uint16)
     out = decode_compressed_depth("16UC1; png compressed ", _png(mm))
-    np.testing.assert_allclose(out, np.array([[np.nan, 0.5, 1.234], [65.535, 0.001, np.nan]]), rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(out, np.array([[np.nan, 0.5, 1.234], [65.535, 0.001, np.nan]]), rtol=1e-6,
+                               equal_nan=True)
 
 
 def test_compressed_depth_16uc1_with_header() -> None:
@@ -439,12 +442,14 @@ def test_compressed_depth_refusals(fmt: str, data, match: str) -> None:
 
 def test_compressed_depth_bomb_refused() -> None:
     with pytest.raises(ImageDecodeError, match="over the limit"):
-        decode_compressed_depth("16UC1; compressedDepth png", struct.pack("<iff", 0, 0, 0) + _bomb_png(100_000, 100_000))
+        decode_compressed_depth("16UC1; compressedDepth png",
+                                struct.pack("<iff", 0, 0, 0) + _bomb_png(100_000, 100_000))
 
 
 def test_decode_compressed_points_compressed_depth_elsewhere() -> None:
     with pytest.raises(ImageDecodeError, match="decode_compressed_depth"):
-        decode_compressed("16UC1; compressedDepth png", struct.pack("<iff", 0, 0, 0) + _png(np.zeros((2, 2), np.uint16)))
+        decode_compressed("16UC1; compressedDepth png",
+                          struct.pack("<iff", 0, 0, 0) + _png(np.zeros((2, 2), np.uint16)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -514,7 +519,8 @@ def compressed_payloads(draw):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["png", "jpeg", "", "16UC1; png compressed", "32FC1; compressedDepth png"]), compressed_payloads())
+@given(st.sampled_from(["png", "jpeg", "", "16UC1; png compressed", "32FC1; compressedDepth png"]),
+       compressed_payloads())
 def test_property_decode_compressed(fmt: str, data: bytes) -> None:
     try:
         out = decode_compressed(fmt, data, max_pixels=10_000)

@@ -94,7 +94,8 @@ def test_export_writes_the_three_graphs_with_the_shared_tensor_names(exported):
     assert bool(shapes.qformer_text_max) == (adapter.family == "instructblip")
     seq2seq = shapes.encoder_decoder
     assert io["prefill"] == (names.prefill_inputs(shapes.mrope), names.prefill_outputs(layers, seq2seq))
-    assert io["decode"] == (names.decode_inputs(layers, shapes.mrope, seq2seq), [names.LOGITS, *names.present_names(layers)])
+    assert io["decode"] == (names.decode_inputs(layers, shapes.mrope, seq2seq),
+                            [names.LOGITS, *names.present_names(layers)])
     assert seq2seq == adapter.model.config.is_encoder_decoder
     assert (names.cross_key(0) in io["prefill"][1]) == (names.cross_key(0) in io["decode"][0]) == seq2seq
     assert shapes.mrope == (adapter.family == "qwen2_5_vl")

@@ -35,7 +35,8 @@ def reasons(result: ParseResult) -> list[str]:
     return [d.split(":", 1)[0] for d in result.dropped]
 
 
-def assert_valid(result: ParseResult, width: float, height: float, max_boxes: int = 100, max_label_len: int = 64) -> None:
+def assert_valid(result: ParseResult, width: float, height: float, max_boxes: int = 100,
+                 max_label_len: int = 64) -> None:
     """The contract every parser keeps, whatever the text."""
     assert isinstance(result, ParseResult)
     assert len(result.boxes) <= max_boxes
@@ -57,8 +58,10 @@ def assert_valid(result: ParseResult, width: float, height: float, max_boxes: in
 # <CAPTION_TO_PHRASE_GROUNDING> / phrase_grounding cases).
 
 FLORENCE_OD = "</s><s>car<loc_53><loc_334><loc_933><loc_775>door handle<loc_425><loc_504><loc_474><loc_516></s><pad>"
-FLORENCE_GROUNDING = "</s><s>red car<loc_53><loc_334><loc_933><loc_775><loc_711><loc_203><loc_906><loc_546>sky<loc_0><loc_0><loc_999><loc_300></s>"
-FLORENCE_NO_LABEL = "</s><s><loc_53><loc_334><loc_933><loc_775><loc_711><loc_203><loc_906><loc_546><loc_585><loc_309><loc_774><loc_709><loc_577></s><pad>"
+FLORENCE_GROUNDING = ("</s><s>red car<loc_53><loc_334><loc_933><loc_775><loc_711><loc_203><loc_906><loc_546>"
+                      "sky<loc_0><loc_0><loc_999><loc_300></s>")
+FLORENCE_NO_LABEL = ("</s><s><loc_53><loc_334><loc_933><loc_775><loc_711><loc_203><loc_906><loc_546>"
+                     "<loc_585><loc_309><loc_774><loc_709><loc_577></s><pad>")
 
 
 def test_florence_od_golden() -> None:
@@ -88,7 +91,8 @@ def test_florence_phrase_grounding_several_boxes_per_label() -> None:
 
 def test_florence_empty_labels_and_stray_token() -> None:
     r = parse_loc_tokens(FLORENCE_NO_LABEL, 1000, 1000)
-    assert [b for _, b in boxes(r)] == [(53.5, 334.5, 933.5, 775.5), (711.5, 203.5, 906.5, 546.5), (585.5, 309.5, 774.5, 709.5)]
+    assert [b for _, b in boxes(r)] == [(53.5, 334.5, 933.5, 775.5), (711.5, 203.5, 906.5, 546.5),
+                                        (585.5, 309.5, 774.5, 709.5)]
     assert all(label == "" for label, _ in boxes(r))
     assert reasons(r) == ["malformed"] and "1 stray" in r.dropped[0]
 
@@ -108,7 +112,8 @@ def test_embedded_model_64_bins_and_yxyx() -> None:
 
 
 def test_list_separators_are_not_part_of_labels() -> None:
-    r = parse_loc_tokens("red ball<loc_0><loc_0><loc_8><loc_8>, blue cube<loc_8><loc_8><loc_16><loc_16>", 64, 64, bins=64)
+    r = parse_loc_tokens("red ball<loc_0><loc_0><loc_8><loc_8>, blue cube<loc_8><loc_8><loc_16><loc_16>", 64, 64,
+                         bins=64)
     assert [label for label, _ in boxes(r)] == ["red ball", "blue cube"]
 
 
@@ -133,7 +138,8 @@ def test_loc_tokens_hostile(text: str, reason: str) -> None:
 
 
 def test_loc_tokens_labels_are_sanitised() -> None:
-    text = "\u202eevil\u200b\x00 mug\x1b[31m\n<loc_10><loc_10><loc_20><loc_20>__import__('os').system('x')<loc_1><loc_1><loc_5><loc_5>"
+    text = ("\u202eevil\u200b\x00 mug\x1b[31m\n<loc_10><loc_10><loc_20><loc_20>"
+            "__import__('os').system('x')<loc_1><loc_1><loc_5><loc_5>")
     r = parse_loc_tokens(text, 1000, 1000)
     assert [label for label, _ in boxes(r)] == ["evil mug[31m", "__import__('os').system('x')"]  # text, never run
     assert_valid(r, 1000, 1000)
@@ -413,7 +419,8 @@ PG_PIECES = ["<loc0000>", "<loc1023>", "<loc0512>", "<loc1024>", "<loc9999>", "<
 
 
 def soup(pieces: list[str]) -> st.SearchStrategy[str]:
-    return st.one_of(st.text(max_size=200), st.lists(st.one_of(st.sampled_from(pieces), st.text(max_size=4)), max_size=60).map("".join))
+    return st.one_of(st.text(max_size=200),
+                     st.lists(st.one_of(st.sampled_from(pieces), st.text(max_size=4)), max_size=60).map("".join))
 
 
 sizes = st.tuples(st.floats(0.5, 5000), st.floats(0.5, 5000))
@@ -444,15 +451,18 @@ def test_fuzz_paligemma(text: str, size, max_label_len: int) -> None:
     assert_valid(parse_paligemma(text, w, h, max_label_len=max_label_len), w, h, max_label_len=max_label_len)
 
 
-numbers = st.one_of(st.integers(-(10**30), 10**30), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 2000))
+numbers = st.one_of(st.integers(-(10**30), 10**30), st.floats(allow_nan=True, allow_infinity=True),
+                    st.integers(-10, 2000))
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20)),
     lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=20,
 )
 entries = st.one_of(
-    st.fixed_dictionaries({"bbox_2d": st.lists(numbers, min_size=3, max_size=5), "label": st.one_of(st.text(max_size=80), numbers)}),
-    st.fixed_dictionaries({"bbox_2d": st.lists(st.integers(-20, 1100), min_size=4, max_size=4), "label": st.text(max_size=10)}),
+    st.fixed_dictionaries({"bbox_2d": st.lists(numbers, min_size=3, max_size=5),
+                           "label": st.one_of(st.text(max_size=80), numbers)}),
+    st.fixed_dictionaries({"bbox_2d": st.lists(st.integers(-20, 1100), min_size=4, max_size=4),
+                           "label": st.text(max_size=10)}),
     st.fixed_dictionaries({  # mostly plausible boxes
         "bbox_2d": st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(1, 300), st.integers(1, 300)).map(
             lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]]),
@@ -577,12 +587,14 @@ def test_map_box_centre_crop() -> None:
 def test_map_box_round_trip_with_explicit_transform() -> None:
     t = ResizeTransform(src_w=1000, src_h=800, scale_x=0.4, scale_y=0.5, pad_x=12, pad_y=3, crop_x=100, crop_y=50)
     src = Box(300, 200, 700, 600)
-    inp = Box(*(((src.x_min - 100) * 0.4 + 12), ((src.y_min - 50) * 0.5 + 3), ((src.x_max - 100) * 0.4 + 12), ((src.y_max - 50) * 0.5 + 3)))
+    inp = Box(*(((src.x_min - 100) * 0.4 + 12), ((src.y_min - 50) * 0.5 + 3),
+                ((src.x_max - 100) * 0.4 + 12), ((src.y_max - 50) * 0.5 + 3)))
     got = map_box(inp, t)
     assert (got.x_min, got.y_min, got.x_max, got.y_max) == pytest.approx((300, 200, 700, 600))
 
 
-@pytest.mark.parametrize("bad", [dict(scale_x=0.0), dict(scale_y=-1.0), dict(src_w=0), dict(pad_x=math.nan), dict(crop_y=math.inf)])
+@pytest.mark.parametrize("bad", [dict(scale_x=0.0), dict(scale_y=-1.0), dict(src_w=0), dict(pad_x=math.nan),
+                                 dict(crop_y=math.inf)])
 def test_resize_transform_validation(bad: dict) -> None:
     args = dict(src_w=10, src_h=10, scale_x=1.0, scale_y=1.0)
     args.update(bad)

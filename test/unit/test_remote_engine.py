@@ -109,8 +109,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def _delta(content: str, finish: str | None = None) -> dict:
-    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content} if content else {},
-                                                            "finish_reason": finish}]}
+    return {"object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish}]}
 
 
 def _serve(port: int = 0) -> tuple[ThreadingHTTPServer, Script]:

@@ -58,7 +58,8 @@ def requests_for(scene) -> list[Request]:
     obj = scene.objects[0]
     # generous timeouts: a loaded CI machine runs the model slowly on both sides
     return [Request(Task.DESCRIBE, "", 48, 200), Request(Task.ANSWER, f"what color is the {obj.shape}?", 16, 200),
-            Request(Task.GROUND, "detect all objects", 48, 200), Request(Task.GROUND, f"where is the {obj.label}?", 24, 200)]
+            Request(Task.GROUND, "detect all objects", 48, 200),
+            Request(Task.GROUND, f"where is the {obj.label}?", 24, 200)]
 
 
 def test_remote_answers_and_targets_equal_the_local_backend(remote, local):

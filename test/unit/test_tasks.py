@@ -46,7 +46,8 @@ def _objs_matching(scene, words: list[str]):
     return [
         o
         for o in scene.objects
-        if (size is None or o.size == size) and (color is None or o.color == color) and (shape is None or o.shape == shape)
+        if (size is None or o.size == size) and (color is None or o.color == color)
+        and (shape is None or o.shape == shape)
     ]
 
 

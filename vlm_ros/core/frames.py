@@ -76,7 +76,8 @@ class CameraBuffer:
             if self._image is not None and now > self._image.received:
                 rate = 1.0 / (now - self._image.received)
                 self.stats.rate_hz = rate if self.stats.rate_hz == 0 else 0.9 * self.stats.rate_hz + 0.1 * rate
-            self.stats.callback_s = callback_s if self.stats.received == 0 else 0.9 * self.stats.callback_s + 0.1 * callback_s
+            self.stats.callback_s = (callback_s if self.stats.received == 0
+                                     else 0.9 * self.stats.callback_s + 0.1 * callback_s)
             self._image = _Image(image, stamp_ns, frame_id, now)
             self.stats.received += 1
 
@@ -132,13 +133,14 @@ class CameraBuffer:
             age = now_ns - image.stamp_ns
             if age > max_age_ns:
                 return None, Status.STALE_FRAME, (
-                    f"newest frame of camera '{self.name}' is {age / 1e9:.2f} s old (max_frame_age_s {max_age_ns / 1e9:g})")
+                    f"newest frame of camera '{self.name}' is {age / 1e9:.2f} s old "
+                    f"(max_frame_age_s {max_age_ns / 1e9:g})")
             depth_expected = depth_expected or bool(self._depths and time.monotonic() - self._depths[-1].received < 1.0)
             give_up = time.monotonic() + companion_wait_s
             while True:
                 depth, intrinsics = self._depth_for(image), self._intrinsics_for(image)
-                missing = (depth is None and depth_expected) or (
-                    intrinsics is None and (self._intrinsics_match_frames or intrinsics_expected and not self._intrinsics))
+                missing = (depth is None and depth_expected) or (intrinsics is None and (
+                    self._intrinsics_match_frames or intrinsics_expected and not self._intrinsics))
                 if not missing or (left := give_up - time.monotonic()) <= 0:
                     break
                 self._lock.wait(left)

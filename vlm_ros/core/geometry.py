@@ -150,7 +150,8 @@ def target_position(
     return None if found is None else found[0]
 
 
-def surface_depth(depths: np.ndarray, min_share: float = 0.2, min_gap: float = 0.05, max_samples: int = 20_000) -> float:
+def surface_depth(depths: np.ndarray, min_share: float = 0.2, min_gap: float = 0.05,
+                  max_samples: int = 20_000) -> float:
     """The depth of the nearest surface among valid depths (metres, 1-D): the median of all of them, or of
     their nearer group when they form two groups.
 
@@ -298,7 +299,7 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
     flat = bool(planes) and not in_front[0]
     candidate = valid & inbox if flat else valid
     w_bg = None
-    for (a, b, c), behind in zip(planes, in_front):
+    for (a, b, c), behind in zip(planes, in_front, strict=True):
         if behind and not flat:
             w = (a * grid.cols[None, :].astype(np.float32)) + (b * grid.rows[:, None] + c).astype(np.float32)  # (h, w)
             w_bg = w if w_bg is None else np.maximum(w_bg, w)  # the visible background: the nearest plane

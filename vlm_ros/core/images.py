@@ -456,7 +456,8 @@ def encode_image(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
     return data, len(data) // h
 
 
-def encode_compressed(rgb: np.ndarray, fmt: str, colour_encoding: str = "rgb8", jpeg_quality: int = 95) -> tuple[str, bytes]:
+def encode_compressed(rgb: np.ndarray, fmt: str, colour_encoding: str = "rgb8",
+                      jpeg_quality: int = 95) -> tuple[str, bytes]:
     """(format, data) of a sensor_msgs/CompressedImage of ``rgb`` as compressed_image_transport writes it.
 
     fmt: "jpeg" or "png". colour_encoding: the source image's encoding; mono8 compresses one grey channel, any

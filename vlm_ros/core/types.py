@@ -200,7 +200,7 @@ class Shape3D:
 
     @property
     def size(self) -> tuple[float, float, float]:
-        return tuple(hi - lo for lo, hi in zip(self.extent_min, self.extent_max))  # type: ignore[return-value]
+        return tuple(hi - lo for lo, hi in zip(self.extent_min, self.extent_max, strict=True))  # type: ignore[return-value]
 
 
 @dataclass

@@ -101,7 +101,8 @@ def noisy_depth(depth: np.ndarray, sigma_at_1m: float, seed: int) -> np.ndarray:
 def geometry_scores(scene: Scene, example: Example, prediction: str, depth: np.ndarray) -> list[GeometryScore]:
     """The geometry of each predicted box matched to a true object, scored against the renderer's truth."""
     scores = []
-    for (label, truth_box), box in matched_boxes(example, EmbeddedAdapter.parse_text(prediction, Frame(scene.image), LOC_BINS).boxes):
+    predicted = EmbeddedAdapter.parse_text(prediction, Frame(scene.image), LOC_BINS).boxes
+    for (label, truth_box), box in matched_boxes(example, predicted):
         index = next(i for i, o in enumerate(scene.objects) if o.box == truth_box and o.label == label)
         geometry = target_geometry(depth, scene.intrinsics, (scene.width, scene.height), box=box)
         target = Target(label, box, mask=geometry.mask, position=geometry.position, shape=geometry.shape)

@@ -134,7 +134,8 @@ def _left_to_right(objs: list[SceneObject]) -> list[SceneObject]:
 
 
 def _matches(o: SceneObject, size: str | None, color: str | None, shape: str | None) -> bool:
-    return (size is None or o.size == size) and (color is None or o.color == color) and (shape is None or o.shape == shape)
+    return ((size is None or o.size == size) and (color is None or o.color == color)
+            and (shape is None or o.shape == shape))
 
 
 def _phrase(size: str | None, color: str | None, shape: str | None, noun: str = "") -> str:
@@ -218,7 +219,7 @@ def gen_count(scene: Scene, rng: np.random.Generator) -> Example | None:
 
 def gen_color(scene: Scene, rng: np.random.Generator) -> Example | None:
     cands = []
-    for i, o in enumerate(scene.objects):
+    for o in scene.objects:
         for size in (None, o.size):
             if sum(_matches(p, size, None, o.shape) for p in scene.objects) == 1:
                 cands.append((size, o))

@@ -325,11 +325,13 @@ class Objective:
         colour, shape, size, box = self.head(feats.float()).split(self.splits, dim=-1)
         classes, boxes = batch["patch_classes"], batch["patch_boxes"]
         on_object = classes[..., 0] > 0
-        aux = sum(F.cross_entropy(x.flatten(0, 1), classes[..., i].flatten()) for i, x in enumerate((colour, shape, size)))
+        aux = sum(F.cross_entropy(x.flatten(0, 1), classes[..., i].flatten())
+                  for i, x in enumerate((colour, shape, size)))
         if bool(on_object.any()):
             aux = aux + 5.0 * F.l1_loss(box.sigmoid()[on_object], boxes[on_object])
         total = token_loss + self.aux_weight * aux
-        return total, {"tokens": float(token_loss.detach()), "aux": float(aux.detach()), "answer_ce": float(hard.mean().detach())}
+        return total, {"tokens": float(token_loss.detach()), "aux": float(aux.detach()),
+                       "answer_ce": float(hard.mean().detach())}
 
 
 def answer_mean(per_token, supervised):
@@ -396,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=None,
                     help="peak learning rate (default: 2e-3 at batch 128, times sqrt(batch / 128): 1e-3 at batch 32)")
     ap.add_argument("--vision-lr-scale", type=float, default=1.0, help="learning rate of the vision tower / --lr")
-    ap.add_argument("--pool-cache", type=Path, default=None, help="pickle file to load the rendered pool from / save it to")
+    ap.add_argument("--pool-cache", type=Path, default=None,
+                    help="pickle file to load the rendered pool from / save it to")
     ap.add_argument("--turns", type=int, default=8, help="most questions per image in one training sequence")
     ap.add_argument("--seq-tokens", type=int, default=160,
-                    help="a sequence takes further questions only while it stays within this many tokens (0: always --turns)")
+                    help="a sequence takes further questions only while it stays within this many tokens "
+                         "(0: always --turns)")
     ap.add_argument("--curriculum", type=float, default=0.3,
                     help="fraction of the run over which the objects per scene ramp from 1 to all (0: off)")
     ap.add_argument("--loc-sigma", type=float, default=1.0, help="width in bins of the soft location target")
@@ -453,7 +457,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     if args.lr is None:
         args.lr = default_lr(args.batch)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cpu" and cpu_has_bf16_matmul())
-    log.info("args %s, config %s, device %s, %s", vars(args), cfg.to_dict(), device, "bf16 autocast" if bf16 else "fp32")
+    log.info("args %s, config %s, device %s, %s", vars(args), cfg.to_dict(), device,
+             "bf16 autocast" if bf16 else "fp32")
 
     seed_start = TRAIN_SEED_START + args.seed * args.pool
     grid = cfg.image_size // cfg.patch_size
@@ -461,7 +466,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
         pool = pickle.loads(args.pool_cache.read_bytes())  # its own seeds: --seed then sets only init and order
         if pool.pixels.shape[-1] != cfg.image_size or pool.patch_classes.shape[1] != grid * grid:
             raise SystemExit(f"{args.pool_cache} holds {pool.pixels.shape[-1]}-px images with "
-                             f"{pool.patch_classes.shape[1]} patches; this config needs {cfg.image_size} and {grid * grid}")
+                             f"{pool.patch_classes.shape[1]} patches; "
+                             f"this config needs {cfg.image_size} and {grid * grid}")
     else:
         pool = render_pool(args.pool, seed_start, cfg.image_size, grid, args.workers)
         if args.pool_cache is not None:
@@ -488,7 +494,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     for vision in (False, True):
         named = [(n, p) for n, p in model.named_parameters() if ("vision_tower" in n) == vision]
         scale = args.vision_lr_scale if vision else 1.0
-        groups.append({"params": [p for n, p in named if p.dim() >= 2], "weight_decay": args.weight_decay, "scale": scale})
+        groups.append({"params": [p for n, p in named if p.dim() >= 2], "weight_decay": args.weight_decay,
+                       "scale": scale})
         groups.append({"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0, "scale": scale})
     opt = torch.optim.AdamW(
         groups,
@@ -587,7 +594,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
     if args.out.exists():
         shutil.rmtree(args.out)
     tmp.rename(args.out)
-    log.info("saved to %s after %d steps, final loss %.4f, wall %.0f s", args.out, step, final_loss, time.monotonic() - t0)
+    log.info("saved to %s after %d steps, final loss %.4f, wall %.0f s", args.out, step, final_loss,
+             time.monotonic() - t0)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What every generation engine returns, and the interface the pipeline calls (torch, ONNX Runtime, TensorRT, remote)."""
+"""What every generation engine returns, and the interface the pipeline calls (torch, ONNX Runtime, TensorRT,
+remote)."""
 
 from __future__ import annotations
 

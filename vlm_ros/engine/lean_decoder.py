@@ -105,7 +105,8 @@ class LeanDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
         # torch.compile fuses the step's many small element-wise kernels (norms, rotary, residuals); the fused
         # step is then captured like the plain one. Compiling takes tens of seconds on first use.
-        self._static_fn = torch.compile(self._static_step, dynamic=False) if compile and self.static else self._static_step
+        self._static_fn = (torch.compile(self._static_step, dynamic=False) if compile and self.static
+                           else self._static_step)
         self._logits: torch.Tensor | None = None
         self._numpy = _NumpyStep(self) if form == "numpy" else None
 

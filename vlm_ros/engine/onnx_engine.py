@@ -41,7 +41,7 @@ class OrtRunner:
     def encode(self, pixel_values, qformer_text=None) -> np.ndarray:
         feeds = {names.PIXEL_VALUES: pixel_values.detach().to("cpu").float().numpy()}
         if self.shapes.qformer_text_max:  # InstructBLIP: (qformer_input_ids, qformer_attention_mask) (1, Q)
-            for name, x in zip((names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK), qformer_text):
+            for name, x in zip((names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK), qformer_text, strict=True):
                 feeds[name] = x.detach().to("cpu").numpy().astype(np.int64)
         return self.sessions["vision"].run([names.IMAGE_FEATURES], feeds)[0]  # (N, E)
 
@@ -57,7 +57,7 @@ class OrtRunner:
         return out[0][0], [*head, *out[1:]]  # logits (V,), [rope_delta,] presents x 2L [, cross K / V x 2L]
 
     def step(self, token_id: int, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds = {names.INPUT_IDS: np.array([[token_id]], dtype=np.int64), **dict(zip(self._state, state))}
+        feeds = {names.INPUT_IDS: np.array([[token_id]], dtype=np.int64), **dict(zip(self._state, state, strict=True))}
         out = self.sessions["decode"].run(self._outputs, feeds)
         # rope_delta and the cross K / V stay as they are; the self-attention cache is the step's output
         return out[0][0], [*state[: self._head], *out[1:], *state[self._head + len(out) - 1:]]

@@ -86,7 +86,7 @@ class TrtRunner:
         with torch.cuda.stream(self.stream):
             feeds = {names.PIXEL_VALUES: pixel_values.to(self.device, torch.float32, non_blocking=True)}
             if self.shapes.qformer_text_max:  # InstructBLIP: (qformer_input_ids, qformer_attention_mask) (1, Q)
-                for name, x in zip((names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK), qformer_text):
+                for name, x in zip((names.QFORMER_INPUT_IDS, names.QFORMER_ATTENTION_MASK), qformer_text, strict=True):
                     feeds[name] = x.to(self.device, torch.int64, non_blocking=True)
         return self._run("vision", feeds)[names.IMAGE_FEATURES]  # (N, E)
 
@@ -105,7 +105,7 @@ class TrtRunner:
     def step(self, token_id: int, state: list[torch.Tensor]):
         with torch.cuda.stream(self.stream):
             ids = torch.full((1, 1), token_id, dtype=torch.int64, device=self.device)
-        out = self._run("decode", {names.INPUT_IDS: ids, **dict(zip(self._state, state))})
+        out = self._run("decode", {names.INPUT_IDS: ids, **dict(zip(self._state, state, strict=True))})
         # rope_delta and the cross K / V stay as they are
         return self._finish(out, state[: self._head], state[self._head + len(self._present):])
 

@@ -3,7 +3,8 @@
 Why faster: a static KV cache allocated once per engine and reset between queries (no per-token
 re-allocation), vision features cached per frame (several queries on one frame encode it once), a lean
 per-token loop (argmax on the last position only, no logits processors), and a decode step without
-transformers' per-token machinery (lean_decoder.py: captured in a CUDA graph on CUDA, in numpy on the CPU). It produces the same tokens as `generate(do_sample=False)`; tests check this.
+transformers' per-token machinery (lean_decoder.py: captured in a CUDA graph on CUDA, in numpy on the CPU).
+It produces the same tokens as `generate(do_sample=False)`; tests check this.
 """
 
 from __future__ import annotations
@@ -138,9 +139,9 @@ class TorchEngine:
             def __call__(self, input_ids, scores, **kwargs):
                 if state["t_first"] is None:
                     state["t_first"] = time.perf_counter()
-                new = input_ids[0, prompt_len:].tolist()
-                new = [i for i in new if i not in engine._eos and i != engine.model.generation_config.decoder_start_token_id] \
-                    if engine.model.config.is_encoder_decoder else [i for i in new if i not in engine._eos]
+                new = [i for i in input_ids[0, prompt_len:].tolist() if i not in engine._eos]
+                if engine.model.config.is_encoder_decoder:
+                    new = [i for i in new if i != engine.model.generation_config.decoder_start_token_id]
                 if on_text is not None and new:
                     on_text(engine.adapter.decode_text(new), len(new))
                 if cancel is not None and cancel.is_set():

@@ -112,7 +112,8 @@ def check(directory: Path, kind: str, key: dict[str, Any]) -> CacheCheck:
     want = json.loads(json.dumps(key, sort_keys=True))
     have = {"kind": stored.kind, **stored.key}
     want = {"kind": kind, **want}
-    diffs = [f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    diffs = [f"{k}: {have.get(k)!r} -> {want.get(k)!r}"
+             for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
     return CacheCheck("stale" if diffs else "match", diffs)
 
 

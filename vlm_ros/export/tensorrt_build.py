@@ -3,10 +3,10 @@
 One engine per graph (vision, prefill, decode), built with an optimisation profile for the dynamic axes
 (prompt length S, cache length P; Qwen2.5-VL's position_ids (3, S) follow S, its rope_delta is fixed (1,);
 InstructBLIP's Q-Former instruction tokens (1, Q) range over 1 .. the Q-Former's position count; an
-encoder-decoder's cross K / V (1, H, S, D) follow S), FP16 by default, a timing cache shared by all builds on this GPU and
-TensorRT version, progress output, and every ONNX parser error logged. The folder's manifest key holds the
-model hash, export version, TensorRT version, GPU name and compute capability, JetPack (Jetson), precision,
-DLA core and shape profile; manifest.py decides reuse / rebuild / refuse.
+encoder-decoder's cross K / V (1, H, S, D) follow S), FP16 by default, a timing cache shared by all builds on
+this GPU and TensorRT version, progress output, and every ONNX parser error logged. The folder's manifest key
+holds the model hash, export version, TensorRT version, GPU name and compute capability, JetPack (Jetson),
+precision, DLA core and shape profile; manifest.py decides reuse / rebuild / refuse.
 
 Everything here that does not need TensorRT (profiles, precision checks, keys) is importable without it.
 """
@@ -25,7 +25,8 @@ from vlm_ros.export import DEFAULT_IMAGE_SIZE
 PRECISIONS = ("fp16", "fp32", "int8", "fp8")
 # Smallest compute capability with fast kernels for each precision (FP8: Ada / Hopper and later).
 MIN_COMPUTE_CAPABILITY = {"fp32": (5, 0), "fp16": (5, 3), "int8": (6, 1), "fp8": (8, 9)}
-Profile = dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]  # graph -> input -> (min, opt, max)
+# graph -> input -> (min, opt, max) shape
+Profile = dict[str, dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]
 Log = Callable[[str], None]
 
 
@@ -158,7 +159,8 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict, precision: s
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     engine_path.write_bytes(bytes(serialized))
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    log(f"built {engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB, {precision}) in {time.monotonic() - t0:.0f} s")
+    log(f"built {engine_path} ({engine_path.stat().st_size / 1e6:.1f} MB, {precision}) "
+        f"in {time.monotonic() - t0:.0f} s")
 
 
 def _progress_monitor(log: Log, graph: str):

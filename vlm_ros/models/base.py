@@ -141,7 +141,8 @@ class VlmAdapter(ABC):
     def process(self, image: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
         """Run the processor on one RGB image and prompt (override for processors with other signatures)."""
         # channels_last: for images only a few pixels tall the processor's layout guess is wrong
-        return dict(self.processor(images=[image], text=[prompt], return_tensors="pt", input_data_format="channels_last"))
+        return dict(self.processor(images=[image], text=[prompt], return_tensors="pt",
+                                   input_data_format="channels_last"))
 
     # --- shared -----------------------------------------------------------------------------------------
     def prepare(self, frame: Frame, request: Request) -> ModelInputs:
@@ -159,7 +160,8 @@ class VlmAdapter(ABC):
 
     def encode_vision(self, inputs: ModelInputs) -> dict[str, Any]:
         """Vision features for `mm_encoder_outputs` (transformers' hook to skip the encoder on a cached frame)."""
-        vision = {k: inputs.tensors[k] for k in inputs.tensors if k in self.vision_input_names or k.startswith("image_")}
+        vision = {k: inputs.tensors[k] for k in inputs.tensors
+                  if k in self.vision_input_names or k.startswith("image_")}
         return {"image": self.model.get_image_features(**vision, return_dict=True)}
 
     def forward_inputs(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:

@@ -331,7 +331,8 @@ class PerceptionNode(LifecycleNode):
             buffer.drop("invalid camera_info")
             self.get_logger().warning(f"camera '{buffer.name}': CameraInfo has an invalid focal length; "
                                       "no 3-D targets from it", throttle_duration_sec=10.0)
-        buffer.put_intrinsics(intrinsics, depth=depth, size=(msg.width, msg.height), stamp_ns=stamp_to_ns(msg.header.stamp))
+        buffer.put_intrinsics(intrinsics, depth=depth, size=(msg.width, msg.height),
+                              stamp_ns=stamp_to_ns(msg.header.stamp))
 
     # --- queries: ROS messages <-> the scheduler ----------------------------------------------------------
     def _on_service(self, request: Query.Request, response: Query.Response) -> Query.Response:
@@ -441,9 +442,11 @@ class PerceptionNode(LifecycleNode):
             if t.shape is not None and max(t.shape.size) > 0.0:
                 lo, hi = t.shape.extent_min, t.shape.extent_max
                 cube = Marker(header=header, ns="vlm_targets", id=3 * i + 2, type=Marker.CUBE, action=Marker.ADD)
-                cube.pose.position.x, cube.pose.position.y, cube.pose.position.z = ((a + b) / 2 for a, b in zip(lo, hi))
+                cube.pose.position.x, cube.pose.position.y, cube.pose.position.z = (
+                    (a + b) / 2 for a, b in zip(lo, hi, strict=True))
                 cube.pose.orientation.w = 1.0
-                cube.scale.x, cube.scale.y, cube.scale.z = (max(b - a, 0.002) for a, b in zip(lo, hi))  # RViz: > 0
+                cube.scale.x, cube.scale.y, cube.scale.z = (
+                    max(b - a, 0.002) for a, b in zip(lo, hi, strict=True))  # RViz: > 0
                 cube.color.r, cube.color.g, cube.color.b, cube.color.a = 0.0, 0.85, 1.0, 0.35
                 markers.append(cube)
         return MarkerArray(markers=markers)
@@ -462,7 +465,8 @@ class PerceptionNode(LifecycleNode):
                 level, message = DiagnosticStatus.ERROR, f"stale: newest frame {(now_ns - stamp) / 1e9:.1f} s old"
             else:
                 level, message = DiagnosticStatus.OK, "receiving"
-            values = {"rate_hz": f"{stats.rate_hz:.1f}", "frame_age_s": "" if stamp is None else f"{(now_ns - stamp) / 1e9:.3f}",
+            values = {"rate_hz": f"{stats.rate_hz:.1f}",
+                      "frame_age_s": "" if stamp is None else f"{(now_ns - stamp) / 1e9:.3f}",
                       "received": stats.received, "depth_received": stats.depth_received, "resets": stats.resets,
                       "callback_ms": f"{stats.callback_s * 1e3:.2f}",
                       **{f"dropped: {reason}": n for reason, n in stats.dropped.items()}}
@@ -539,7 +543,7 @@ def main(args: list[str] | None = None, node_type: Callable[[], PerceptionNode] 
     except ValueError as exc:
         rclpy.logging.get_logger("vlm").fatal(str(exc))
         rclpy.try_shutdown()
-        raise SystemExit(2)
+        raise SystemExit(2) from None  # the fatal log above says why
     executor = MultiThreadedExecutor(num_threads=node.p("queue_size") + 4)
     executor.add_node(node)
     if node.p("autostart"):

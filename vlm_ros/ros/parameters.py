@@ -36,14 +36,16 @@ class ParamSpec:
             d.integer_range = [IntegerRange(from_value=int(self.range[0]), to_value=int(self.range[1]), step=1)]
         elif isinstance(self.default, float) and self.range:
             d.type = ParameterType.PARAMETER_DOUBLE
-            d.floating_point_range = [FloatingPointRange(from_value=float(self.range[0]), to_value=float(self.range[1]))]
+            d.floating_point_range = [FloatingPointRange(from_value=float(self.range[0]),
+                                                         to_value=float(self.range[1]))]
         if self.choices:
             d.additional_constraints = "one of: " + ", ".join(self.choices)
         return d
 
     def check(self, value: Any) -> str:
         """Reason the value is refused, or "" (ranges are also enforced by rclpy through the descriptor)."""
-        if self.choices and value not in self.choices and not (self.name == "device" and str(value).startswith("cuda:")):
+        if (self.choices and value not in self.choices
+                and not (self.name == "device" and str(value).startswith("cuda:"))):
             return f"{self.name} must be one of {', '.join(self.choices)}; got '{value}'"
         if self.range and not (self.range[0] <= value <= self.range[1]):
             return f"{self.name} must be in [{self.range[0]}, {self.range[1]}]; got {value}"
@@ -160,5 +162,6 @@ FRONT_CAMERA_TOPICS = {
 
 def camera_specs(camera: str) -> list[ParamSpec]:
     defaults = FRONT_CAMERA_TOPICS if camera == "front" else {}
-    return [ParamSpec(f"cameras.{camera}.{p.name}", defaults.get(p.name, p.default), p.description + " (used at activate)")
+    return [ParamSpec(f"cameras.{camera}.{p.name}", defaults.get(p.name, p.default),
+                      p.description + " (used at activate)")
             for p in CAMERA_PARAMS]

@@ -74,5 +74,6 @@ def build_scripted_embedded(path: str | Path, script: str = DEFAULT_SCRIPT) -> P
     model.save_pretrained(path)
     processor.save_pretrained(path)
     shutil.copy(source / "embedded_config.json", path / "embedded_config.json")
-    (path / "SCRIPTED.json").write_text(json.dumps({"script": script, "tokens": tokenizer.convert_ids_to_tokens(chain)}))
+    (path / "SCRIPTED.json").write_text(
+        json.dumps({"script": script, "tokens": tokenizer.convert_ids_to_tokens(chain)}))
     return path

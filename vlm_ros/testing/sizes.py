@@ -37,7 +37,8 @@ def so400m_qwen2_0_5b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16)
                        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                          vision_feature_select_strategy="full", vision_feature_layer=-1, image_seq_length=729)
     config._attn_implementation = "sdpa"
     with torch.device(device):

@@ -370,7 +370,8 @@ def _scene_truth(scene: Scene, index: int, start_ns: int, end_ns: int, stamps: S
         intrinsics=scene.intrinsics,
         objects=tuple(
             ObjectTruth(
-                o.label, o.shape, o.color, o.size, o.box, tuple(float(v) for v in o.position), float(o.visible_fraction),
+                o.label, o.shape, o.color, o.size, o.box, tuple(float(v) for v in o.position),
+                float(o.visible_fraction),
                 mask=scene.object_mask(i), surface_centroid=o.surface_centroid, surface_min=o.surface_min,
                 surface_max=o.surface_max, object_center=o.object_center, object_size=o.object_size,
             )
@@ -545,7 +546,7 @@ def write_scene_bag(
     frame_ns = [start_ns + int(round(i * 1e9 / fps)) for i in range(n_frames)]
     bounds = [start_ns + -(-k * total_ns // len(scenes)) for k in range(len(scenes) + 1)]  # ceil: exact integers
     scene_of_frame = [bisect.bisect_right(bounds, t) - 1 for t in frame_ns]
-    per_scene = [[t for t, s in zip(frame_ns, scene_of_frame) if s == k] for k in range(len(scenes))]
+    per_scene = [[t for t, s in zip(frame_ns, scene_of_frame, strict=True) if s == k] for k in range(len(scenes))]
     if any(not stamps for stamps in per_scene):
         raise ValueError(f"{len(scenes)} scenes in {seconds} s at {fps} fps leave a scene without frames")
     n_ticks = int(total_ns * clock_hz // 1_000_000_000) + 1
@@ -579,7 +580,7 @@ def write_scene_bag(
         ticks = iter(clock_ns + [2**63 - 1])
         next_tick = next(ticks)
         scene: Scene | None = None
-        for i, (t, k) in enumerate(zip(frame_ns, scene_of_frame)):
+        for i, (t, k) in enumerate(zip(frame_ns, scene_of_frame, strict=True)):
             while next_tick <= t:  # clock first: a sim-time node sees the time before the frame
                 put("clock", next_tick, store.types["rosgraph_msgs/msg/Clock"](clock=_time_msg(next_tick)))
                 next_tick = next(ticks)

@@ -1,8 +1,9 @@
-"""Engine benchmark: time to first token and decode speed of our engine vs transformers' generate().
+r"""Engine benchmark: time to first token and decode speed of our engine vs transformers' generate().
 
     python -m vlm_ros.tools.benchmark_engine                      # the embedded default model, CPU
     python -m vlm_ros.tools.benchmark_engine --model tiny-llava   # a tiny random LLaVA
-    python -m vlm_ros.tools.benchmark_engine --model /models/x --device cuda --dtype bfloat16 --json out.json --plot out.png
+    python -m vlm_ros.tools.benchmark_engine --model /models/x --device cuda --dtype bfloat16 \
+        --json out.json --plot out.png
 
 Same model, same frame, same prompt, same run: our engine (lean decoder: numpy step on the CPU, CUDA graph
 on GPU), generate() with the dynamic cache (eager), and generate() with the static cache. Greedy, batch 1, a
@@ -92,8 +93,8 @@ def _time_rounds(runners: dict[str, Callable[[int], object]], tokens: int, repea
     full: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            one[name].append(_timed(lambda: run(1), device))
-            full[name].append(_timed(lambda: run(tokens), device))
+            one[name].append(_timed(lambda run=run: run(1), device))
+            full[name].append(_timed(lambda run=run: run(tokens), device))
     figures = {}
     for name in runners:
         t1, tn = statistics.median(one[name]), statistics.median(full[name])
@@ -125,7 +126,8 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
         return True
 
     first = {"compile_decoder": True} if compile_decoder else {}
-    for engine_kwargs in (first, {"decode_form": "sliced", "graph_vision": False}):  # the second only if the first fails
+    # the second only if the first fails
+    for engine_kwargs in (first, {"decode_form": "sliced", "graph_vision": False}):
         engine = TorchEngine(adapter, **engine_kwargs)
         if enter("engine", _engine_runner(engine, inputs), options=engine_kwargs or "default"):
             break

@@ -182,7 +182,8 @@ class Bench:
                 "frame_age_p50_s": percentile(ages, 0.5), "frame_age_max_s": max(ages), "camera_delivered": delivered,
                 "node_total_p50_s": percentile([t for t, _ in inside], 0.5),  # the node's own timing of a query
                 "node_decode_p50_s": percentile([d for _, d in inside], 0.5),
-                "node_rss_mb": float(self.model.get("rss_mb", "nan")), "node_cpu_threads": self.model.get("cpu_threads")}
+                "node_rss_mb": float(self.model.get("rss_mb", "nan")),
+                "node_cpu_threads": self.model.get("cpu_threads")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,18 +210,19 @@ def main(argv: list[str] | None = None) -> int:
                     r = bench.ingest(resolution, encoding, rate, idle_rate)
                     results["ingest"].append(r)
                     print(f"ingest {resolution} {encoding:4s} target {rate:5.0f} Hz: sent {r['sent_hz']:6.1f}, "
-                          f"received {r['received_hz']:6.1f} Hz ({r['delivered']:.0%}), callback {r['callback_ms']:.2f} ms, "
-                          f"node CPU {r['node_cpu_ms_per_frame']:.2f} ms per frame net of idle "
-                          f"({r['node_cpu_ms_per_frame_gross']:.2f} gross)")
+                          f"received {r['received_hz']:6.1f} Hz ({r['delivered']:.0%}), "
+                          f"callback {r['callback_ms']:.2f} ms, node CPU {r['node_cpu_ms_per_frame']:.2f} ms per frame "
+                          f"net of idle ({r['node_cpu_ms_per_frame_gross']:.2f} gross)")
                     if r["delivered"] < 0.95:
                         break
         q = bench.queries(args.queries, args.tokens)
         results["queries"] = q
-        print(f"/vlm/query over DDS, 640x480 camera at 30 Hz, {q['tokens_mean']:.1f} tokens: p50 {q['p50_s'] * 1e3:.0f} ms, "
-              f"p95 {q['p95_s'] * 1e3:.0f} ms, p99 {q['p99_s'] * 1e3:.0f} ms; frame age p50 {q['frame_age_p50_s'] * 1e3:.0f} ms, "
-              f"max {q['frame_age_max_s'] * 1e3:.0f} ms; inside the node p50 {q['node_total_p50_s'] * 1e3:.0f} ms "
-              f"(decode {q['node_decode_p50_s'] * 1e3:.0f} ms); camera frames delivered meanwhile {q['camera_delivered']:.0%}; "
-              f"node peak RSS {q['node_rss_mb']:.0f} MB")
+        print(f"/vlm/query over DDS, 640x480 camera at 30 Hz, {q['tokens_mean']:.1f} tokens: "
+              f"p50 {q['p50_s'] * 1e3:.0f} ms, p95 {q['p95_s'] * 1e3:.0f} ms, p99 {q['p99_s'] * 1e3:.0f} ms; "
+              f"frame age p50 {q['frame_age_p50_s'] * 1e3:.0f} ms, max {q['frame_age_max_s'] * 1e3:.0f} ms; "
+              f"inside the node p50 {q['node_total_p50_s'] * 1e3:.0f} ms "
+              f"(decode {q['node_decode_p50_s'] * 1e3:.0f} ms); "
+              f"camera frames delivered meanwhile {q['camera_delivered']:.0%}; node peak RSS {q['node_rss_mb']:.0f} MB")
     finally:
         bench.close()
     if args.json:

@@ -3,9 +3,10 @@
     python -m vlm_ros.tools.demo [--bag DIR] [--out DIR]
 
 Starts the perception node (subprocess, sim time), replays the bundled bag (scenes_small: installed
-under share/vlm_ros/bags, in a checkout test/bags), asks the instructions of its sidecar at their times, prints every answer with its grounded targets (boxes, masks, 3-D
-centroids and extents), the accuracy, the targets' mask IoU and 3-D errors against the truth, and the latency, and
-saves the node's annotated images (boxes, mask outlines) to --out.
+under share/vlm_ros/bags, in a checkout test/bags), asks the instructions of its sidecar at their times, prints
+every answer with its grounded targets (boxes, masks, 3-D centroids and extents), the accuracy, the targets' mask
+IoU and 3-D errors against the truth, and the latency, and saves the node's annotated images (boxes, mask
+outlines) to --out.
 """
 
 from __future__ import annotations

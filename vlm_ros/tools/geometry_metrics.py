@@ -65,7 +65,7 @@ def score_target(target: Target, truth: GeometryTruth, width: int, height: int) 
             center = math.dist(target.position, truth.object_center)
         if target.shape is not None and truth.surface_min is not None and truth.surface_max is not None:
             extent = tuple(max(abs(lo - tlo), abs(hi - thi)) for lo, hi, tlo, thi in zip(
-                target.shape.extent_min, target.shape.extent_max, truth.surface_min, truth.surface_max))
+                target.shape.extent_min, target.shape.extent_max, truth.surface_min, truth.surface_max, strict=True))
     return GeometryScore(iou, centroid, extent, center)
 
 
