@@ -122,7 +122,7 @@ def test_repetition_penalty_counts_the_prompt_ids_as_generate_does(adapter, gene
     inputs = inputs_for(adapter, 0)
     generation_config(repetition_penalty=3.0)
     logits = TorchEngine(adapter).first_logits(inputs)
-    rules = DecodingRules.from_model(adapter.model)
+    rules = DecodingRules.from_generation_config(adapter.generation_config)
     prompt = inputs.tensors["input_ids"][0].tolist()
     scores = rules.picker(prompt, N).apply(logits.copy())
     in_prompt = np.zeros(logits.shape[0], bool)
@@ -175,3 +175,30 @@ def test_numpy_and_torch_logits_give_the_same_pick():
     by_numpy, by_torch = rules.picker([1, 2, 1], 6), rules.picker(torch.tensor([1, 2, 1]), 6)
     picks = [(by_numpy(x), by_torch(torch.from_numpy(x.copy()))) for x in logits]
     assert all(a == b for a, b in picks) and all(a != 4 for a, _ in picks)
+
+
+def test_encoder_decoder_graph_engine_counts_from_the_decoder_start_token(tmp_path):
+    """Florence-2 (BART) on onnxruntime: generate()'s context is the decoder start token, so forced BOS fires on
+    the first new token and the n-gram and penalty rules see the start token too."""
+    pytest.importorskip("onnxruntime")
+    from vlm_ros.engine.onnx_engine import OnnxEngine
+    from vlm_ros.export.onnx_export import export_model
+    from vlm_ros.testing.tiny_florence2 import build_tiny_florence2
+
+    florence = load_adapter(build_tiny_florence2(tmp_path / "florence2", text_std=0.3))
+    export_result = export_model(florence, tmp_path / "onnx", log=lambda m: None, image_size=(120, 160))
+    inputs = florence.prepare(frame(0), Request(Task.DESCRIBE, ""))
+
+    def generate_ids() -> list[int]:
+        ids = florence.model.generate(**inputs.tensors, do_sample=False, max_new_tokens=N)[0, 1:].tolist()
+        return ids[: next((i for i, t in enumerate(ids) if t in florence.eos_token_ids), len(ids))]
+
+    plain = generate_ids()
+    assert len(plain) >= 4
+    config = florence.model.generation_config
+    forced = next(t for t in plain if t != plain[0])  # a first token the model would not choose
+    config.forced_bos_token_id, config.no_repeat_ngram_size, config.repetition_penalty = forced, 2, 1.5
+    want = generate_ids()
+    assert want[0] == forced != plain[0]
+    got = OnnxEngine(florence, export_result.directory, export_result.shapes, threads=1).generate(inputs, N)
+    assert got.token_ids == want

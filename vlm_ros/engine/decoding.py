@@ -45,13 +45,11 @@ class DecodingRules:
     notes: tuple[str, ...] = ()  # settings read but not applied by greedy decoding, for the log
 
     @classmethod
-    def from_model(cls, model: Any) -> DecodingRules:
-        """The rules of a transformers model's `generation_config` (loaded from generation_config.json)."""
-        config = getattr(model, "generation_config", None)
-        return cls.from_generation_config(config) if config is not None else cls()
-
-    @classmethod
     def from_generation_config(cls, config: Any) -> DecodingRules:
+        """The rules of a transformers GenerationConfig (a model's, loaded from generation_config.json); None: none."""
+        if config is None:
+            return cls()
+
         def get(name: str, default: Any = None) -> Any:
             value = getattr(config, name, default)
             return default if value is None else value

@@ -85,7 +85,7 @@ class GraphEngine:
         self.adapter = adapter
         self.runner = runner
         self._eos = adapter.eos_token_ids
-        self.rules = DecodingRules.from_model(adapter.model)  # the checkpoint's generation config, read once
+        self.rules = DecodingRules.from_generation_config(adapter.generation_config)  # read once, at load
         self._vision_cache = VisionCache(vision_cache_size)
 
     def generate(
@@ -135,12 +135,8 @@ class GraphEngine:
         """The ids generate() would see before the first new token: the prompt, or an encoder-decoder's start token."""
         if not self.runner.shapes.encoder_decoder:
             return inputs.tensors["input_ids"][0]
-        model = self.adapter.model
-        for source in (model, getattr(model, "language_model", None)):
-            start = getattr(getattr(source, "generation_config", None), "decoder_start_token_id", None)
-            if start is not None:
-                return [int(start)]
-        return [int(model.config.get_text_config().decoder_start_token_id)]
+        start = getattr(self.adapter.generation_config, "decoder_start_token_id", None)
+        return [int(self.adapter.model.config.get_text_config().decoder_start_token_id if start is None else start)]
 
     def _check_fits_export(self, inputs: ModelInputs) -> None:
         """Refuse, with the reason, a query whose image input or prompt the exported graphs were not made for."""

@@ -37,7 +37,7 @@ class TorchEngine:
         self.max_cache_len = max_cache_len
         self._vision_cache = VisionCache(vision_cache_size)
         self._eos = adapter.eos_token_ids
-        self.rules = DecodingRules.from_model(self.model)  # the checkpoint's generation config, read once
+        self.rules = DecodingRules.from_generation_config(adapter.generation_config)  # read once, at load
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
         self._decode_form = decode_form  # lean_decoder.FORMS; None: static (CUDA graph) on CUDA, numpy on CPU
