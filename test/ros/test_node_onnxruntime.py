@@ -26,13 +26,20 @@ def harness(rclpy_context):
 
 
 def test_node_answers_with_backend_onnxruntime_and_reuses_the_export(start_process, tmp_path, harness):
+    from diagnostic_msgs.msg import DiagnosticArray
+
     from vlm_ros.srv import Query
     from vlm_ros.testing.tiny import build_tiny_llava
 
     model = build_tiny_llava(tmp_path / "tiny_llava")
     engines = tmp_path / "engines"
     args = ["-m", "vlm_ros.ros.node", "--ros-args", "-p", f"model:={model}", "-p", "backend:=onnxruntime",
-            "-p", f"engines_dir:={engines}"]
+            "-p", f"engines_dir:={engines}", "-p", "diagnostics_period_s:=0.2"]
+    model_values = {}
+    harness.node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda msg: model_values.update({kv.key: kv.value for s in msg.status if s.name == "vlm: model"
+                                         for kv in s.values}), 10)
     node = start_process(args, "perception_node")
     harness.wait_for_service()
     harness.start_camera((np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8), rate_hz=20)
@@ -41,6 +48,10 @@ def test_node_answers_with_backend_onnxruntime_and_reuses_the_export(start_proce
     assert resp.status == Query.Response.OK, resp.message
     assert resp.timings.generated_tokens >= 1 and resp.timings.prefill > 0
     assert "onnx cache written" in node.log() and "self-check passed (float32)" in node.log()
+    deadline = time.monotonic() + 10
+    while "self_check_s" not in model_values and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert model_values["self_check"].startswith("self-check passed (float32)") and float(model_values["self_check_s"]) > 0
     node.stop()
 
     again = start_process([*args, "-p", "engine_policy:=refuse"], "perception_node_2")
