@@ -61,10 +61,10 @@ class DecodingRules:
         if get("num_beams", 1) > 1:
             notes.append(f"generation config: num_beams {get('num_beams')} is ignored: this node decodes greedily "
                          "(one beam)")
-        for name, neutral in (("min_length", 0), ("min_new_tokens", 0), ("sequence_bias", None),
+        for name, neutral in (("min_length", 0), ("min_new_tokens", 0), ("sequence_bias", {}),
                               ("encoder_repetition_penalty", 1.0), ("encoder_no_repeat_ngram_size", 0),
-                              ("exponential_decay_length_penalty", None), ("guidance_scale", None)):
-            if get(name, neutral) not in (neutral, {}, 1):
+                              ("exponential_decay_length_penalty", ()), ("guidance_scale", 1.0)):
+            if get(name, neutral) != neutral:  # unset (None) or neutral: nothing to say
                 notes.append(f"generation config: {name} {get(name)} is not applied by this node's engines")
         eos = set(_ids(get("eos_token_id")))
         bad_words = tuple(tuple(int(t) for t in seq) for seq in get("bad_words_ids", ())

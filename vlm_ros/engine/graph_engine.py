@@ -4,7 +4,8 @@ A `GraphRunner` runs the three graphs of vlm_ros/engine/names.py on some runtime
 `GraphEngine` owns everything else: the checks that a query fits the export (pixel shape, Qwen's grid, the image
 token count), Qwen2.5-VL's 3-D prefill positions (computed in torch by the model's own function), the per-frame
 vision-feature cache (InstructBLIP's keyed by frame and instruction: its Q-Former reads both), the greedy loop
-with the checkpoint's generation rules (engine/decoding.py), streaming text, the token budget, the deadline and cancel, exactly as TorchEngine does them.
+with the checkpoint's generation rules (engine/decoding.py), streaming text, the token budget, the deadline and
+cancel, exactly as TorchEngine does them.
 """
 
 from __future__ import annotations

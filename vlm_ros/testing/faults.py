@@ -15,6 +15,8 @@ or `N+`; model calls are counted from the first query after the node's warm-up).
 
 Unknown faults or malformed entries are refused (ValueError), so a typo cannot silently turn a fault test into
 a test of nothing.
+
+`scale_onnx_weight` breaks an exported graph instead (the self-check tests: a backend that must not serve).
 """
 
 from __future__ import annotations
