@@ -202,3 +202,26 @@ def test_encoder_decoder_graph_engine_counts_from_the_decoder_start_token(tmp_pa
     assert want[0] == forced != plain[0]
     got = OnnxEngine(florence, export_result.directory, export_result.shapes, threads=1).generate(inputs, N)
     assert got.token_ids == want
+
+
+@pytest.mark.parametrize("penalty", [1.05, 1.5])
+def test_qwen2_5_vl_repetition_penalty_as_its_instruct_checkpoints_set_it(tmp_path, penalty):
+    """Qwen2.5-VL-Instruct's generation config sets repetition_penalty 1.05: lean decoder (3-D rope offsets) and
+    onnxruntime give generate()'s tokens."""
+    pytest.importorskip("onnxruntime")
+    from vlm_ros.engine.onnx_engine import OnnxEngine
+    from vlm_ros.export.onnx_export import export_model
+    from vlm_ros.testing.tiny_qwen2_5_vl import build_tiny_qwen2_5_vl
+
+    qwen = load_adapter(build_tiny_qwen2_5_vl(tmp_path / "qwen"))
+    export_result = export_model(qwen, tmp_path / "onnx", log=lambda m: None, image_size=(120, 160))
+    inputs = qwen.prepare(frame(0), Request(Task.ANSWER, "what color is the mug?"))
+    plain = reference_tokens(qwen, inputs, N)
+    qwen.model.generation_config.repetition_penalty = penalty
+    want = reference_tokens(qwen, inputs, N)
+    if penalty > 1.05:
+        assert want != plain
+    engines = (TorchEngine(qwen), OnnxEngine(qwen, export_result.directory, export_result.shapes, threads=1))
+    assert engines[0]._lean_supported
+    for engine in engines:
+        assert engine.generate(inputs, N).token_ids == want
