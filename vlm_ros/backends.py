@@ -1,11 +1,13 @@
 """Which backend runs the model: node parameters in, a ready Pipeline out (ROS-free, one place).
 
 Each backend is one function `(settings, log) -> (Pipeline, description)`; the description is what
-diagnostics show as the backend (for example "torch (cuda, float16)"). A fallback is always logged.
+diagnostics show as the backend (for example "torch (cuda, float16)"). A fallback is always logged. A backend
+that is not the eager float32 reference is self-checked against it before it serves (`check_before_serving`).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_ros.engine.remote import RemoteConfig
+from vlm_ros.engine.self_check import SelfCheckResult
 from vlm_ros.export import DEFAULT_IMAGE_SIZE
 from vlm_ros.grounding import Grounder, GroundingSettings
 from vlm_ros.pipeline import Pipeline
@@ -48,6 +51,7 @@ class BackendSettings:
     engine_image_height: int = DEFAULT_IMAGE_SIZE[0]  # idefics3 / qwen2_5_vl exports: the camera frame size
     engine_image_width: int = DEFAULT_IMAGE_SIZE[1]
     cpu_threads: int = 1  # torch / onnxruntime intra-op threads; 0 = one per core
+    self_check: bool = True  # probe a non-reference backend against the eager float32 reference before serving
     remote: RemoteSettings = field(default_factory=RemoteSettings)
 
     @classmethod
@@ -202,12 +206,86 @@ def build_pipeline(settings: BackendSettings, log: Log, grounding: GroundingSett
     """The Pipeline for `settings` with the grounding stage `grounding` names (detector, segmenter; loaded on the
     backend's device, torch); raises with a clear message when the backend or a grounding model cannot run here."""
     pipeline, description = _vlm_pipeline(settings, log)
+    rules = getattr(pipeline.engine, "rules", None)
+    if rules is not None:  # the checkpoint's generation config, as the engine applies it
+        log(f"generation config rules: {rules.describe()}")
+        for note in rules.notes:
+            log(note)
+    pipeline.self_check = check_before_serving(settings, pipeline, log)
     if grounding is not None:
         import torch
 
         device, dtype = resolve_device(settings.device, settings.dtype)
         pipeline.grounder = Grounder.load(grounding, device, getattr(torch, dtype), log)
     return pipeline, description
+
+
+def self_check_kind(settings: BackendSettings, engine: Any) -> str | None:
+    """What the self-check compares a built backend as (a key of engine.self_check.TOLERANCES); None for the
+    reference itself (eager torch float32) and for a remote server (it decides how it computes)."""
+    from vlm_ros.engine import TorchEngine
+    from vlm_ros.engine.graph_engine import GraphEngine
+    from vlm_ros.engine.onnx_engine import OnnxEngine
+
+    if isinstance(engine, OnnxEngine):
+        return "float32"
+    if isinstance(engine, GraphEngine):  # TensorRT
+        return {"fp32": "float32", "fp16": "float16"}.get(settings.precision, settings.precision)
+    if isinstance(engine, TorchEngine):
+        if settings.quantize == "int8":
+            return "int8"
+        dtype = resolve_device(settings.device, settings.dtype)[1]
+        return None if dtype == "float32" else dtype
+    return None
+
+
+def check_before_serving(settings: BackendSettings, pipeline: Pipeline, log: Log) -> SelfCheckResult | None:
+    """The self-check of a non-reference backend (engine/self_check.py): the result when it passed, None when
+    not run; raises SelfCheckError with the figures when the backend is beyond tolerance."""
+    import torch
+
+    from vlm_ros.engine.self_check import SelfCheckError, run_self_check
+    from vlm_ros.models.registry import load_adapter
+
+    kind = self_check_kind(settings, pipeline.engine)
+    if kind is None:
+        return None
+    if not settings.self_check:
+        log(f"self-check off (self_check false): the {kind} backend is not compared with the float32 reference")
+        return None
+    reference = pipeline.adapter
+    model = next(reference.model.parameters())
+    if model.dtype != torch.float32 or model.device.type != "cpu" or settings.quantize != "none":
+        unaffordable = _reference_unaffordable(settings)
+        if unaffordable:
+            pipeline.self_check_note = (f"self-check SKIPPED: {unaffordable}; the {kind} backend serves unchecked "
+                                        "(self_check false silences this)")
+            log(pipeline.self_check_note)
+            return None
+        log(f"self-check: loading the float32 reference of {settings.model_dir} on the CPU ...")
+        reference = load_adapter(settings.model, settings.family, "cpu", torch.float32)
+    result = run_self_check(pipeline.engine, pipeline.adapter, reference, kind, settings.image_size)
+    if reference is not pipeline.adapter:  # the float32 copy was only for the check
+        del reference
+        gc.collect()
+    log(result.summary())
+    if not result.passed:
+        raise SelfCheckError(result)
+    return result
+
+
+def _reference_unaffordable(settings: BackendSettings) -> str:
+    """Why a float32 copy of the model on the CPU, for the self-check, would not fit the host memory now ('' when it
+    fits): on a Jetson (one memory for CPU and GPU) or a small host, loading it could get the node killed."""
+    from vlm_ros import memory
+
+    need = memory.estimate(settings.model, dtype="float32", device="cpu", family=settings.family, max_tokens=64,
+                           image_size=settings.image_size).total
+    available = memory.available_bytes("cpu")
+    if need <= available.bytes:
+        return ""
+    return (f"its float32 reference on the CPU needs an estimated {need / memory.MiB:.0f} MiB, "
+            f"{available.bytes / memory.MiB:.0f} MiB available ({available.source})")
 
 
 def _vlm_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:

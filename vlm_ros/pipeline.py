@@ -16,6 +16,7 @@ import torch
 
 from vlm_ros.core.types import Answer, Frame, Request, Status, Task, Timings
 from vlm_ros.engine import Engine, EngineError, StopReason, TorchEngine
+from vlm_ros.engine.self_check import SelfCheckResult
 from vlm_ros.grounding import POLYGON_MAX_NEW_TOKENS, Grounder
 from vlm_ros.models.base import VlmAdapter
 from vlm_ros.models.parsing import PolygonResult
@@ -26,6 +27,8 @@ class Pipeline:
         self.adapter = adapter
         self.engine = engine or TorchEngine(adapter)
         self.grounder = grounder or Grounder()  # no detector, no segmenter: the VLM's own boxes
+        self.self_check: SelfCheckResult | None = None  # the backend's check before serving (backends.py), if run
+        self.self_check_note = ""  # why a due check did not run (e.g. its reference would not fit in memory)
 
     @property
     def drops(self) -> collections.Counter[str]:

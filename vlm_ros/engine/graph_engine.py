@@ -3,8 +3,9 @@
 A `GraphRunner` runs the three graphs of vlm_ros/engine/names.py on some runtime (onnxruntime, TensorRT); the
 `GraphEngine` owns everything else: the checks that a query fits the export (pixel shape, Qwen's grid, the image
 token count), Qwen2.5-VL's 3-D prefill positions (computed in torch by the model's own function), the per-frame
-vision-feature cache (InstructBLIP's keyed by frame and instruction: its Q-Former reads both), the greedy loop,
-streaming text, the token budget, the deadline and cancel, exactly as TorchEngine does them.
+vision-feature cache (InstructBLIP's keyed by frame and instruction: its Q-Former reads both), the greedy loop
+with the checkpoint's generation rules (engine/decoding.py), streaming text, the token budget, the deadline and
+cancel, exactly as TorchEngine does them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from vlm_ros.engine.base import GenerationResult, TextCallback, VisionCache, greedy_loop
+from vlm_ros.engine.decoding import DecodingRules
 from vlm_ros.models.base import ModelInputs
 
 
@@ -83,6 +86,7 @@ class GraphEngine:
         self.adapter = adapter
         self.runner = runner
         self._eos = adapter.eos_token_ids
+        self.rules = DecodingRules.from_generation_config(adapter.generation_config)  # read once, at load
         self._vision_cache = VisionCache(vision_cache_size)
 
     def generate(
@@ -97,26 +101,43 @@ class GraphEngine:
     ) -> GenerationResult:
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        input_ids = inputs.tensors["input_ids"]  # (1, S)
         self._check_fits_export(inputs)
         t0 = time.perf_counter()
         features, cached = self._vision_features(inputs)
         t1 = time.perf_counter()
-        rope = mrope_positions(self.adapter.model, inputs.tensors) if self.runner.shapes.mrope else None
-        logits, state = self.runner.prefill(input_ids, features, rope)
-        next_id = int(logits.argmax())
+        logits, state = self._prefill(inputs, features)
+        pick = self.rules.picker(self._context(inputs), max_new_tokens)
+        next_id = pick(logits)
         t2 = time.perf_counter()
 
         def advance(token_id: int) -> int:
             nonlocal state
             logits, state = self.runner.step(token_id, state)
-            return int(logits.argmax())
+            return pick(logits)
 
         ids, text, reason = greedy_loop(next_id, advance, max_new_tokens, self._eos, self.adapter.decode_text,
                                         deadline=deadline, on_text=on_text, cancel=cancel,
                                         ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
+
+    def first_logits(self, inputs: ModelInputs) -> np.ndarray:
+        """The raw next-token logits (V,) after the prompt, as float32 numpy: what the self-check compares."""
+        self._check_fits_export(inputs)
+        logits, _ = self._prefill(inputs, self._vision_features(inputs)[0])
+        logits = logits.detach().float().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
+        return np.asarray(logits, dtype=np.float32)
+
+    def _prefill(self, inputs: ModelInputs, features: Any) -> tuple[Any, Any]:
+        rope = mrope_positions(self.adapter.model, inputs.tensors) if self.runner.shapes.mrope else None
+        return self.runner.prefill(inputs.tensors["input_ids"], features, rope)  # input_ids (1, S)
+
+    def _context(self, inputs: ModelInputs) -> Any:
+        """The ids generate() would see before the first new token: the prompt, or an encoder-decoder's start token."""
+        if not self.runner.shapes.encoder_decoder:
+            return inputs.tensors["input_ids"][0]
+        start = getattr(self.adapter.generation_config, "decoder_start_token_id", None)
+        return [int(self.adapter.model.config.get_text_config().decoder_start_token_id if start is None else start)]
 
     def _check_fits_export(self, inputs: ModelInputs) -> None:
         """Refuse, with the reason, a query whose image input or prompt the exported graphs were not made for."""

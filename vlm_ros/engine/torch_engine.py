@@ -2,21 +2,25 @@
 
 Why faster: a static KV cache allocated once per engine and reset between queries (no per-token
 re-allocation), vision features cached per frame (several queries on one frame encode it once), a lean
-per-token loop (argmax on the last position only, no logits processors), and a decode step without
-transformers' per-token machinery (lean_decoder.py: captured in a CUDA graph on CUDA, in numpy on the CPU).
-It produces the same tokens as `generate(do_sample=False)`; tests check this.
+per-token loop (argmax on the last position only; the checkpoint's generation rules only where it sets them,
+engine/decoding.py), and a decode step without transformers' per-token machinery (lean_decoder.py: captured in
+a CUDA graph on CUDA, in numpy on the CPU). It produces the same tokens as `generate(do_sample=False)`; tests
+check this.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import StaticCache
 
 from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache, greedy_loop
+from vlm_ros.engine.decoding import DecodingRules
 from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
@@ -33,6 +37,7 @@ class TorchEngine:
         self.max_cache_len = max_cache_len
         self._vision_cache = VisionCache(vision_cache_size)
         self._eos = adapter.eos_token_ids
+        self.rules = DecodingRules.from_generation_config(adapter.generation_config)  # read once, at load
         self._lean_supported = use_lean_decoder and LeanDecoder.supports(self.model)
         self._lean: LeanDecoder | None = None
         self._decode_form = decode_form  # lean_decoder.FORMS; None: static (CUDA graph) on CUDA, numpy on CPU
@@ -62,33 +67,27 @@ class TorchEngine:
         vision, cached = self._vision_features(inputs)
         self._sync()
         t1 = time.perf_counter()
-
-        needed = inputs.prompt_length + max_new_tokens
-        prompt = self.adapter.forward_inputs(inputs)
-        lean = self._lean_decoder(needed)
-        if lean is not None:  # prefill by the model's own forward, then our lean per-token step
-            out = self.model(**prompt, mm_encoder_outputs=vision, use_cache=True, logits_to_keep=1)
-            lean.load_prefix(out.cache, inputs.prompt_length)
-            step = lean.step
-        else:  # any other decoder: the model's forward on a pre-allocated static cache
-            cache = self._static_cache(needed)
-            out = self.model(**prompt, mm_encoder_outputs=vision, cache=cache, use_cache=True, logits_to_keep=1)
-            step_kwargs = self._step_kwargs(prompt)
-
-            tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
-
-            def step(token_id: int) -> torch.Tensor:
-                tok.fill_(token_id)
-                return self.model(input_ids=tok, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
-        next_id = int(out.logits[0, -1].argmax())  # the host copy waits for the prefill
+        logits, step = self._prefill(inputs, vision, inputs.prompt_length + max_new_tokens)
+        pick = self.rules.picker(inputs.tensors["input_ids"][0], max_new_tokens)
+        next_id = pick(logits)  # the host copy waits for the prefill
         t2 = time.perf_counter()
 
-        ids, text, reason = greedy_loop(next_id, lambda token_id: int(step(token_id).argmax()), max_new_tokens,
+        ids, text, reason = greedy_loop(next_id, lambda token_id: pick(step(token_id)), max_new_tokens,
                                         self._eos, self.adapter.decode_text,
                                         deadline=deadline, on_text=on_text, cancel=cancel,
                                         ignore_eos=ignore_eos)
         t3 = time.perf_counter()
         return GenerationResult(ids, text, reason, t1 - t0 if not cached else 0.0, t2 - t1, t3 - t2, cached)
+
+    @torch.inference_mode()
+    def first_logits(self, inputs: ModelInputs) -> np.ndarray:
+        """The raw next-token logits (V,) after the prompt, as float32 numpy: what the self-check compares."""
+        if not self.adapter.supports_static_cache:
+            out = self.model.generate(**inputs.tensors, max_new_tokens=1, do_sample=False, output_logits=True,
+                                      return_dict_in_generate=True)
+            return out.logits[0][0].float().cpu().numpy()
+        logits, _ = self._prefill(inputs, self._vision_features(inputs)[0], inputs.prompt_length + 1)
+        return logits.float().cpu().numpy()
 
     def _sync(self) -> None:
         if self.adapter.device.type == "cuda":
@@ -98,6 +97,27 @@ class TorchEngine:
         self._vision_cache.clear()
 
     # --- internals --------------------------------------------------------------------------------------
+    def _prefill(self, inputs: ModelInputs, vision: dict[str, Any], needed: int
+                 ) -> tuple[torch.Tensor, Callable[[int], Any]]:
+        """Run the prompt; return its last-position logits (V,) and the decode step (token -> logits (V,))."""
+        prompt = self.adapter.forward_inputs(inputs)
+        lean = self._lean_decoder(needed)
+        if lean is not None:  # prefill by the model's own forward, then our lean per-token step
+            out = self.model(**prompt, mm_encoder_outputs=vision, use_cache=True, logits_to_keep=1)
+            lean.load_prefix(out.cache, inputs.prompt_length)
+            return out.logits[0, -1], lean.step
+        # any other decoder: the model's forward on a pre-allocated static cache
+        cache = self._static_cache(needed)
+        out = self.model(**prompt, mm_encoder_outputs=vision, cache=cache, use_cache=True, logits_to_keep=1)
+        step_kwargs = self._step_kwargs(prompt)
+        tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
+
+        def step(token_id: int) -> torch.Tensor:
+            tok.fill_(token_id)
+            return self.model(input_ids=tok, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
+
+        return out.logits[0, -1], step
+
     def _vision_features(self, inputs: ModelInputs) -> tuple[dict[str, Any], bool]:
         features = self._vision_cache.get(inputs)
         if features is not None:

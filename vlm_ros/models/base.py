@@ -169,6 +169,11 @@ class VlmAdapter(ABC):
         return {k: v for k, v in inputs.tensors.items() if k not in self.vision_input_names}
 
     @property
+    def generation_config(self) -> Any:
+        """The generation config the model's own generate() applies (the engines' DecodingRules come from it)."""
+        return self.model.generation_config
+
+    @property
     def eos_token_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id
         if ids is None:

@@ -56,6 +56,11 @@ class _BlipFamily(VlmAdapter):
         return image_processor_transform(self.processor.image_processor, frame.width, frame.height, (int(h), int(w)))
 
     @property
+    def generation_config(self) -> Any:
+        """The language model's: the outer generate() hands the embeddings to the language model's generate()."""
+        return self.model.language_model.generation_config
+
+    @property
     def eos_token_ids(self) -> set[int]:
         """The language model's end tokens: its generate() (not the outer model's config) decides when to stop."""
         ids: set[int] = set()

@@ -487,6 +487,7 @@ class PerceptionNode(LifecycleNode):
                   "last_prefill_s": f"{timings.prefill:.3f}" if timings else "",
                   "last_decode_s": f"{timings.decode:.3f}" if timings else "",
                   "warmup_s": "" if scheduler.warmup_s is None else f"{scheduler.warmup_s:.3f}",
+                  **_self_check_values(pipeline),
                   "cpu_threads": "" if scheduler.cpu_threads is None else scheduler.cpu_threads,
                   "rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}",  # peak
                   "rss_now_mb": f"{current_rss_mb():.0f}", **diagnostic_values(self._memory)}
@@ -500,6 +501,15 @@ class PerceptionNode(LifecycleNode):
     def _status(self, name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
         return DiagnosticStatus(level=level, name=name, message=message, hardware_id=self.get_fully_qualified_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def _self_check_values(pipeline) -> dict[str, str]:
+    """Diagnostics of the backend's self-check before serving (a failed one fails configure: the error says why)."""
+    result = getattr(pipeline, "self_check", None)
+    if result is None:
+        return {"self_check": getattr(pipeline, "self_check_note", "") or
+                "not run (reference backend, remote, self_check false, or not configured)"}
+    return {"self_check": result.summary(), "self_check_s": f"{result.seconds:.3f}"}
 
 
 def current_rss_mb() -> float:

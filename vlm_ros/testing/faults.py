@@ -15,6 +15,8 @@ or `N+`; model calls are counted from the first query after the node's warm-up).
 
 Unknown faults or malformed entries are refused (ValueError), so a typo cannot silently turn a fault test into
 a test of nothing.
+
+`scale_onnx_weight` breaks an exported graph instead (the self-check tests: a backend that must not serve).
 """
 
 from __future__ import annotations
@@ -93,3 +95,20 @@ class FaultPlan:
 
         model.register_forward_pre_hook(pre_hook)
         return True
+
+
+def scale_onnx_weight(graph_path, factor: float, columns: int | None = None) -> str:
+    """A broken export or engine build, for self-check tests: scale one weight initializer of an ONNX graph by
+    `factor`, in place. The matrix with `columns` columns (the output projection, given the vocabulary size), else
+    the largest matrix. Returns the initializer's name."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(graph_path))
+    matrices = [t for t in model.graph.initializer if len(t.dims) == 2 and (columns is None or t.dims[1] == columns)]
+    if not matrices:
+        raise ValueError(f"{graph_path} has no 2-D weight initializer with {columns} columns")
+    target = max(matrices, key=lambda t: t.dims[0] * t.dims[1])
+    target.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(target) * factor, target.name))
+    onnx.save(model, str(graph_path))
+    return target.name
