@@ -71,15 +71,15 @@ class TorchEngine:
             lean.load_prefix(output_cache(out), inputs.prompt_length)
             step = lean.step
         else:  # any other decoder: the model's forward on a pre-allocated static cache
-            cache = cache_kwargs(self._static_cache(needed))
-            out = self.model(**prompt, mm_encoder_outputs=vision, **cache, use_cache=True, logits_to_keep=1)
+            cache_arg = cache_kwargs(self._static_cache(needed))
+            out = self.model(**prompt, mm_encoder_outputs=vision, **cache_arg, use_cache=True, logits_to_keep=1)
             step_kwargs = self._step_kwargs(prompt)
 
             tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
 
             def step(token_id: int) -> torch.Tensor:
                 tok.fill_(token_id)
-                return self.model(input_ids=tok, **cache, use_cache=True, **step_kwargs).logits[0, -1]
+                return self.model(input_ids=tok, **cache_arg, use_cache=True, **step_kwargs).logits[0, -1]
         next_id = int(out.logits[0, -1].argmax())  # the host copy waits for the prefill
         t2 = time.perf_counter()
 
