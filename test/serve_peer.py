@@ -52,6 +52,12 @@ class ServePeer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def model(self) -> str:
+        """The name the server is pinned to (it refuses any other). Given to the client rather than found from
+        /v1/models: transformers 5.20's lists only the hub cache's models (HTTP 500 when there is no cache)."""
+        return str(self.model_dir)
+
     def start(self, timeout: float = 240.0) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         with open(self.log_path, "a") as log:

@@ -42,6 +42,21 @@ def test_engine_tokens_equal_generate(adapter, lean, form, threads, seed):
     assert len(result.token_ids) > 5  # random weights still produce a real sequence to compare
 
 
+def test_the_cache_keyword_is_the_one_the_installed_transformers_takes(adapter):
+    """The forward fills the cache it was given and returns it (under a name it does not know, the cache would
+    vanish into the forward's **kwargs and a fresh one be made)."""
+    from transformers import StaticCache
+
+    from vlm_ros.engine.hf_compat import cache_kwargs, output_cache
+
+    inputs = adapter.prepare(frame(0), Request(Task.ANSWER, "where is the red ball ?"))
+    cache = StaticCache(config=adapter.model.config, max_cache_len=inputs.prompt_length + 4)
+    with torch.inference_mode():
+        out = adapter.model(**adapter.forward_inputs(inputs), mm_encoder_outputs=adapter.encode_vision(inputs),
+                            **cache_kwargs(cache), use_cache=True)
+    assert output_cache(out) is cache and cache.get_seq_length() == inputs.prompt_length
+
+
 def test_cpu_default_decode_form_is_numpy_for_float32_and_torch_otherwise(adapter):
     """The adapter tests of other families (GQA, q/k/v biases, Qwen's rope offset) cover the default form."""
     from vlm_ros.engine.lean_decoder import LeanDecoder

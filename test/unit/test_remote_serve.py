@@ -33,7 +33,7 @@ def peer(tmp_path_factory):
 def remote(peer):
     from vlm_ros.backends import BackendSettings, RemoteSettings, build_pipeline
 
-    remote = RemoteSettings(base_url=peer.base_url, image_format="png", family="embedded")
+    remote = RemoteSettings(base_url=peer.base_url, model=peer.model, image_format="png", family="embedded")
     pipeline, description = build_pipeline(BackendSettings(backend="remote", remote=remote), lambda line: None)
     assert peer.base_url in description
     return pipeline

@@ -21,6 +21,7 @@ from transformers import StaticCache
 
 from vlm_ros.engine.base import GenerationResult, StopReason, TextCallback, VisionCache, greedy_loop
 from vlm_ros.engine.decoding import DecodingRules
+from vlm_ros.engine.hf_compat import cache_kwargs, output_cache
 from vlm_ros.engine.lean_decoder import LeanDecoder
 from vlm_ros.engine.vision_graph import GraphedVisionEncoder
 from vlm_ros.models.base import ModelInputs, VlmAdapter
@@ -104,17 +105,17 @@ class TorchEngine:
         lean = self._lean_decoder(needed)
         if lean is not None:  # prefill by the model's own forward, then our lean per-token step
             out = self.model(**prompt, mm_encoder_outputs=vision, use_cache=True, logits_to_keep=1)
-            lean.load_prefix(out.cache, inputs.prompt_length)
+            lean.load_prefix(output_cache(out), inputs.prompt_length)
             return out.logits[0, -1], lean.step
         # any other decoder: the model's forward on a pre-allocated static cache
-        cache = self._static_cache(needed)
-        out = self.model(**prompt, mm_encoder_outputs=vision, cache=cache, use_cache=True, logits_to_keep=1)
+        cache_arg = cache_kwargs(self._static_cache(needed))
+        out = self.model(**prompt, mm_encoder_outputs=vision, **cache_arg, use_cache=True, logits_to_keep=1)
         step_kwargs = self._step_kwargs(prompt)
         tok = torch.empty((1, 1), dtype=torch.long, device=self.adapter.device)
 
         def step(token_id: int) -> torch.Tensor:
             tok.fill_(token_id)
-            return self.model(input_ids=tok, cache=cache, use_cache=True, **step_kwargs).logits[0, -1]
+            return self.model(input_ids=tok, **cache_arg, use_cache=True, **step_kwargs).logits[0, -1]
 
         return out.logits[0, -1], step
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from vlm_ros.testing.tiny import build_tokenizer, seeded
 
 TILE = 32  # vision tile side (real SmolVLM: 512 / 384)
-PATCH = 8  # -> 4x4 patches per tile
-SCALE = 2  # pixel-shuffle factor -> (4 * 4) / 2^2 = 4 image tokens per tile (real SmolVLM-256M: 64)
+PATCH = 4  # -> 8x8 patches per tile
+SCALE = 4  # pixel-shuffle factor -> (8 * 8) / 4^2 = 4 image tokens per tile (real SmolVLM-256M: 64)
+# transformers 5.20's SmolVLM2 model merges image tokens in blocks of the vision patch size: the tokens per tile
+# must be a multiple of PATCH there, else its forward fails on a reshape.
 LONGEST_EDGE = 2 * TILE  # resize target of the longest edge before tiling (real SmolVLM: 4 x 512 = 2048)
 
 SPECIAL = ["<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
