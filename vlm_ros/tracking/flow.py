@@ -14,7 +14,9 @@ object's border. Two checks keep it honest: a forward-backward check (each point
 depth gate (a point whose depth differs from the target's surface by more than the tolerance is not on the target:
 background, or an occluder in front). Too few points left -> the step fails with the reason, and the tracker
 predicts, then declares the target lost, until a re-grounding confirms it again.
-The box moves by the median point shift and scales by the median ratio of pairwise point distances.
+Points of the box that move with its surroundings (the background, seen around or through the target) are left
+out when enough others move apart from them. The box moves by the median shift of the points left and scales
+with their depth (before / after), or without depth by the median ratio of their pairwise distances.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from vlm_ros.core.types import Box
 class FlowSettings:
     max_features: int = 40  # corners sought per target
     min_features: int = 5  # fewer points surviving the checks: the step fails
+    corner_quality: float = 0.002  # of the box's strongest corner: low, so that plain surfaces keep some points
     fb_max_error_px: float = 1.0  # forward-backward error above which a point is dropped
     window_px: int = 15  # Lucas-Kanade window
     pyramid_levels: int = 3
-    max_scale_step: float = 1.25  # a box never grows or shrinks by more than this per frame
+    max_scale_step: float = 1.1  # a box never grows or shrinks by more than this per frame
+    relative_motion_px: float = 1.0  # a box point moving this much apart from the surroundings is on the target
     min_box_px: float = 3.0  # a box narrower or lower than this has collapsed
     search_px: int = 24  # least margin around the box that the flow searches
 
@@ -97,14 +101,16 @@ def track_box(prev_gray: np.ndarray, next_gray: np.ndarray, box: Box, settings: 
     if x1 - x0 < settings.min_box_px or y1 - y0 < settings.min_box_px:
         return FlowStep(None, 0.0, 0, "box is outside the image")
     roi_mask = None if feature_mask is None else np.ascontiguousarray(feature_mask[y0:y1, x0:x1])
-    corners = cv2.goodFeaturesToTrack(prev_gray[y0:y1, x0:x1], settings.max_features, 0.01, 3, mask=roi_mask)
+    corners = cv2.goodFeaturesToTrack(prev_gray[y0:y1, x0:x1], settings.max_features, settings.corner_quality, 3,
+                                      mask=roi_mask)
     if corners is None:
         return FlowStep(None, 0.0, 0, "no features in the box")
     start = corners.reshape(-1, 2) + np.array([x0, y0], np.float32)  # (N, 2) pixel coordinates
     sought = len(start)
-    keep = _on_target(depth_at(prev_depth, start + 0.5, (width, height)), gate)
+    prev_depths = depth_at(prev_depth, start + 0.5, (width, height))
+    keep = _on_target(prev_depths, gate)
     if keep is not None:
-        start = start[keep]
+        start, prev_depths = start[keep], prev_depths[keep]
     if len(start) < settings.min_features:
         return FlowStep(None, len(start) / sought, len(start),
                         f"{len(start)} features on the target's depth in the box (background or occluder)")
@@ -115,19 +121,34 @@ def track_box(prev_gray: np.ndarray, next_gray: np.ndarray, box: Box, settings: 
     rx0, ry0, rx1, ry1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
     prev_roi, next_roi = prev_gray[ry0:ry1, rx0:rx1], next_gray[ry0:ry1, rx0:rx1]
     offset = np.array([rx0, ry0], np.float32)
+    # the surroundings (the region outside the box): how the background moves (the camera's motion)
+    ring_mask = np.full(prev_roi.shape, 255, np.uint8)
+    ring_mask[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = 0
+    ring = cv2.goodFeaturesToTrack(prev_roi, settings.max_features, 0.01, 5, mask=ring_mask)
+    ring = np.zeros((0, 2), np.float32) if ring is None else ring.reshape(-1, 2)  # (M, 2) region pixels
+    points = np.concatenate([start - offset, ring]).astype(np.float32)
     win = (settings.window_px, settings.window_px)
     level = settings.pyramid_levels
-    moved, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(prev_roi, next_roi, (start - offset).reshape(-1, 1, 2), None,
+    moved, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(prev_roi, next_roi, points.reshape(-1, 1, 2), None,
                                                 winSize=win, maxLevel=level)
     back, ok_bwd, _ = cv2.calcOpticalFlowPyrLK(next_roi, prev_roi, moved, None, winSize=win, maxLevel=level)
-    moved, back = moved.reshape(-1, 2) + offset, back.reshape(-1, 2) + offset  # (N, 2) image pixels
-    fb_error = np.linalg.norm(back - start, axis=1)
-    good = ok_fwd.ravel().astype(bool) & ok_bwd.ravel().astype(bool) & np.isfinite(moved).all(axis=1)
-    good &= fb_error <= settings.fb_max_error_px
+    moved, back = moved.reshape(-1, 2), back.reshape(-1, 2)  # (N + M, 2)
+    tracked = ok_fwd.ravel().astype(bool) & ok_bwd.ravel().astype(bool) & np.isfinite(moved).all(axis=1)
+    tracked &= np.linalg.norm(back - points, axis=1) <= settings.fb_max_error_px
+    n_box = len(start)
+    ring_shift = (moved - points)[n_box:][tracked[n_box:]]  # (m, 2)
+    moved, good = moved[:n_box] + offset, tracked[:n_box]  # (N, 2) image pixels
     next_depths = depth_at(next_depth, moved + 0.5, (width, height))
     on_target = _on_target(next_depths, gate)
     if on_target is not None:
         good &= on_target
+    if len(ring_shift) >= settings.min_features:
+        # points of the box that move with the background are background seen through or around the target,
+        # unless (nearly) all do: then the target moves with the background (it stands still)
+        background = np.median(ring_shift, axis=0)  # (2,)
+        apart = good & (np.linalg.norm(moved - start - background, axis=1) > settings.relative_motion_px)
+        if apart.sum() >= settings.min_features and apart.sum() >= 0.25 * good.sum():
+            good = apart
     n = int(good.sum())
     confidence = n / sought
     if n < settings.min_features:
@@ -137,7 +158,8 @@ def track_box(prev_gray: np.ndarray, next_gray: np.ndarray, box: Box, settings: 
 
     a, b = start[good], moved[good]  # (n, 2)
     shift = np.median(b - a, axis=0)  # (2,)
-    scale = _median_scale(a, b)
+    scale = _depth_scale(prev_depths, next_depths, good) if gate is not None else None
+    scale = _median_scale(a, b) if scale is None else scale
     scale = min(max(scale, 1.0 / settings.max_scale_step), settings.max_scale_step)
     cx, cy = box.center
     half_w, half_h = box.width * scale / 2.0, box.height * scale / 2.0
@@ -153,6 +175,16 @@ def track_box(prev_gray: np.ndarray, next_gray: np.ndarray, box: Box, settings: 
         valid = valid[np.isfinite(valid)]
         depth_m = float(np.median(valid)) if len(valid) else None
     return FlowStep(Box(*values), confidence, n, "", depth_m)
+
+
+def _depth_scale(before: np.ndarray | None, after: np.ndarray | None, used: np.ndarray) -> float | None:
+    """How much the target grew in the image: its depth before / after (a pinhole image scales as 1 / depth);
+    None without depth. before / after: (N,) depths of the points, used: (N,) bool."""
+    if before is None or after is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        z0, z1 = np.nanmedian(before[used]), np.nanmedian(after[used])
+    return float(z0 / z1) if np.isfinite(z0) and np.isfinite(z1) and z0 > 0 and z1 > 0 else None
 
 
 def _median_scale(a: np.ndarray, b: np.ndarray) -> float:

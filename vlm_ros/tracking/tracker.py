@@ -29,7 +29,7 @@ import numpy as np
 
 from vlm_ros.core.geometry import target_geometry
 from vlm_ros.core.types import Box, Frame, Mask, Shape3D, Target
-from vlm_ros.tracking.association import AssociationSettings, Candidate, associate
+from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label
 from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
 
 NS = 1_000_000_000
@@ -53,7 +53,9 @@ class TrackerSettings:
     forget_s: float = 10.0  # a lost track is dropped after this long
     max_misses: int = 2  # groundings in a row that do not confirm a track -> lost
     max_frame_gap_s: float = 0.5  # a longer gap between frames (camera stopped, clock jump): flow is not trusted
+    catch_up_frames: int = 10  # frames kept for a late grounding to catch up through (~ the model's latency)
     reorder_window_s: float = 0.5  # a frame at most this much older than the last is late (dropped); more: time went back
+    duplicate_iou: float = 0.5  # a grounding overlapping a better one of its label, or a track, this much: a repeat
     min_visible_fraction: float = 0.3  # less of the box inside the image: the target left it
     depth_tolerance_m: float = 0.06  # least depth gate half-width (the target's own depth spread widens it)
     flow: FlowSettings = field(default_factory=FlowSettings)
@@ -109,7 +111,9 @@ class Tracker:
         self.tracks: list[_Track] = []
         self.drops: Counter[str] = Counter()  # frames not used, by reason
         self._next_id = 1
-        self._prev: tuple[int, np.ndarray, np.ndarray | None, tuple[int, int]] | None = None  # stamp, grey, depth, size
+        # the last frames with their grey images: [-1] is the previous frame of the next update; the older ones let
+        # a late grounding catch up with the present (flow from its frame to the newest)
+        self._recent: deque[tuple[Frame, np.ndarray]] = deque(maxlen=max(1, settings.catch_up_frames))
         self._last_grounding_ns: int | None = None  # stamp of the frame of the last grounding asked for
         self._last_stamp_ns: int | None = None
 
@@ -119,27 +123,24 @@ class Tracker:
         s = self.settings
         stamp = frame.stamp_ns
         size = (frame.width, frame.height)
-        if self._prev is not None:
-            gap_ns = stamp - self._prev[0]
+        if self._recent:
+            prev = self._recent[-1][0]
+            gap_ns = stamp - prev.stamp_ns
             if gap_ns <= 0 and -gap_ns <= s.reorder_window_s * NS:
                 self.drops["out of order"] += 1
                 return None
             if gap_ns <= 0:
                 self._lose_all(f"clock jumped back by {-gap_ns / NS:.2f} s")
-                self._prev = None
             elif gap_ns > s.max_frame_gap_s * NS:
                 self._lose_all(f"no frame for {gap_ns / NS:.2f} s (camera stopped or clock jump)")
-                self._prev = None
-            elif size != self._prev[3]:
-                self._lose_all(f"image size changed from {self._prev[3]} to {size}")
-                self._prev = None
+            elif size != (prev.width, prev.height):
+                self._lose_all(f"image size changed from {prev.width}x{prev.height} to {size[0]}x{size[1]}")
         gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)  # (H, W) uint8
-        if self._prev is not None:
-            dt = (stamp - self._prev[0]) / NS
+        if self._recent:
             for track in self.tracks:
                 if track.state != TrackState.LOST:
-                    self._step(track, self._prev[1], gray, self._prev[2], frame, dt)
-        self._prev = (stamp, gray, frame.depth, size)
+                    self._step(track, self._recent[-1], (frame, gray))
+        self._recent.append((frame, gray))
         self._last_stamp_ns = stamp
         self._forget(stamp)
         return self.snapshot()
@@ -147,9 +148,10 @@ class Tracker:
     def camera_stopped(self, silent_s: float) -> None:
         """The caller saw no frame for `silent_s` seconds: every track not yet lost is lost, with that reason."""
         self._lose_all(f"camera stopped: no frame for {silent_s:.2f} s")
-        self._prev = None
 
     def _lose_all(self, reason: str) -> None:
+        """Every track not yet lost is lost; the frames kept are dropped (nothing flows across the break)."""
+        self._recent.clear()
         for track in self.tracks:
             if track.state != TrackState.LOST:
                 track.set_state(TrackState.LOST, reason)
@@ -159,16 +161,17 @@ class Tracker:
         self.tracks = [t for t in self.tracks
                        if t.state != TrackState.LOST or stamp - t.seen_ns <= self.settings.forget_s * NS]
 
-    def _step(self, track: _Track, prev_gray: np.ndarray, gray: np.ndarray, prev_depth: np.ndarray | None, frame: Frame,
-              dt: float) -> None:
+    def _step(self, track: _Track, before: tuple[Frame, np.ndarray], after: tuple[Frame, np.ndarray]) -> None:
+        """Move one track from the frame `before` to the frame `after` (each with its grey image)."""
         s = self.settings
-        stamp = frame.stamp_ns
+        (prev, prev_gray), (frame, gray) = before, after
+        stamp, dt = frame.stamp_ns, (frame.stamp_ns - prev.stamp_ns) / NS
         width, height = frame.width, frame.height
         feature_mask = self._feature_mask(track, width, height)
-        step = track_box(prev_gray, gray, track.box, s.flow, prev_depth=prev_depth, next_depth=frame.depth,
+        step = track_box(prev_gray, gray, track.box, s.flow, prev_depth=prev.depth, next_depth=frame.depth,
                          gate=track.gate, feature_mask=feature_mask)
         if step.box is None and feature_mask is not None:  # the mask may have drifted off the target: the whole box
-            step = track_box(prev_gray, gray, track.box, s.flow, prev_depth=prev_depth, next_depth=frame.depth,
+            step = track_box(prev_gray, gray, track.box, s.flow, prev_depth=prev.depth, next_depth=frame.depth,
                              gate=track.gate)
         if step.box is not None:
             vx, vy = ((a - b) / dt for a, b in zip(step.box.center, track.box.center))
@@ -246,18 +249,15 @@ class Tracker:
     def apply_grounding(self, targets: Sequence[Target], frame: Frame) -> list[TrackedTarget]:
         """Merge a grounding of `frame` (which may be a few frames old): confirm, re-acquire or start tracks."""
         s = self.settings
-        targets = sorted((t for t in targets if t.box is not None), key=lambda t: -t.score)
+        targets = self._distinct(sorted((t for t in targets if t.box is not None), key=lambda t: -t.score))
         detections = [Candidate(t.label, t.box, t.position) for t in targets]
         then = [self._at(track, frame.stamp_ns) for track in self.tracks]
         found = associate([c for c, _ in then], detections, s.association)
-        now = self._last_stamp_ns if self._last_stamp_ns is not None else frame.stamp_ns
         for ti, di in found.matches:
-            track, target = self.tracks[ti], targets[di]
-            shift = then[ti][1]  # how far the track moved since the grounded frame
-            box = Box(target.box.x_min + shift[0], target.box.y_min + shift[1], target.box.x_max + shift[0],
-                      target.box.y_max + shift[1])
-            was = track.state
-            self._reset(track, target, box, frame, now)
+            track, was = self.tracks[ti], self.tracks[ti].state
+            self._restart(track, targets[di], frame, then[ti][1])
+            if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
+                continue
             if was in (TrackState.PREDICTED, TrackState.LOST):
                 track.set_state(TrackState.RE_ACQUIRED, f"re-acquired by grounding (was {was.value})")
             else:
@@ -271,16 +271,30 @@ class Tracker:
                 track.set_state(TrackState.LOST, f"not confirmed by {track.misses} groundings in a row")
                 track.confidence = 0.0
         for di in found.unmatched_detections:
+            target = targets[di]
+            if any(c.box is not None and c.box.iou(target.box) >= s.duplicate_iou for c, _ in then):
+                self.drops["grounding on another track's box (label differs)"] += 1
+                continue
             if len(self.tracks) >= s.max_targets:
                 self.drops["grounding beyond max_targets"] += 1
                 continue
-            target = targets[di]
             track = _Track(self._next_id, target.label, target.box, TrackState.TRACKING, "new grounding",
-                           confirmed_ns=frame.stamp_ns, seen_ns=now)
+                           confirmed_ns=frame.stamp_ns, seen_ns=frame.stamp_ns)
             self._next_id += 1
-            self._reset(track, target, target.box, frame, now)
+            self._restart(track, target, frame, (0.0, 0.0))
             self.tracks.append(track)
         return self.snapshot()
+
+    def _distinct(self, targets: list[Target]) -> list[Target]:
+        """The targets without repeats: one that overlaps a better-scored one of its label by duplicate_iou is dropped."""
+        kept: list[Target] = []
+        for target in targets:
+            if any(same_label(k.label, target.label) and k.box.iou(target.box) >= self.settings.duplicate_iou
+                   for k in kept):
+                self.drops["repeated grounding"] += 1
+            else:
+                kept.append(target)
+        return kept
 
     def _at(self, track: _Track, stamp_ns: int) -> tuple[Candidate, tuple[float, float]]:
         """The track as it was at stamp_ns (from its history) and its box centre's shift since then."""
@@ -294,17 +308,30 @@ class Tracker:
         shift = (track.box.center[0] - box.center[0], track.box.center[1] - box.center[1])
         return Candidate(track.label, box, position), shift
 
-    def _reset(self, track: _Track, target: Target, box: Box, frame: Frame, now_ns: int) -> None:
-        """Take the grounding's box, mask, depth gate and 3-D position."""
-        track.box, track.score, track.confidence, track.misses = box, target.score, 1.0, 0
-        track.confirmed_ns, track.seen_ns = frame.stamp_ns, now_ns
+    def _restart(self, track: _Track, target: Target, frame: Frame, shift: tuple[float, float]) -> None:
+        """Take the grounding's box, mask, depth gate and 3-D position, as of its frame, then bring the track to the
+        newest frame: by the flow through the frames kept since (catch-up), else (its frame is no longer kept) by
+        `shift`, how far the track moved since that frame."""
+        track.box, track.score, track.confidence, track.misses = target.box, target.score, 1.0, 0
+        track.confirmed_ns = track.seen_ns = frame.stamp_ns
         track.velocity = track.velocity if track.state == TrackState.TRACKING else (0.0, 0.0)
         track.mask_patch = _box_patch(target.mask, target.box) if target.mask is not None else None
         track.gate = self._gate(target, frame)
         track.position, track.shape = target.position, target.shape
-        track.mask = _placed_mask(track.mask_patch, box, frame.width, frame.height)
+        track.mask = _placed_mask(track.mask_patch, target.box, frame.width, frame.height)
+        track.set_state(TrackState.TRACKING, "")
         track.history.clear()
-        track.history.append((now_ns, box, track.position))
+        track.history.append((frame.stamp_ns, target.box, track.position))
+        stamps = [f.stamp_ns for f, _ in self._recent]
+        if frame.stamp_ns in stamps:
+            start = stamps.index(frame.stamp_ns)
+            for j in range(start + 1, len(self._recent)):
+                self._step(track, self._recent[j - 1], self._recent[j])
+                if track.state == TrackState.LOST:
+                    break
+        elif shift != (0.0, 0.0):
+            b = target.box
+            track.box = Box(b.x_min + shift[0], b.y_min + shift[1], b.x_max + shift[0], b.y_max + shift[1])
 
     def _gate(self, target: Target, frame: Frame) -> DepthGate | None:
         """The target's surface depth (median under its mask, else its 3-D position) and spread, for the flow."""
@@ -319,7 +346,7 @@ class Tracker:
     def snapshot(self) -> list[TrackedTarget]:
         """Every track as of the last frame; a RE_ACQUIRED state is shown once, then becomes TRACKING."""
         stamp = self._last_stamp_ns or 0
-        size = (self._prev[3] if self._prev is not None else None)
+        size = (self._recent[-1][0].width, self._recent[-1][0].height) if self._recent else None
         out = []
         for t in self.tracks:
             box = t.box.clipped(*size) if size is not None else t.box
