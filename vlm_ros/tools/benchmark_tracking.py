@@ -7,7 +7,9 @@ passing in front, a star leaving the view and coming back, the camera moving and
 Every frame goes to the tracker (vlm_ros.tracking.Tracker). Groundings ("detect all objects" by default) run the
 embedded model through the Pipeline, as the node does, whenever the tracker asks for one; as on the node, the
 answer arrives later than the frame it describes: it is handed to the tracker at the first frame after the frame
-time plus the model's measured latency, and no other grounding starts meanwhile. One thread does everything here
+time plus the model's measured latency, and no other grounding starts meanwhile. With --truth-grounding the
+true boxes stand in for the model's (with their depth-layer geometry, arriving the given latency late): what the
+tracker loses on its own, apart from the model's grounding errors. One thread does everything here
 (torch, OpenCV and numpy on one thread each): the tracker's time per frame is its cost on one core.
 
 Prints the scores of vlm_ros.tools.tracking_metrics per object and against the issue's targets (embedded model,
@@ -31,23 +33,37 @@ import time  # noqa: E402
 
 import cv2  # noqa: E402
 
-from vlm_ros.core.types import Frame, Request, Status, Task  # noqa: E402
+from vlm_ros.core.geometry import target_geometry  # noqa: E402
+from vlm_ros.core.types import Frame, Request, Status, Target, Task  # noqa: E402
 from vlm_ros.embedded.motion import MotionRenderer, default_script  # noqa: E402
 from vlm_ros.tools.stats import percentile  # noqa: E402
 from vlm_ros.tools.tracking_metrics import score_tracking  # noqa: E402
 from vlm_ros.tracking import Tracker, TrackerSettings  # noqa: E402
 
 
-def run(seconds: float, fps: float, width: int, height: int, instruction: str, settings: TrackerSettings,
-        log=print) -> dict:
-    import torch
+def truth_targets(rendered, frame: Frame) -> list[Target]:
+    """The true boxes of the visible objects, with their depth-layer geometry as the pipeline computes it."""
+    out = []
+    for o in rendered.objects:
+        if o.box is not None and o.visible_fraction >= 0.3:
+            g = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=o.box)
+            out.append(Target(o.label, o.box, position=g.position, mask=g.mask, shape=g.shape))
+    return out
 
-    from vlm_ros.backends import BackendSettings, build_pipeline
+
+def run(seconds: float, fps: float, width: int, height: int, instruction: str, settings: TrackerSettings,
+        log=print, truth_latency_s: float | None = None) -> dict:
+    """truth_latency_s: None = ground with the embedded model; else with the true boxes, arriving this much later."""
+    import torch
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    pipeline, _ = build_pipeline(BackendSettings(backend="torch", device="cpu", dtype="float32"), log)
-    pipeline.warm_up(height, width)
+    pipeline = None
+    if truth_latency_s is None:
+        from vlm_ros.backends import BackendSettings, build_pipeline
+
+        pipeline, _ = build_pipeline(BackendSettings(backend="torch", device="cpu", dtype="float32"), log)
+        pipeline.warm_up(height, width)
     renderer = MotionRenderer(default_script(duration_s=seconds), width, height)
     tracker = Tracker(settings)
     request = Request(Task.GROUND, instruction, max_new_tokens=96, timeout_s=10.0)
@@ -70,11 +86,14 @@ def run(seconds: float, fps: float, width: int, height: int, instruction: str, s
         frames.append((t, rendered.objects, tracked or []))
         if pending is None and tracker.needs_grounding(frame.stamp_ns):
             tracker.grounding_started(frame.stamp_ns)
-            w0 = time.perf_counter()
-            answer = pipeline.answer(frame, request)
-            latency = time.perf_counter() - w0
+            if pipeline is None:
+                latency, targets = truth_latency_s, truth_targets(rendered, frame)
+            else:
+                w0 = time.perf_counter()
+                answer = pipeline.answer(frame, request)
+                latency = time.perf_counter() - w0
+                targets = answer.targets if answer.status == Status.OK else []
             latencies.append(latency)
-            targets = answer.targets if answer.status == Status.OK else []
             pending = (t + latency, targets, frame)
     score = score_tracking(frames)
     busy = [c for c, n in zip(update_cpu_s, tracked_counts) if n >= 3]
@@ -119,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--instruction", default="detect all objects")
     parser.add_argument("--reground-period", type=float, default=TrackerSettings.reground_period_s)
+    parser.add_argument("--truth-grounding", type=float, metavar="LATENCY_S",
+                        help="ground with the true boxes arriving LATENCY_S late instead of the model: the tracker's "
+                             "own share of the scores")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = run(args.seconds, args.fps, args.width, args.height, args.instruction,
-                 TrackerSettings(reground_period_s=args.reground_period), log=lambda m: None)
+                 TrackerSettings(reground_period_s=args.reground_period), log=lambda m: None,
+                 truth_latency_s=args.truth_grounding)
     for line in report(result):
         print(line)
     if args.json:
