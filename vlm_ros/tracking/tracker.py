@@ -116,6 +116,7 @@ class Tracker:
         self._recent: deque[tuple[Frame, np.ndarray]] = deque(maxlen=max(1, settings.catch_up_frames))
         self._last_grounding_ns: int | None = None  # stamp of the frame of the last grounding asked for
         self._last_stamp_ns: int | None = None
+        self._size: tuple[int, int] | None = None  # (width, height) of the last frame: output boxes are clipped to it
 
     # --- frames -----------------------------------------------------------------------------------------------
     def update(self, frame: Frame) -> list[TrackedTarget] | None:
@@ -141,7 +142,7 @@ class Tracker:
                 if track.state != TrackState.LOST:
                     self._step(track, self._recent[-1], (frame, gray))
         self._recent.append((frame, gray))
-        self._last_stamp_ns = stamp
+        self._last_stamp_ns, self._size = stamp, size
         self._forget(stamp)
         return self.snapshot()
 
@@ -346,10 +347,9 @@ class Tracker:
     def snapshot(self) -> list[TrackedTarget]:
         """Every track as of the last frame; a RE_ACQUIRED state is shown once, then becomes TRACKING."""
         stamp = self._last_stamp_ns or 0
-        size = (self._recent[-1][0].width, self._recent[-1][0].height) if self._recent else None
         out = []
         for t in self.tracks:
-            box = t.box.clipped(*size) if size is not None else t.box
+            box = t.box.clipped(*self._size) if self._size is not None else t.box
             out.append(TrackedTarget(t.track_id, t.label, t.state, t.reason, box, t.confidence, stamp,
                                      max(0.0, (stamp - t.confirmed_ns) / NS), t.position, t.shape, t.mask))
             if t.state == TrackState.RE_ACQUIRED:
