@@ -8,7 +8,8 @@ method on box IoU (pairs under `iou_threshold` are not pairs). Then, per true ob
 - re-acquisition: after each stretch of at least `min_hidden_s` with less than `hidden_fraction` of it visible
   (occluded or out of view), the time from its first frame visible again (>= visible_fraction) to its first
   paired frame, and whether the track is the one it had before the stretch (its ID kept);
-- 3-D error: distance between the paired track's position and the visible surface's centroid, where both exist.
+- 3-D error: distance between the paired track's position and the visible surface's centroid, where both exist;
+and the update rate: the frames scored (the tracker's updates) per second of camera time.
 Truth objects need `object_id`, `label`, `box` (None = not visible), `visible_fraction`, `surface_centroid`;
 tracks need `track_id`, `box`, `state` (a TrackState or its value) and `position` (vlm_ros.embedded.motion's
 ObjectState and vlm_ros.tracking's TrackedTarget have them).
@@ -64,6 +65,11 @@ class TrackingScore:
     objects: list[ObjectScore]
     frames: int
     seconds: float
+
+    @property
+    def update_rate_hz(self) -> float:
+        """Scored frames (tracker updates) per second of camera time."""
+        return (self.frames - 1) / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def id_switches(self) -> int:
