@@ -182,3 +182,21 @@ def test_tracks_keep_their_ids_then_the_camera_stops_busy_and_invalid_goals_and_
     n = len(goal.feedback)
     time.sleep(0.5)
     assert len(goal.feedback) == n
+
+
+def test_a_running_track_ends_not_ready_when_the_node_deactivates_and_goals_then_get_not_ready(node_and_harness,
+                                                                                              frames):
+    """Runs last in this module: it leaves the node inactive."""
+    from action_msgs.msg import GoalStatus
+    from lifecycle_msgs.msg import Transition
+
+    _, harness = node_and_harness
+    goal = TrackGoal(harness, instruction="detect all objects")
+    camera = Camera(harness, frames[:10], {})
+    camera.join()
+    assert harness.change_state(Transition.TRANSITION_DEACTIVATE)
+    status, result = goal.end()
+    assert (status, result.status) == (GoalStatus.STATUS_ABORTED, result.NOT_READY)
+    assert "stopped serving" in result.message, result.message
+    status, result = TrackGoal(harness, instruction="detect all objects").end()
+    assert (status, result.status) == (GoalStatus.STATUS_ABORTED, result.NOT_READY) and "inactive" in result.message
