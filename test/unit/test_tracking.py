@@ -155,7 +155,9 @@ def test_occlusion_predicts_then_loses_then_a_grounding_reacquires_the_same_id(s
     (back,) = tracker.apply_grounding(grounding(scene, frame, only=0), frame)
     assert back.track_id == first.track_id and back.state == TrackState.RE_ACQUIRED
     assert back.reason == "re-acquired by grounding (was lost)"
-    (after,) = tracker.update(shifted(scene, 1, 17 * DT))
+    (shown,) = tracker.update(shifted(scene, 1, 17 * DT))  # the next update's output shows the re-acquisition
+    assert shown.state == TrackState.RE_ACQUIRED and shown.track_id == first.track_id
+    (after,) = tracker.update(shifted(scene, 2, 18 * DT))  # once
     assert after.state == TrackState.TRACKING
 
 

@@ -11,7 +11,8 @@ States (every change carries a reason):
 - LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row,
   a frame gap or clock jump, the camera stopped. The last box is reported; nothing moves it. A grounding with
   the same label re-acquires the track (same ID); a lost track is forgotten after `forget_s`.
-- RE_ACQUIRED: the first update after a predicted or lost track was found again (by the flow or a grounding).
+- RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
+  TRACKING from the next.
 Nothing non-finite leaves the tracker: boxes are core.types.Box (finite by construction), positions come from
 core.geometry (finite or None), velocities are checked.
 """
@@ -36,7 +37,7 @@ NS = 1_000_000_000
 
 
 class TrackState(str, enum.Enum):
-    """The values equal the constants in action/Track.action's TrackedTarget.state strings."""
+    """The values equal the STATE_* constants of msg/TrackedTarget.msg."""
 
     TRACKING = "tracking"
     PREDICTED = "predicted"
@@ -46,7 +47,7 @@ class TrackState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    max_targets: int = 5  # tracks kept at once (new groundings beyond it are dropped, highest score first)
+    max_targets: int = 5  # tracks kept at once (new groundings beyond it are dropped; the best-scored come first)
     reground_period_s: float = 1.0  # a grounding at least this often
     min_reground_interval_s: float = 0.2  # and never more often than this (a lost target asks at every frame)
     predict_s: float = 1.0  # a predicted track becomes lost after this long without a successful flow step
@@ -88,7 +89,6 @@ class _Track:
     reason: str
     confirmed_ns: int
     seen_ns: int  # last frame the target was seen (flow or grounding)
-    score: float = 1.0
     confidence: float = 1.0
     velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per second
     mask_patch: np.ndarray | None = None  # (h, w) bool over the box, from the grounding's mask
@@ -98,9 +98,10 @@ class _Track:
     mask: Mask | None = None
     misses: int = 0
     history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
+    shown: bool = True  # its state has been in an update's output
 
     def set_state(self, state: TrackState, reason: str) -> None:
-        self.state, self.reason = state, reason
+        self.state, self.reason, self.shown = state, reason, self.shown and state == self.state
 
 
 class Tracker:
@@ -136,6 +137,9 @@ class Tracker:
                 self._lose_all(f"no frame for {gap_ns / NS:.2f} s (camera stopped or clock jump)")
             elif size != (prev.width, prev.height):
                 self._lose_all(f"image size changed from {prev.width}x{prev.height} to {size[0]}x{size[1]}")
+        for track in self.tracks:  # a re-acquisition is shown in one update's output
+            if track.state == TrackState.RE_ACQUIRED and track.shown:
+                track.set_state(TrackState.TRACKING, track.reason)
         gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)  # (H, W) uint8
         if self._recent:
             for track in self.tracks:
@@ -144,7 +148,10 @@ class Tracker:
         self._recent.append((frame, gray))
         self._last_stamp_ns, self._size = stamp, size
         self._forget(stamp)
-        return self.snapshot()
+        tracked = self.snapshot()
+        for track in self.tracks:
+            track.shown = True
+        return tracked
 
     def camera_stopped(self, silent_s: float) -> None:
         """The caller saw no frame for `silent_s` seconds: every track not yet lost is lost, with that reason."""
@@ -182,7 +189,7 @@ class Tracker:
             track.box, track.confidence, track.seen_ns = step.box, step.confidence, stamp
             if recovered:
                 track.set_state(TrackState.RE_ACQUIRED, "found again by optical flow")
-            else:
+            elif track.state != TrackState.RE_ACQUIRED:  # one not yet shown stays so for this update
                 track.set_state(TrackState.TRACKING, "")
             if track.gate is not None and step.depth_m is not None:
                 track.gate = replace(track.gate, depth_m=step.depth_m)
@@ -193,7 +200,6 @@ class Tracker:
             if stamp - track.seen_ns > s.predict_s * NS:
                 track.set_state(TrackState.LOST, f"not seen for {(stamp - track.seen_ns) / NS:.2f} s ({step.reason})")
             else:
-                cx, cy = track.box.center
                 shift_x, shift_y = track.velocity[0] * dt, track.velocity[1] * dt
                 track.box = Box(track.box.x_min + shift_x, track.box.y_min + shift_y,
                                 track.box.x_max + shift_x, track.box.y_max + shift_y)
@@ -313,7 +319,7 @@ class Tracker:
         """Take the grounding's box, mask, depth gate and 3-D position, as of its frame, then bring the track to the
         newest frame: by the flow through the frames kept since (catch-up), else (its frame is no longer kept) by
         `shift`, how far the track moved since that frame."""
-        track.box, track.score, track.confidence, track.misses = target.box, target.score, 1.0, 0
+        track.box, track.confidence, track.misses = target.box, 1.0, 0
         track.confirmed_ns = track.seen_ns = frame.stamp_ns
         track.velocity = track.velocity if track.state == TrackState.TRACKING else (0.0, 0.0)
         track.mask_patch = _box_patch(target.mask, target.box) if target.mask is not None else None
@@ -345,16 +351,12 @@ class Tracker:
 
     # --- output -----------------------------------------------------------------------------------------------
     def snapshot(self) -> list[TrackedTarget]:
-        """Every track as of the last frame; a RE_ACQUIRED state is shown once, then becomes TRACKING."""
+        """Every track as of the last frame."""
         stamp = self._last_stamp_ns or 0
-        out = []
-        for t in self.tracks:
-            box = t.box.clipped(*self._size) if self._size is not None else t.box
-            out.append(TrackedTarget(t.track_id, t.label, t.state, t.reason, box, t.confidence, stamp,
-                                     max(0.0, (stamp - t.confirmed_ns) / NS), t.position, t.shape, t.mask))
-            if t.state == TrackState.RE_ACQUIRED:
-                t.set_state(TrackState.TRACKING, t.reason)
-        return out
+        return [TrackedTarget(t.track_id, t.label, t.state, t.reason,
+                              t.box.clipped(*self._size) if self._size is not None else t.box, t.confidence, stamp,
+                              max(0.0, (stamp - t.confirmed_ns) / NS), t.position, t.shape, t.mask)
+                for t in self.tracks]
 
 
 def _box_patch(mask: Mask, box: Box) -> np.ndarray:
