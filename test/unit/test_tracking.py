@@ -228,3 +228,23 @@ def test_needs_grounding_first_periodically_and_when_weak_but_not_too_often(scen
     assert tracker.needs_grounding() == "track 1 lost"
     tracker.update(shifted(scene, 0, 1.0))
     assert tracker.needs_grounding() == "period"
+
+
+def test_flow_follows_an_object_moving_across_a_still_background_from_a_loose_box():
+    """The green star of the moving scene moves ~5 px per frame over the still table; from its box grown by a third
+    (table around it), the box moves with the star."""
+    import cv2
+
+    from vlm_ros.embedded.motion import MotionRenderer, default_script
+
+    renderer = MotionRenderer(default_script())
+    a, b = renderer.render(0.5, 15), renderer.render(0.5 + DT, 16)
+    star_a, star_b = (next(o for o in f.objects if o.label == "green star") for f in (a, b))
+    grow = star_a.box.width / 6
+    loose = Box(star_a.box.x_min - grow, star_a.box.y_min - grow, star_a.box.x_max + grow, star_a.box.y_max + grow)
+    gray = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in (a, b)]
+    step = track_box(gray[0], gray[1], loose, FlowSettings())
+    truth_dx = star_b.box.center[0] - star_a.box.center[0]
+    assert truth_dx > 4
+    assert step.box is not None, step.reason
+    assert step.box.center[0] - loose.center[0] == pytest.approx(truth_dx, abs=1.5)

@@ -3,20 +3,20 @@
 Why this tracker. It has to follow up to a handful of targets at camera rate on one CPU core, between VLM
 re-groundings, for any object the VLM names (no class-specific model). Candidates and their cost here:
 - pyramidal Lucas-Kanade (OpenCV, built in): a small pyramid of the region around each box, then ~40
-  points per target: about a millisecond per target at 640x480; any object with some texture or edges.
-- OpenCV's single-object trackers (MIL built in; KCF/CSRT need opencv-contrib): one model per target, each
-  5-30 ms per frame at this size, and no notion of depth.
-- SAM 2 / EdgeTAM video models (transformers): masks of high quality, but hundreds of ms per frame on a CPU;
-  the GPU path for later, not a one-core tracker.
+  points per target: 0.8-1.4 ms of one core per target at 640x480 (objects 55-150 px wide); any object with
+  some texture or edges.
+- OpenCV's single-object trackers (MIL built in; KCF/CSRT need opencv-contrib): one model per target; MIL took
+  23-27 ms of one core per target and frame here (same frames), so three targets miss 30 Hz; no notion of depth.
+- SAM 2 / EdgeTAM video models (transformers): masks of high quality, but a large image encoder per frame: the GPU
+  path for later, not a one-core tracker.
 Lucas-Kanade alone follows whatever moves in the box: an occluder passing in front, or the background at the
 object's border. Two checks keep it honest: a forward-backward check (each point tracked back must land within
 `fb_max_error_px` of where it started; the share that does is the step's confidence), and, where depth exists, a
 depth gate (a point whose depth differs from the target's surface by more than the tolerance is not on the target:
 background, or an occluder in front). Too few points left -> the step fails with the reason, and the tracker
 predicts, then declares the target lost, until a re-grounding confirms it again.
-Points of the box that move with its surroundings (the background, seen around or through the target) are left
-out when enough others move apart from them. The box moves by the median shift of the points left and scales
-with their depth (before / after), or without depth by the median ratio of their pairwise distances.
+The box moves by the median shift of the points that pass and scales with their depth (before / after: a pinhole
+image scales as 1 / depth), or without depth by the median ratio of their pairwise distances.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class FlowSettings:
     window_px: int = 15  # Lucas-Kanade window
     pyramid_levels: int = 3
     max_scale_step: float = 1.1  # a box never grows or shrinks by more than this per frame
-    relative_motion_px: float = 1.0  # a box point moving this much apart from the surroundings is on the target
     min_box_px: float = 3.0  # a box narrower or lower than this has collapsed
     search_px: int = 24  # least margin around the box that the flow searches
 
@@ -121,34 +120,20 @@ def track_box(prev_gray: np.ndarray, next_gray: np.ndarray, box: Box, settings: 
     rx0, ry0, rx1, ry1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
     prev_roi, next_roi = prev_gray[ry0:ry1, rx0:rx1], next_gray[ry0:ry1, rx0:rx1]
     offset = np.array([rx0, ry0], np.float32)
-    # the surroundings (the region outside the box): how the background moves (the camera's motion)
-    ring_mask = np.full(prev_roi.shape, 255, np.uint8)
-    ring_mask[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = 0
-    ring = cv2.goodFeaturesToTrack(prev_roi, settings.max_features, 0.01, 5, mask=ring_mask)
-    ring = np.zeros((0, 2), np.float32) if ring is None else ring.reshape(-1, 2)  # (M, 2) region pixels
-    points = np.concatenate([start - offset, ring]).astype(np.float32)
+    points = (start - offset).astype(np.float32)  # (N, 2) region pixels
     win = (settings.window_px, settings.window_px)
     level = settings.pyramid_levels
     moved, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(prev_roi, next_roi, points.reshape(-1, 1, 2), None,
                                                 winSize=win, maxLevel=level)
     back, ok_bwd, _ = cv2.calcOpticalFlowPyrLK(next_roi, prev_roi, moved, None, winSize=win, maxLevel=level)
-    moved, back = moved.reshape(-1, 2), back.reshape(-1, 2)  # (N + M, 2)
-    tracked = ok_fwd.ravel().astype(bool) & ok_bwd.ravel().astype(bool) & np.isfinite(moved).all(axis=1)
-    tracked &= np.linalg.norm(back - points, axis=1) <= settings.fb_max_error_px
-    n_box = len(start)
-    ring_shift = (moved - points)[n_box:][tracked[n_box:]]  # (m, 2)
-    moved, good = moved[:n_box] + offset, tracked[:n_box]  # (N, 2) image pixels
+    moved, back = moved.reshape(-1, 2), back.reshape(-1, 2)  # (N, 2)
+    good = ok_fwd.ravel().astype(bool) & ok_bwd.ravel().astype(bool) & np.isfinite(moved).all(axis=1)
+    good &= np.linalg.norm(back - points, axis=1) <= settings.fb_max_error_px
+    moved = moved + offset  # (N, 2) image pixels
     next_depths = depth_at(next_depth, moved + 0.5, (width, height))
     on_target = _on_target(next_depths, gate)
     if on_target is not None:
         good &= on_target
-    if len(ring_shift) >= settings.min_features:
-        # points of the box that move with the background are background seen through or around the target,
-        # unless (nearly) all do: then the target moves with the background (it stands still)
-        background = np.median(ring_shift, axis=0)  # (2,)
-        apart = good & (np.linalg.norm(moved - start - background, axis=1) > settings.relative_motion_px)
-        if apart.sum() >= settings.min_features and apart.sum() >= 0.25 * good.sum():
-            good = apart
     n = int(good.sum())
     confidence = n / sought
     if n < settings.min_features:
