@@ -93,7 +93,7 @@ class TrackSession:
                     self._publish(self.tracker.snapshot(), self._last_frame)
                 time.sleep(POLL_S)
                 continue
-            frame, status, _ = self._snapshot()
+            frame, _, _ = self._snapshot()  # None: no frame, or too old (max_frame_age_s)
             if frame is None or frame.stamp_ns == last_stamp:
                 time.sleep(POLL_S)
                 continue
