@@ -105,3 +105,21 @@ def test_bag_with_unusual_encodings_replays_without_node_changes(tmp_path):
     rc, output = run_harness(bag, tmp_path, "--min-answered", str(MIN_ANSWERED))
     print(output)
     assert rc == 0, output
+
+
+@pytest.mark.slow
+def test_the_harness_scores_a_track_goal_on_a_moving_scene_bag(tmp_path):
+    """The moving scene (vlm_ros.tools.tracking_bag, 3 s at 15 Hz, times scaled) through `regression --track`:
+    the node's Track feedback is scored per object against the bag's per-frame truth, and the gates fail."""
+    from vlm_ros.tools.tracking_bag import write_tracking_bag
+
+    bag = write_tracking_bag(tmp_path / "moving", seconds=3.0, fps=15.0)
+    code, out = run_harness(bag, tmp_path, "--track", "--max-id-switches", "1", "--min-hit-fraction", "0.5")
+    assert code == 0, out
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(red cube|blue ball) #\d+\s+\d+\s+([\d.]+)%", out,
+                                                                re.M)}
+    assert rows.keys() == {"red cube", "blue ball"} and min(rows.values()) >= 50, out
+    updates = re.search(r"^(\d+) tracker updates for (\d+) bag frames", out, re.M)
+    assert updates and int(updates.group(1)) >= 0.8 * int(updates.group(2)), out
+    code, out = run_harness(bag, tmp_path, "--track", "--min-hit-fraction", "1.01")  # a gate that cannot pass
+    assert code == 1 and "FAIL: worst object's frames with IoU >= 0.5" in out, out

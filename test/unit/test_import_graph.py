@@ -15,6 +15,7 @@ from conftest import REPO
 DEVELOPMENT = (
     "vlm_ros.embedded.build",
     "vlm_ros.embedded.evaluate",
+    "vlm_ros.embedded.motion",
     "vlm_ros.embedded.scenes",
     "vlm_ros.embedded.tasks",
     "vlm_ros.embedded.train",

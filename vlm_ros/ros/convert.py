@@ -16,7 +16,9 @@ from std_msgs.msg import Header
 
 from vlm_ros.core.requests import QueryArgs
 from vlm_ros.core.types import Answer, Box, GeometryMethod, Mask, Shape3D, Target, Timings
-from vlm_ros.msg import GroundedTarget, QueryTimings
+from vlm_ros.msg import GroundedTarget, QueryTimings, TrackedTarget
+from vlm_ros.tracking import TrackedTarget as Track
+from vlm_ros.tracking import TrackState
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -132,3 +134,18 @@ def fill_result(result, answer: Answer, header: Header | None, camera: str):
     result.camera = camera
     result.timings = timings_to_msg(answer.timings, answer.generated_tokens)
     return result
+
+
+def track_to_msg(track: Track) -> TrackedTarget:
+    """A TrackedTarget message of one track (its target part as target_to_msg makes it)."""
+    target = Target(label=track.label, box=track.box, score=min(max(float(track.confidence), 0.0), 1.0),
+                    position=track.position, mask=track.mask, shape=track.shape)
+    return TrackedTarget(id=int(track.track_id), state=track.state.value, reason=track.reason,
+                         age_s=float(track.age_s), confidence=float(track.confidence), target=target_to_msg(target))
+
+
+def track_from_msg(msg: TrackedTarget, stamp_ns: int = 0) -> Track:
+    """The core track of a TrackedTarget message (for clients: the regression harness, tests)."""
+    target = target_from_msg(msg.target)
+    return Track(int(msg.id), target.label, TrackState(msg.state), msg.reason, target.box, float(msg.confidence),
+                 stamp_ns, float(msg.age_s), target.position, target.shape, target.mask)

@@ -8,6 +8,9 @@ hangs. Threads:
   - service/action callbacks (reentrant group): hand the query to the ROS-free Scheduler (vlm_ros/scheduler.py:
     refusals, bounded queue, deadlines) and wait for its answer.
   - the scheduler's one worker thread: runs the Pipeline on the freshest frame, then publishes the outputs here.
+  - Track goals (same reentrant group): each runs a ROS-free TrackSession (vlm_ros/tracking/session.py) in its
+    execute callback's thread: the camera's newest frame -> tracker -> feedback and ~/tracks; re-groundings queue
+    on the scheduler's worker like queries.
   - timers (mutually exclusive group): diagnostics, periodic description.
 """
 
@@ -38,17 +41,20 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vlm_ros.action import Query as QueryAction
+from vlm_ros.action import Track as TrackAction
 from vlm_ros.core.frames import CameraBuffer
 from vlm_ros.core.geometry import intrinsics_from_k
 from vlm_ros.core.images import ImageDecodeError, decode_compressed, decode_depth, decode_image
-from vlm_ros.core.requests import QuerySettings
+from vlm_ros.core.requests import QuerySettings, normalise_instruction
 from vlm_ros.core.types import Answer, Frame, Request, Status, Task
 from vlm_ros.memory import diagnostic_values, node_admission, release_free_memory
-from vlm_ros.msg import GroundedTargetArray, SceneDescription
-from vlm_ros.ros.convert import fill_result, make_header, query_from_msg, stamp_to_ns, target_to_msg
+from vlm_ros.msg import GroundedTargetArray, SceneDescription, TrackedTargetArray
+from vlm_ros.ros.convert import fill_result, make_header, query_from_msg, stamp_to_ns, target_to_msg, track_to_msg
 from vlm_ros.ros.parameters import NODE_PARAMS, ParamSpec, camera_specs
 from vlm_ros.scheduler import Job, Outcome, Scheduler
 from vlm_ros.srv import Query
+from vlm_ros.tracking import TrackerSettings
+from vlm_ros.tracking.session import TrackGoal, TrackSession, check_goal
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared images are dropped before any allocation
 REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them
@@ -150,6 +156,15 @@ class PerceptionNode(LifecycleNode):
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.ACCEPT,
             goal_service_qos_profile=requests_qos, result_service_qos_profile=requests_qos,
             callback_group=self._query_group)
+        # Track goals run in their execute callbacks (the executor has a thread per allowed goal, see main)
+        self._track_server = ActionServer(
+            self, TrackAction, self.p("track_action_name"), execute_callback=self._on_track,
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.ACCEPT,
+            goal_service_qos_profile=requests_qos, result_service_qos_profile=requests_qos,
+            callback_group=self._query_group)
+        self._tracks_lock = threading.Lock()
+        self._tracks_running = 0
+        self._tracks_pub = self.create_publisher(TrackedTargetArray, "~/tracks", 10)
         self._targets_pub = self.create_publisher(GroundedTargetArray, "~/targets", 10)
         self._description_pub = self.create_publisher(SceneDescription, "~/description", 10)
         self._annotated_pub = self.create_publisher(Image, "~/annotated", qos_profile_sensor_data)
@@ -354,6 +369,72 @@ class PerceptionNode(LifecycleNode):
             goal_handle.abort()
         return result
 
+    # --- tracks: the Track action <-> a ROS-free TrackSession -------------------------------------------------
+    def _on_track(self, goal_handle) -> TrackAction.Result:
+        goal = goal_handle.request
+        status, message = self._start_track(goal)
+        if status is None:
+            try:
+                status, message = self._run_track(goal_handle, self._track_goal(goal))
+            finally:
+                with self._tracks_lock:
+                    self._tracks_running -= 1
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif status == Status.OK:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return TrackAction.Result(status=int(status), message=message)
+
+    def _start_track(self, goal) -> tuple[Status | None, str]:
+        """(None, "") and a slot taken when the goal can run, else the status and reason it cannot."""
+        state = self.lifecycle_state()
+        if state != "active":
+            return Status.NOT_READY, f"node is {state}; tracks run only while it is active"
+        _, error = normalise_instruction(goal.instruction, self.p("max_instruction_bytes"))
+        camera = goal.camera or self.p("default_camera")
+        if not error and camera not in self.buffers:
+            error = f"unknown camera '{camera}'; cameras: {', '.join(self.buffers)}"
+        error = error or check_goal(float(goal.update_rate_hz), float(goal.reground_period_s), int(goal.max_targets))
+        if error:
+            return Status.INVALID_ARGUMENT, error
+        with self._tracks_lock:
+            if self._tracks_running >= self.p("max_tracks"):
+                return Status.BUSY, f"{self._tracks_running} tracks are running (max_tracks); cancel one or try later"
+            self._tracks_running += 1
+        return None, ""
+
+    def _track_goal(self, goal) -> TrackGoal:
+        instruction, _ = normalise_instruction(goal.instruction, self.p("max_instruction_bytes"))
+        return TrackGoal(instruction, goal.camera or self.p("default_camera"), float(goal.update_rate_hz),
+                         float(goal.reground_period_s) or self.p("track_reground_period_s"),
+                         int(goal.max_targets) or self.p("track_max_targets"))
+
+    def _run_track(self, goal_handle, goal: TrackGoal) -> tuple[Status, str]:
+        camera = goal.camera
+
+        def publish(tracks, frame: Frame) -> None:
+            header = make_header(frame.stamp_ns, frame.frame_id)
+            msgs = [track_to_msg(t) for t in tracks]
+            goal_handle.publish_feedback(TrackAction.Feedback(header=header, camera=camera, tracks=msgs))
+            self._tracks_pub.publish(TrackedTargetArray(header=header, camera=camera, instruction=goal.instruction,
+                                                        tracks=msgs))
+
+        settings = TrackerSettings(max_targets=goal.max_targets, reground_period_s=goal.reground_period_s)
+        session = TrackSession(
+            goal, settings, newest_stamp=self.buffers[camera].newest_stamp_ns,
+            snapshot=lambda: self._snapshot(camera),
+            ground=lambda request, on_done: self._scheduler.enqueue_background(request, camera, on_done),
+            publish=publish, camera_timeout_s=self.p("track_camera_timeout_s"),
+            grounding_timeout_s=self.p("default_timeout_s"))
+        self.get_logger().info(f"track started: '{goal.instruction}' on camera '{camera}'")
+        status, message = session.run(lambda: self._active and not goal_handle.is_cancel_requested)
+        if not goal_handle.is_cancel_requested and not self._active:
+            status, message = Status.NOT_READY, f"the node stopped serving ({self.lifecycle_state()}); {message}"
+        self.get_logger().info(f"track ended: '{goal.instruction}': {message}")
+        return status, message
+
     def _query_settings(self) -> QuerySettings:
         return QuerySettings(**{name: self.p(name) for name in (
             "default_camera", "default_timeout_s", "max_timeout_s", "default_max_new_tokens", "max_new_tokens_limit",
@@ -554,7 +635,7 @@ def main(args: list[str] | None = None, node_type: Callable[[], PerceptionNode] 
         rclpy.logging.get_logger("vlm").fatal(str(exc))
         rclpy.try_shutdown()
         raise SystemExit(2) from None  # the fatal log above says why
-    executor = MultiThreadedExecutor(num_threads=node.p("queue_size") + 4)
+    executor = MultiThreadedExecutor(num_threads=node.p("queue_size") + 4 + node.p("max_tracks"))
     executor.add_node(node)
     if node.p("autostart"):
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:

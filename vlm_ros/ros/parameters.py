@@ -16,6 +16,7 @@ from vlm_ros.backends import BACKENDS, BackendSettings
 from vlm_ros.grounding import GROUNDING_MODES, GroundingSettings
 from vlm_ros.models.registry import ADAPTERS
 from vlm_ros.models.remote import FAMILIES as REMOTE_FAMILIES
+from vlm_ros.tracking.session import MAX_TARGETS_LIMIT
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,15 @@ NODE_PARAMS = [
     ParamSpec("default_max_new_tokens", 64, "token budget when a query gives 0", range=(1, 4096)),
     ParamSpec("max_new_tokens_limit", 512, "largest token budget a query may ask for", range=(1, 4096)),
     ParamSpec("max_instruction_bytes", 1024, "longest instruction accepted (UTF-8 bytes)", range=(1, 65536)),
+    ParamSpec("track_action_name", "~/track", "name of the Track action", startup=True),
+    ParamSpec("max_tracks", 2, "Track goals that may run at once; more are aborted with BUSY", range=(1, 16),
+              startup=True),
+    ParamSpec("track_reground_period_s", 1.0, "a Track goal re-grounds at least this often when it gives 0",
+              range=(0.1, 3600.0)),
+    ParamSpec("track_max_targets", 5, "most targets a Track goal follows when it gives 0",
+              range=(1, MAX_TARGETS_LIMIT)),
+    ParamSpec("track_camera_timeout_s", 1.0, "no new frame for this long: a Track goal's tracks become lost",
+              range=(0.05, 60.0)),
     ParamSpec("description_rate_hz", 0.0, "periodic ~/description of the default camera; 0 = off", range=(0.0, 10.0)),
     ParamSpec("publish_annotated", True, "publish ~/annotated (source image with boxes and labels)"),
     ParamSpec("publish_markers", True, "publish ~/markers (MarkerArray of 3-D targets)"),

@@ -142,7 +142,28 @@ class Bench:
                 "node_cpu_ms_per_frame": 1e3 * (cpu - idle) / max(got, 1),
                 "node_cpu_ms_per_frame_gross": 1e3 * cpu / max(got, 1)}
 
-    def queries(self, n: int, tokens: int) -> dict:
+    def start_track(self):
+        """A Track goal ("detect all objects") on the camera; its goal handle (cancel: cancel_goal_async)."""
+        from rclpy.action import ActionClient
+
+        from vlm_ros.action import Track
+
+        client = ActionClient(self.node, Track, "/vlm/track")
+        if not client.wait_for_server(timeout_sec=30):
+            raise RuntimeError("no /vlm/track action server")
+        self.track_updates = 0
+
+        def on_feedback(_msg) -> None:
+            self.track_updates += 1
+
+        done = threading.Event()
+        future = client.send_goal_async(Track.Goal(instruction="detect all objects"), feedback_callback=on_feedback)
+        future.add_done_callback(lambda _: done.set())
+        done.wait(30)
+        return future.result()
+
+    def queries(self, n: int, tokens: int, track: bool = False) -> dict:
+        """Sequential queries on a 30 Hz camera; with `track`, while a Track goal follows the scene."""
         image = scene_image("640x480")
         stop = threading.Event()
         sent = 0
@@ -160,8 +181,11 @@ class Bench:
         publishing = threading.Thread(target=camera, daemon=True)
         publishing.start()
         latencies, ages, generated, inside = [], [], [], []
+        goal, t_track = None, time.monotonic()
         try:
             time.sleep(1.0)
+            if track:
+                goal, t_track, self.track_updates = self.start_track(), time.monotonic(), 0
             for _ in range(n + 2):
                 sent_ns = self.node.get_clock().now().nanoseconds
                 t0 = time.monotonic()
@@ -173,6 +197,9 @@ class Bench:
                 generated.append(resp.timings.generated_tokens)
                 inside.append((resp.timings.total, resp.timings.decode))
         finally:
+            track_hz = self.track_updates / (time.monotonic() - t_track) if goal is not None else float("nan")
+            if goal is not None:
+                goal.cancel_goal_async()
             stop.set()
             publishing.join()
         delivered = (self.received() - received_before) / max(sent, 1)  # frames the queries' load let through
@@ -183,7 +210,7 @@ class Bench:
                 "node_total_p50_s": percentile([t for t, _ in inside], 0.5),  # the node's own timing of a query
                 "node_decode_p50_s": percentile([d for _, d in inside], 0.5),
                 "node_rss_mb": float(self.model.get("rss_mb", "nan")),
-                "node_cpu_threads": self.model.get("cpu_threads")}
+                "node_cpu_threads": self.model.get("cpu_threads"), "track_updates_hz": track_hz}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the camera publishers' reliability (the node follows it where rclpy can)")
     parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
                         help="a further node parameter, e.g. cpu_threads:=0")
+    parser.add_argument("--with-track", action="store_true",
+                        help="then the same queries again while a Track goal runs (its update rate, the query latency "
+                             "and the frames delivered beside it)")
     parser.add_argument("--json")
     parser.add_argument("--plot", help="write a PNG bar chart of the results here")
     args = parser.parse_args(argv)
@@ -223,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
               f"inside the node p50 {q['node_total_p50_s'] * 1e3:.0f} ms "
               f"(decode {q['node_decode_p50_s'] * 1e3:.0f} ms); "
               f"camera frames delivered meanwhile {q['camera_delivered']:.0%}; node peak RSS {q['node_rss_mb']:.0f} MB")
+        if args.with_track:
+            time.sleep(1.0)
+            t = results["queries_while_tracking"] = bench.queries(args.queries, args.tokens, track=True)
+            print(f"the same while a Track goal runs: p50 {t['p50_s'] * 1e3:.0f} ms "
+                  f"({t['p50_s'] / q['p50_s'] - 1:+.0%}), p95 {t['p95_s'] * 1e3:.0f} ms; "
+                  f"camera frames delivered {t['camera_delivered']:.0%}; track feedback {t['track_updates_hz']:.1f} Hz")
     finally:
         bench.close()
     if args.json:

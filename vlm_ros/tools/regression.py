@@ -8,6 +8,13 @@ no masks and extents: regenerate such a bag to have them).
     python -m vlm_ros.tools.regression test/bags/scenes_small --start-node --min-accuracy 0.6
     python -m vlm_ros.tools.regression my.bag --service /robot1/vlm/query     # against a running node
 
+With --track the bag is a moving scene with per-frame truth (vlm_ros.tools.tracking_bag): a Track goal follows
+what --instruction names while the bag plays, and its feedback is scored by vlm_ros.tools.tracking_metrics
+(frames with IoU >= 0.5 per object, ID switches, re-acquisition, 3-D error) and its update rate:
+
+    python -m vlm_ros.tools.tracking_bag /tmp/moving && python -m vlm_ros.tools.regression /tmp/moving --start-node \
+        --track --min-hit-fraction 0.7 --max-id-switches 1
+
 With --start-node the node runs in a subprocess (its own process group) with use_sim_time and its camera
 topics taken from the bag's sidecar; otherwise a node must already be running with use_sim_time.
 Questions are sent when the player has published the bag up to their time, without waiting for earlier answers.
@@ -28,6 +35,8 @@ from vlm_ros.tools.bags import GroundTruth, InstructionTruth, load_groundtruth
 from vlm_ros.tools.geometry_metrics import GeometryScore, GeometryTruth, score_target, summarize, summary_lines
 from vlm_ros.tools.processes import PythonProcess, node_args
 from vlm_ros.tools.stats import percentile
+from vlm_ros.tools.tracking_bag import load_tracking_truth
+from vlm_ros.tools.tracking_metrics import TrackingScore, score_tracking
 
 NODE_TOPIC_PARAMS = {"image": "image_topic", "compressed": "compressed_topic", "camera_info": "camera_info_topic",
                      "depth": "depth_topic", "depth_info": "depth_info_topic"}
@@ -189,6 +198,55 @@ def run(bag: str | Path, *, service: str = "/vlm/query", rate: float = 1.0, time
     return Report(outcomes)
 
 
+def run_track(bag: str | Path, *, action: str = "/vlm/track", rate: float = 1.0,
+              instruction: str = "detect all objects") -> tuple[TrackingScore, dict]:
+    """Play a tracking bag while a Track goal runs; (its score, {"updates": tracker updates scored, "frames": the
+    bag's frames})."""
+    import rclpy
+    from rclpy.action import ActionClient
+    from rclpy.executors import SingleThreadedExecutor
+
+    from vlm_ros.action import Track
+    from vlm_ros.ros.convert import track_from_msg
+    from vlm_ros.tools.replay import BagPlayer
+
+    truth = load_tracking_truth(bag)
+    node = rclpy.create_node("vlm_regression_track")
+    player_node = rclpy.create_node("vlm_regression_player")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    feedback = []
+    try:
+        client = ActionClient(node, Track, action)
+        if not client.wait_for_server(timeout_sec=60.0):
+            raise RuntimeError(f"action {action} did not appear within 60 s")
+        sent = client.send_goal_async(Track.Goal(instruction=instruction),
+                                      feedback_callback=lambda m: feedback.append(m.feedback))
+        deadline = time.monotonic() + 10.0
+        while not sent.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        handle = sent.result() if sent.done() else None
+        if handle is None or not handle.accepted:
+            raise RuntimeError("the Track goal was not accepted")
+        player = BagPlayer(player_node, bag, rate=rate, wait_for_subscribers=1, wait_timeout=60.0)
+        player.start()
+        player.wait(timeout=600.0)
+        time.sleep(0.5)
+        handle.cancel_goal_async()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        player_node.destroy_node()
+    by_stamp = dict(truth.frames)
+    frames = []
+    for f in feedback:
+        stamp = f.header.stamp.sec * 1_000_000_000 + f.header.stamp.nanosec
+        if stamp in by_stamp:
+            frames.append((stamp / 1e9, by_stamp[stamp], [track_from_msg(t, stamp) for t in f.tracks]))
+    return score_tracking(frames), {"updates": len(frames), "frames": len(truth.frames)}
+
+
 def _fill(outcome: Outcome, resp, gt: GroundTruth) -> None:
     from vlm_ros.ros.convert import target_from_msg
     outcome.status, outcome.message, outcome.answer = resp.status, resp.message, resp.answer
@@ -251,10 +309,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="median mask IoU of the matched targets (targets without a mask count as 0)")
     parser.add_argument("--max-centroid-error", type=float, default=float("inf"),
                         help="median 3-D centroid error of the matched targets, metres (targets without 3-D: inf)")
+    parser.add_argument("--track", action="store_true", help="a tracking bag: score a Track goal (see above)")
+    parser.add_argument("--action", default="/vlm/track", help="with --track: the Track action")
+    parser.add_argument("--instruction", default="detect all objects", help="with --track: the goal's instruction")
+    parser.add_argument("--min-hit-fraction", type=float, default=0.0,
+                        help="with --track: frames with IoU >= 0.5, the worst object's share")
+    parser.add_argument("--max-id-switches", type=float, default=float("inf"), help="with --track: per 300 frames")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
     import rclpy
+
+    if args.track:
+        return _main_track(args)
 
     gt = load_groundtruth(args.bag)
     node = None
@@ -293,6 +360,35 @@ def main(argv: list[str] | None = None) -> int:
         error = statistics.median(errors) if errors else float("inf")
         if not error <= args.max_centroid_error:
             failures.append(f"median 3-D centroid error {error:.4f} m > {args.max_centroid_error} m")
+    for f in failures:
+        print(f"FAIL: {f}")
+    return 1 if failures else 0
+
+
+def _main_track(args) -> int:
+    import rclpy
+
+    truth = load_tracking_truth(args.bag)
+    node = start_node(truth, args.model, args.node_param, None) if args.start_node else None
+    rclpy.init(args=[])
+    try:
+        score, stats = run_track(args.bag, action=args.action, rate=args.rate, instruction=args.instruction)
+    finally:
+        rclpy.try_shutdown()
+        if node is not None:
+            node.stop()
+    print("\n".join(score.lines()))
+    print(f"{stats['updates']} tracker updates for {stats['frames']} bag frames ({score.update_rate_hz:.1f} Hz)")
+    worst = min((o.hit_fraction for o in score.objects if o.visible_frames), default=0.0)
+    failures = []
+    if not worst >= args.min_hit_fraction:
+        failures.append(f"worst object's frames with IoU >= 0.5 {worst:.2f} < {args.min_hit_fraction}")
+    if not score.id_switches_per_300_frames <= args.max_id_switches:
+        failures.append(f"ID switches per 300 frames {score.id_switches_per_300_frames:.2f} > {args.max_id_switches}")
+    errors = score.errors_3d
+    if args.max_centroid_error < float("inf") and not (errors and statistics.median(errors) <= args.max_centroid_error):
+        failures.append(f"median 3-D error {statistics.median(errors) if errors else float('inf'):.4f} m > "
+                        f"{args.max_centroid_error} m")
     for f in failures:
         print(f"FAIL: {f}")
     return 1 if failures else 0

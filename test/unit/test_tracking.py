@@ -1,0 +1,252 @@
+"""The tracker core: association of groundings to tracks, the flow step, and the state machine (no ROS)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vlm_ros.core.geometry import target_geometry
+from vlm_ros.core.types import Box, Frame, Target
+from vlm_ros.embedded.scenes import render_scene
+from vlm_ros.tracking import AssociationSettings, Candidate, Tracker, TrackerSettings, TrackState, associate
+from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
+
+NS = 1_000_000_000
+DT = 1.0 / 30
+
+
+# --- association --------------------------------------------------------------------------------------------
+def test_association_needs_the_same_label():
+    box = Box(10, 10, 50, 50)
+    found = associate([Candidate("red cube", box)], [Candidate("blue cube", box), Candidate(" Red Cube ", box)])
+    assert found.matches == [(0, 1)]
+    assert found.unmatched_detections == [0]
+
+
+def test_association_gates_on_overlap_or_3d_distance():
+    track = Candidate("ball", Box(0, 0, 40, 40), (0.0, 0.0, 1.0))
+    far_box = Box(100, 100, 140, 140)
+    assert associate([track], [Candidate("ball", far_box, (0.5, 0.0, 1.0))]).matches == []  # no overlap, 0.5 m away
+    assert associate([track], [Candidate("ball", far_box, (0.05, 0.0, 1.0))]).matches == [(0, 0)]  # 5 cm away
+    assert associate([track], [Candidate("ball", Box(5, 5, 45, 45))]).matches == [(0, 0)]  # IoU 0.6, no depth
+
+
+def test_association_is_one_to_one_with_the_least_total_cost():
+    # greedy (the best-overlapping pair first) would give track 0 detection 0 (IoU 0.90) and leave track 1, which
+    # overlaps only detection 0 (IoU 0.38; detection 1: 0.25, under the gate), without one
+    tracks = [Candidate("cube", Box(0, 0, 100, 100)), Candidate("cube", Box(50, 0, 150, 100))]
+    detections = [Candidate("cube", Box(5, 0, 105, 100)), Candidate("cube", Box(-10, 0, 90, 100))]
+    found = associate(tracks, detections)
+    assert sorted(found.matches) == [(0, 1), (1, 0)]
+
+
+def test_lost_tracks_match_by_label_within_the_lost_gate_and_after_visible_ones():
+    settings = AssociationSettings(lost_distance_gate_m=0.5)
+    lost = Candidate("cube", None, (0.0, 0.0, 1.0), lost=True)
+    visible = Candidate("cube", Box(0, 0, 40, 40), (0.0, 0.0, 1.0))
+    detection = Candidate("cube", Box(2, 2, 42, 42), (0.01, 0.0, 1.0))
+    assert associate([lost, visible], [detection], settings).matches == [(1, 0)]
+    assert associate([lost], [detection], settings).matches == [(0, 0)]
+    assert associate([lost], [Candidate("cube", Box(0, 0, 9, 9), (2.0, 0.0, 1.0))], settings).matches == []
+
+
+# --- scenes moved by whole pixels: exact truth for the flow -------------------------------------------------------
+@pytest.fixture(scope="module")
+def scene():
+    return render_scene(3, n_objects=3)
+
+
+def shifted(scene, dx: int, t: float, cover: Box | None = None, cover_depth: float = 0.3) -> Frame:
+    """The scene moved right by dx pixels (wrapping), stamped t seconds; `cover` paints a near grey patch over it."""
+    image, depth = np.roll(scene.image, dx, axis=1), np.roll(scene.depth, dx, axis=1)
+    if cover is not None:
+        image, depth = image.copy(), depth.copy()
+        ys, xs = slice(int(cover.y_min), int(cover.y_max)), slice(int(cover.x_min), int(cover.x_max))
+        image[ys, xs] = np.random.default_rng(0).integers(60, 200, image[ys, xs].shape, dtype=np.uint8)
+        depth[ys, xs] = cover_depth
+    return Frame(image, stamp_ns=int(round(t * NS)), intrinsics=scene.intrinsics, depth=depth)
+
+
+def grounding(scene, frame: Frame, dx: int = 0, only: int | None = None) -> list[Target]:
+    """Targets as the pipeline would give them: the true boxes (moved by dx) with their depth-layer geometry."""
+    out = []
+    for i, o in enumerate(scene.objects):
+        if only is not None and i != only:
+            continue
+        box = Box(o.box.x_min + dx, o.box.y_min, o.box.x_max + dx, o.box.y_max)
+        g = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=box)
+        out.append(Target(o.label, box, position=g.position, mask=g.mask, shape=g.shape))
+    return out
+
+
+def started(scene, settings: TrackerSettings | None = None, only: int | None = None) -> Tracker:
+    tracker = Tracker(settings or TrackerSettings())
+    first = shifted(scene, 0, 0.0)
+    tracker.update(first)
+    tracker.grounding_started(first.stamp_ns)
+    tracker.apply_grounding(grounding(scene, first, only=only), first)
+    return tracker
+
+
+def assert_finite(tracked):
+    for t in tracked:
+        values = (t.box.x_min, t.box.y_min, t.box.x_max, t.box.y_max, t.confidence, t.age_s)
+        assert all(math.isfinite(v) for v in values)
+        assert t.position is None or all(math.isfinite(v) for v in t.position)
+
+
+def test_flow_step_follows_a_translation_and_its_depth(scene):
+    box = scene.objects[0].box
+    a, b = shifted(scene, 0, 0.0), shifted(scene, 4, DT)
+    gray = [np.ascontiguousarray(f.image.mean(axis=2).astype(np.uint8)) for f in (a, b)]
+    gate = DepthGate(float(np.median(a.depth[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)])), 0.1)
+    step = track_box(gray[0], gray[1], box, FlowSettings(), prev_depth=a.depth, next_depth=b.depth, gate=gate)
+    assert step.reason == ""
+    assert step.box.x_min == pytest.approx(box.x_min + 4, abs=0.5)
+    assert step.box.y_min == pytest.approx(box.y_min, abs=0.5)
+    assert step.confidence > 0.5 and step.depth_m == pytest.approx(gate.depth_m, abs=0.05)
+
+
+def test_flow_step_fails_with_a_reason_when_a_nearer_surface_covers_the_box(scene):
+    box = scene.objects[0].box
+    a, b = shifted(scene, 0, 0.0), shifted(scene, 0, DT, cover=box)
+    gray = [np.ascontiguousarray(f.image.mean(axis=2).astype(np.uint8)) for f in (a, b)]
+    gate = DepthGate(float(np.nanmedian(a.depth[int(box.y_min):int(box.y_max), int(box.x_min):int(box.x_max)])), 0.06)
+    step = track_box(gray[0], gray[1], box, FlowSettings(), prev_depth=a.depth, next_depth=b.depth, gate=gate)
+    assert step.box is None and "depth" in step.reason
+    outside = track_box(gray[0], gray[1], Box(700, 10, 760, 60), FlowSettings())
+    assert outside.box is None and outside.reason == "box is outside the image"
+
+
+# --- the state machine ---------------------------------------------------------------------------------------
+def test_tracks_keep_their_ids_and_follow_the_scene(scene):
+    tracker = started(scene)
+    ids = [t.track_id for t in tracker.snapshot()]
+    assert len(set(ids)) == 3
+    for i in range(1, 16):
+        tracked = tracker.update(shifted(scene, 2 * i, i * DT))
+    assert [t.track_id for t in tracked] == ids
+    assert all(t.state == TrackState.TRACKING for t in tracked)
+    for t, o in zip(tracked, scene.objects, strict=True):
+        truth = Box(o.box.x_min + 30, o.box.y_min, o.box.x_max + 30, o.box.y_max)
+        assert t.box.iou(truth) > 0.85
+        assert t.position is not None and t.age_s == pytest.approx(15 * DT, abs=1e-6)
+    assert_finite(tracked)
+    # a grounding of the current frame confirms all three: same IDs, age 0
+    frame = shifted(scene, 30, 16 * DT)
+    tracker.update(frame)
+    confirmed = tracker.apply_grounding(grounding(scene, frame, dx=30), frame)
+    assert [t.track_id for t in confirmed] == ids and all(t.age_s == 0 for t in confirmed)
+    assert all(t.reason == "confirmed by grounding" for t in confirmed)
+
+
+def test_occlusion_predicts_then_loses_then_a_grounding_reacquires_the_same_id(scene):
+    tracker = started(scene, TrackerSettings(predict_s=0.3), only=0)
+    (first,) = tracker.snapshot()
+    box = scene.objects[0].box
+    cover = Box(box.x_min - 10, box.y_min - 10, box.x_max + 10, box.y_max + 10)
+    states = []
+    for i in range(1, 16):
+        (t,) = tracker.update(shifted(scene, 0, i * DT, cover=cover))
+        states.append((t.state, t.reason))
+    assert states[0][0] == TrackState.PREDICTED and states[0][1].startswith("flow failed")
+    assert states[-1][0] == TrackState.LOST and states[-1][1].startswith("not seen for")
+    assert tracker.needs_grounding() == "track 1 lost"
+    frame = shifted(scene, 0, 16 * DT)
+    tracker.update(frame)
+    (back,) = tracker.apply_grounding(grounding(scene, frame, only=0), frame)
+    assert back.track_id == first.track_id and back.state == TrackState.RE_ACQUIRED
+    assert back.reason == "re-acquired by grounding (was lost)"
+    (shown,) = tracker.update(shifted(scene, 1, 17 * DT))  # the next update's output shows the re-acquisition
+    assert shown.state == TrackState.RE_ACQUIRED and shown.track_id == first.track_id
+    (after,) = tracker.update(shifted(scene, 2, 18 * DT))  # once
+    assert after.state == TrackState.TRACKING
+
+
+def test_late_frames_are_dropped_and_time_going_back_loses_every_track(scene):
+    tracker = started(scene)
+    tracker.update(shifted(scene, 0, 5 * DT))
+    assert tracker.update(shifted(scene, 0, 4 * DT)) is None  # late: out of order
+    assert tracker.drops["out of order"] == 1
+    tracked = tracker.update(shifted(scene, 0, 5 * DT - 2.0))  # two seconds back: a looping replay
+    assert all(t.state == TrackState.LOST and t.reason.startswith("clock jumped back") for t in tracked)
+    assert_finite(tracked)
+
+
+def test_a_frame_gap_or_a_stopped_camera_loses_the_tracks_with_the_reason(scene):
+    tracker = started(scene)
+    tracked = tracker.update(shifted(scene, 0, 2.0))
+    assert all(t.state == TrackState.LOST and "no frame for 2.00 s" in t.reason for t in tracked)
+    tracker = started(scene, only=0)
+    for i in range(1, 21):  # the object moves partly out of the image to the right; then the camera stops
+        (t,) = tracker.update(shifted(scene, 10 * i, i * DT))
+    assert t.state != TrackState.LOST and scene.objects[0].box.x_max + 200 > 640
+    tracker.camera_stopped(1.5)
+    (t,) = tracker.snapshot()
+    assert t.state == TrackState.LOST and t.reason == "camera stopped: no frame for 1.50 s"
+    assert 0 <= t.box.x_min <= t.box.x_max <= 640  # the last box, still clipped to the image
+
+
+def test_a_target_leaving_the_image_is_lost_and_never_gives_a_box_outside_it(scene):
+    tracker = started(scene, only=0)
+    box = scene.objects[0].box
+    step = 12
+    for i in range(1, 60):
+        frame = shifted(scene, step * i, i * DT)
+        (t,) = tracker.update(frame)
+        assert 0 <= t.box.x_min <= t.box.x_max <= frame.width
+        if box.x_min + step * i > frame.width:
+            break
+    assert t.state == TrackState.LOST and t.reason == "left the image"
+
+
+def test_groundings_that_do_not_confirm_a_track_lose_it_and_max_targets_bounds_new_ones(scene):
+    tracker = started(scene, TrackerSettings(max_misses=2, max_targets=3), only=0)
+    frame = shifted(scene, 0, DT)
+    tracker.update(frame)
+    tracker.apply_grounding([], frame)
+    assert tracker.snapshot()[0].state == TrackState.TRACKING
+    tracked = tracker.apply_grounding([], frame)
+    assert tracked[0].state == TrackState.LOST and tracked[0].reason == "not confirmed by 2 groundings in a row"
+    extra = [Target(f"thing {i}", Box(10 * i, 0, 10 * i + 8, 8)) for i in range(5)]
+    assert len(tracker.apply_grounding(extra, frame)) == 3
+    assert tracker.drops["grounding beyond max_targets"] == 3
+
+
+def test_needs_grounding_first_periodically_and_when_weak_but_not_too_often(scene):
+    settings = TrackerSettings(reground_period_s=1.0, min_reground_interval_s=0.2)
+    tracker = Tracker(settings)
+    assert tracker.needs_grounding() == ""  # no frame yet
+    tracker.update(shifted(scene, 0, 0.0))
+    assert tracker.needs_grounding() == "first grounding"
+    tracker.grounding_started(0)
+    tracker.apply_grounding(grounding(scene, shifted(scene, 0, 0.0), only=0), shifted(scene, 0, 0.0))
+    tracker.update(shifted(scene, 0, 0.1))
+    assert tracker.needs_grounding() == ""  # within the minimum interval
+    tracker.update(shifted(scene, 0, 0.5))
+    assert tracker.needs_grounding() == ""  # healthy and within the period
+    tracker.update(shifted(scene, 0, 0.9))
+    tracker.camera_stopped(0.4)
+    assert tracker.needs_grounding() == "track 1 lost"
+    tracker.update(shifted(scene, 0, 1.0))
+    assert tracker.needs_grounding() == "period"
+
+
+def test_flow_follows_an_object_moving_across_a_still_background_from_a_loose_box():
+    """The green star of the moving scene moves ~5 px per frame over the still table; from its box grown by a third
+    (table around it), the box moves with the star."""
+    import cv2
+
+    from vlm_ros.embedded.motion import MotionRenderer, default_script
+
+    renderer = MotionRenderer(default_script())
+    a, b = renderer.render(0.5, 15), renderer.render(0.5 + DT, 16)
+    star_a, star_b = (next(o for o in f.objects if o.label == "green star") for f in (a, b))
+    grow = star_a.box.width / 6
+    loose = Box(star_a.box.x_min - grow, star_a.box.y_min - grow, star_a.box.x_max + grow, star_a.box.y_max + grow)
+    gray = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in (a, b)]
+    step = track_box(gray[0], gray[1], loose, FlowSettings())
+    truth_dx = star_b.box.center[0] - star_a.box.center[0]
+    assert truth_dx > 4
+    assert step.box is not None, step.reason
+    assert step.box.center[0] - loose.center[0] == pytest.approx(truth_dx, abs=1.5)

@@ -1,0 +1,388 @@
+"""Targets with stable IDs at camera rate: optical flow between VLM groundings, re-grounded periodically. No ROS.
+
+The caller feeds every camera frame to :meth:`Tracker.update` (one thread), asks :meth:`Tracker.needs_grounding`
+whether to re-ground, runs the grounding wherever it likes (the model worker) and hands the targets back with the
+frame they describe to :meth:`Tracker.apply_grounding`. Each update returns one :class:`TrackedTarget` per track.
+
+States (every change carries a reason):
+- TRACKING: the flow step succeeded (vlm_ros.tracking.flow) or a grounding confirmed the box.
+- PREDICTED: the flow step failed (occlusion, too few features); the box moves on at its last velocity, for at
+  most `predict_s`; the flow is tried again on the predicted box each frame.
+- LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row,
+  a frame gap or clock jump, the camera stopped. The last box is reported; nothing moves it. A grounding with
+  the same label re-acquires the track (same ID); a lost track is forgotten after `forget_s`.
+- RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
+  TRACKING from the next.
+Nothing non-finite leaves the tracker: boxes are core.types.Box (finite by construction), positions come from
+core.geometry (finite or None), velocities are checked.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from vlm_ros.core.geometry import target_geometry
+from vlm_ros.core.types import Box, Frame, Mask, Shape3D, Target
+from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label
+from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
+
+NS = 1_000_000_000
+
+
+class TrackState(str, enum.Enum):
+    """The values equal the STATE_* constants of msg/TrackedTarget.msg."""
+
+    TRACKING = "tracking"
+    PREDICTED = "predicted"
+    LOST = "lost"
+    RE_ACQUIRED = "re-acquired"
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    max_targets: int = 5  # tracks kept at once (new groundings beyond it are dropped; the best-scored come first)
+    reground_period_s: float = 1.0  # a grounding at least this often
+    min_reground_interval_s: float = 0.2  # and never more often than this (a lost target asks at every frame)
+    predict_s: float = 1.0  # a predicted track becomes lost after this long without a successful flow step
+    forget_s: float = 10.0  # a lost track is dropped after this long
+    max_misses: int = 2  # groundings in a row that do not confirm a track -> lost
+    max_frame_gap_s: float = 0.5  # a longer gap between frames (camera stopped, clock jump): flow is not trusted
+    catch_up_frames: int = 10  # frames kept for a late grounding to catch up through (~ the model's latency)
+    # a frame at most this much older than the last is late (dropped); more: time went back
+    reorder_window_s: float = 0.5
+    duplicate_iou: float = 0.5  # a grounding overlapping a better one of its label, or a track, this much: a repeat
+    min_visible_fraction: float = 0.3  # less of the box inside the image: the target left it
+    depth_tolerance_m: float = 0.06  # least depth gate half-width (the target's own depth spread widens it)
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    association: AssociationSettings = field(default_factory=AssociationSettings)
+
+
+@dataclass(frozen=True)
+class TrackedTarget:
+    """One track at one frame: what the Track action's feedback and ~/tracks carry."""
+
+    track_id: int
+    label: str
+    state: TrackState
+    reason: str
+    box: Box  # clipped to the image; a lost track's last known box
+    confidence: float  # the last flow step's confidence (1.0 right after a grounding), 0 when predicted or lost
+    stamp_ns: int  # of the frame this describes
+    age_s: float  # since the grounding that last confirmed the track (frame time)
+    position: tuple[float, float, float] | None = None  # camera optical frame, metres; None = unknown
+    shape: Shape3D | None = None
+    mask: Mask | None = None
+
+
+@dataclass
+class _Track:
+    track_id: int
+    label: str
+    box: Box  # unclipped
+    state: TrackState
+    reason: str
+    confirmed_ns: int
+    seen_ns: int  # last frame the target was seen (flow or grounding)
+    confidence: float = 1.0
+    velocity: tuple[float, float] = (0.0, 0.0)  # box centre, pixels per second
+    mask_patch: np.ndarray | None = None  # (h, w) bool over the box, from the grounding's mask
+    gate: DepthGate | None = None
+    position: tuple[float, float, float] | None = None
+    shape: Shape3D | None = None
+    mask: Mask | None = None
+    misses: int = 0
+    history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
+    shown: bool = True  # its state has been in an update's output
+
+    def set_state(self, state: TrackState, reason: str) -> None:
+        self.state, self.reason, self.shown = state, reason, self.shown and state == self.state
+
+
+class Tracker:
+    """Follows grounded targets from frame to frame; ROS-free, single-threaded (one caller at a time)."""
+
+    def __init__(self, settings: TrackerSettings = TrackerSettings()):
+        self.settings = settings
+        self.tracks: list[_Track] = []
+        self.drops: Counter[str] = Counter()  # frames not used, by reason
+        self._next_id = 1
+        # the last frames with their grey images: [-1] is the previous frame of the next update; the older ones let
+        # a late grounding catch up with the present (flow from its frame to the newest)
+        self._recent: deque[tuple[Frame, np.ndarray]] = deque(maxlen=max(1, settings.catch_up_frames))
+        self._last_grounding_ns: int | None = None  # stamp of the frame of the last grounding asked for
+        self._last_stamp_ns: int | None = None
+        self._size: tuple[int, int] | None = None  # (width, height) of the last frame: output boxes are clipped to it
+
+    # --- frames -----------------------------------------------------------------------------------------------
+    def update(self, frame: Frame) -> list[TrackedTarget] | None:
+        """Move every track to this frame. None when the frame is not used (late: out of order); see `drops`."""
+        s = self.settings
+        stamp = frame.stamp_ns
+        size = (frame.width, frame.height)
+        if self._recent:
+            prev = self._recent[-1][0]
+            gap_ns = stamp - prev.stamp_ns
+            if gap_ns <= 0 and -gap_ns <= s.reorder_window_s * NS:
+                self.drops["out of order"] += 1
+                return None
+            if gap_ns <= 0:
+                self._lose_all(f"clock jumped back by {-gap_ns / NS:.2f} s")
+            elif gap_ns > s.max_frame_gap_s * NS:
+                self._lose_all(f"no frame for {gap_ns / NS:.2f} s (camera stopped or clock jump)")
+            elif size != (prev.width, prev.height):
+                self._lose_all(f"image size changed from {prev.width}x{prev.height} to {size[0]}x{size[1]}")
+        for track in self.tracks:  # a re-acquisition is shown in one update's output
+            if track.state == TrackState.RE_ACQUIRED and track.shown:
+                track.set_state(TrackState.TRACKING, track.reason)
+        gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)  # (H, W) uint8
+        if self._recent:
+            for track in self.tracks:
+                if track.state != TrackState.LOST:
+                    self._step(track, self._recent[-1], (frame, gray))
+        self._recent.append((frame, gray))
+        self._last_stamp_ns, self._size = stamp, size
+        self._forget(stamp)
+        tracked = self.snapshot()
+        for track in self.tracks:
+            track.shown = True
+        return tracked
+
+    def camera_stopped(self, silent_s: float) -> None:
+        """The caller saw no frame for `silent_s` seconds: every track not yet lost is lost, with that reason."""
+        self._lose_all(f"camera stopped: no frame for {silent_s:.2f} s")
+
+    def _lose_all(self, reason: str) -> None:
+        """Every track not yet lost is lost; the frames kept are dropped (nothing flows across the break)."""
+        self._recent.clear()
+        for track in self.tracks:
+            if track.state != TrackState.LOST:
+                track.set_state(TrackState.LOST, reason)
+                track.confidence = 0.0
+
+    def _forget(self, stamp: int) -> None:
+        self.tracks = [t for t in self.tracks
+                       if t.state != TrackState.LOST or stamp - t.seen_ns <= self.settings.forget_s * NS]
+
+    def _step(self, track: _Track, before: tuple[Frame, np.ndarray], after: tuple[Frame, np.ndarray]) -> None:
+        """Move one track from the frame `before` to the frame `after` (each with its grey image)."""
+        s = self.settings
+        (prev, prev_gray), (frame, gray) = before, after
+        stamp, dt = frame.stamp_ns, (frame.stamp_ns - prev.stamp_ns) / NS
+        width, height = frame.width, frame.height
+        feature_mask = self._feature_mask(track, width, height)
+        step = track_box(prev_gray, gray, track.box, s.flow, prev_depth=prev.depth, next_depth=frame.depth,
+                         gate=track.gate, feature_mask=feature_mask)
+        if step.box is None and feature_mask is not None:  # the mask may have drifted off the target: the whole box
+            step = track_box(prev_gray, gray, track.box, s.flow, prev_depth=prev.depth, next_depth=frame.depth,
+                             gate=track.gate)
+        if step.box is not None:
+            vx, vy = ((a - b) / dt for a, b in zip(step.box.center, track.box.center, strict=True))
+            if math.isfinite(vx) and math.isfinite(vy):
+                track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
+            recovered = track.state in (TrackState.PREDICTED, TrackState.LOST)
+            track.box, track.confidence, track.seen_ns = step.box, step.confidence, stamp
+            if recovered:
+                track.set_state(TrackState.RE_ACQUIRED, "found again by optical flow")
+            elif track.state != TrackState.RE_ACQUIRED:  # one not yet shown stays so for this update
+                track.set_state(TrackState.TRACKING, "")
+            if track.gate is not None and step.depth_m is not None:
+                track.gate = replace(track.gate, depth_m=step.depth_m)
+        else:
+            track.confidence = 0.0
+            if track.state != TrackState.PREDICTED:
+                track.set_state(TrackState.PREDICTED, f"flow failed: {step.reason}")
+            if stamp - track.seen_ns > s.predict_s * NS:
+                track.set_state(TrackState.LOST, f"not seen for {(stamp - track.seen_ns) / NS:.2f} s ({step.reason})")
+            else:
+                shift_x, shift_y = track.velocity[0] * dt, track.velocity[1] * dt
+                track.box = Box(track.box.x_min + shift_x, track.box.y_min + shift_y,
+                                track.box.x_max + shift_x, track.box.y_max + shift_y)
+        visible = track.box.clipped(width, height)
+        if track.state != TrackState.LOST and visible.area < s.min_visible_fraction * track.box.area:
+            track.set_state(TrackState.LOST, "left the image")
+            track.confidence = 0.0
+        if track.state != TrackState.LOST:
+            # a predicted target is not seen: its box region shows an occluder, so its 3-D position stays the last seen
+            self._locate(track, frame, measure=track.state != TrackState.PREDICTED)
+            track.history.append((stamp, track.box, track.position))
+
+    def _feature_mask(self, track: _Track, width: int, height: int) -> np.ndarray | None:
+        """(H, W) uint8 of the previous frame's target mask, eroded so that its border's background is left out."""
+        if track.mask is None:
+            return None
+        full = track.mask.full(width, height).astype(np.uint8)
+        return cv2.erode(full, np.ones((5, 5), np.uint8))
+
+    def _locate(self, track: _Track, frame: Frame, measure: bool) -> None:
+        """The track's mask (the grounding's, moved and scaled with the box) and, when `measure`, its 3-D geometry
+        in this frame."""
+        track.mask = _placed_mask(track.mask_patch, track.box, frame.width, frame.height)
+        if not measure:
+            return
+        if frame.depth is None or frame.intrinsics is None:
+            track.position = track.shape = None
+            return
+        kwargs = ({"mask": track.mask} if track.mask is not None
+                  else {"box": track.box.clipped(frame.width, frame.height)})
+        geometry = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), **kwargs)
+        track.position, track.shape = geometry.position, geometry.shape
+
+    # --- groundings -------------------------------------------------------------------------------------------
+    def needs_grounding(self, stamp_ns: int | None = None) -> str:
+        """Why a grounding is due now ("" = not due): none yet, the period elapsed, or a track predicted or lost."""
+        s = self.settings
+        stamp = self._last_stamp_ns if stamp_ns is None else stamp_ns
+        if stamp is None:
+            return ""
+        last = self._last_grounding_ns
+        if last is not None and 0 <= stamp - last < s.min_reground_interval_s * NS:
+            return ""
+        if last is None or not self.tracks:
+            return "first grounding" if last is None else "no target yet"
+        if stamp < last or stamp - last >= s.reground_period_s * NS:
+            return "period"
+        weak = [t for t in self.tracks if t.state in (TrackState.PREDICTED, TrackState.LOST)]
+        return f"track {weak[0].track_id} {weak[0].state.value}" if weak else ""
+
+    def grounding_started(self, stamp_ns: int) -> None:
+        """The caller asked the model for a grounding of the frame at `stamp_ns` (rate-limits needs_grounding)."""
+        self._last_grounding_ns = stamp_ns
+
+    def apply_grounding(self, targets: Sequence[Target], frame: Frame) -> list[TrackedTarget]:
+        """Merge a grounding of `frame` (which may be a few frames old): confirm, re-acquire or start tracks."""
+        s = self.settings
+        targets = self._distinct(sorted((t for t in targets if t.box is not None), key=lambda t: -t.score))
+        detections = [Candidate(t.label, t.box, t.position) for t in targets]
+        then = [self._at(track, frame.stamp_ns) for track in self.tracks]
+        found = associate([c for c, _ in then], detections, s.association)
+        for ti, di in found.matches:
+            track, was = self.tracks[ti], self.tracks[ti].state
+            self._restart(track, targets[di], frame, then[ti][1])
+            if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
+                continue
+            if was in (TrackState.PREDICTED, TrackState.LOST):
+                track.set_state(TrackState.RE_ACQUIRED, f"re-acquired by grounding (was {was.value})")
+            else:
+                track.set_state(TrackState.TRACKING, "confirmed by grounding")
+        for ti in found.unmatched_tracks:
+            track = self.tracks[ti]
+            if track.state == TrackState.LOST:
+                continue
+            track.misses += 1
+            if track.misses >= s.max_misses:
+                track.set_state(TrackState.LOST, f"not confirmed by {track.misses} groundings in a row")
+                track.confidence = 0.0
+        for di in found.unmatched_detections:
+            target = targets[di]
+            if any(c.box is not None and c.box.iou(target.box) >= s.duplicate_iou for c, _ in then):
+                self.drops["grounding on another track's box (label differs)"] += 1
+                continue
+            if len(self.tracks) >= s.max_targets:
+                self.drops["grounding beyond max_targets"] += 1
+                continue
+            track = _Track(self._next_id, target.label, target.box, TrackState.TRACKING, "new grounding",
+                           confirmed_ns=frame.stamp_ns, seen_ns=frame.stamp_ns)
+            self._next_id += 1
+            self._restart(track, target, frame, (0.0, 0.0))
+            self.tracks.append(track)
+        return self.snapshot()
+
+    def _distinct(self, targets: list[Target]) -> list[Target]:
+        """The targets without repeats: one overlapping a better-scored one of its label by duplicate_iou is dropped."""
+        kept: list[Target] = []
+        for target in targets:
+            if any(same_label(k.label, target.label) and k.box.iou(target.box) >= self.settings.duplicate_iou
+                   for k in kept):
+                self.drops["repeated grounding"] += 1
+            else:
+                kept.append(target)
+        return kept
+
+    def _at(self, track: _Track, stamp_ns: int) -> tuple[Candidate, tuple[float, float]]:
+        """The track as it was at stamp_ns (from its history) and its box centre's shift since then."""
+        if track.state == TrackState.LOST:
+            return Candidate(track.label, None, track.position, lost=True), (0.0, 0.0)
+        box, position = track.box, track.position
+        for stamp, old_box, old_position in reversed(track.history):
+            if stamp <= stamp_ns:
+                box, position = old_box, old_position
+                break
+        shift = (track.box.center[0] - box.center[0], track.box.center[1] - box.center[1])
+        return Candidate(track.label, box, position), shift
+
+    def _restart(self, track: _Track, target: Target, frame: Frame, shift: tuple[float, float]) -> None:
+        """Take the grounding's box, mask, depth gate and 3-D position, as of its frame, then bring the track to the
+        newest frame: by the flow through the frames kept since (catch-up), else (its frame is no longer kept) by
+        `shift`, how far the track moved since that frame."""
+        track.box, track.confidence, track.misses = target.box, 1.0, 0
+        track.confirmed_ns = track.seen_ns = frame.stamp_ns
+        track.velocity = track.velocity if track.state == TrackState.TRACKING else (0.0, 0.0)
+        track.mask_patch = _box_patch(target.mask, target.box) if target.mask is not None else None
+        track.gate = self._gate(target, frame)
+        track.position, track.shape = target.position, target.shape
+        track.mask = _placed_mask(track.mask_patch, target.box, frame.width, frame.height)
+        track.set_state(TrackState.TRACKING, "")
+        track.history.clear()
+        track.history.append((frame.stamp_ns, target.box, track.position))
+        stamps = [f.stamp_ns for f, _ in self._recent]
+        if frame.stamp_ns in stamps:
+            start = stamps.index(frame.stamp_ns)
+            for j in range(start + 1, len(self._recent)):
+                self._step(track, self._recent[j - 1], self._recent[j])
+                if track.state == TrackState.LOST:
+                    break
+        elif shift != (0.0, 0.0):
+            b = target.box
+            track.box = Box(b.x_min + shift[0], b.y_min + shift[1], b.x_max + shift[0], b.y_max + shift[1])
+
+    def _gate(self, target: Target, frame: Frame) -> DepthGate | None:
+        """The target's surface depth (median under its mask, else its 3-D position) and spread, for the flow."""
+        if frame.depth is None or target.position is None:
+            return None
+        depth_m, spread = target.position[2], 0.0
+        if target.shape is not None:
+            spread = target.shape.extent_max[2] - target.shape.extent_min[2]
+        return DepthGate(depth_m, max(self.settings.depth_tolerance_m, spread))
+
+    # --- output -----------------------------------------------------------------------------------------------
+    def snapshot(self) -> list[TrackedTarget]:
+        """Every track as of the last frame."""
+        stamp = self._last_stamp_ns or 0
+        return [TrackedTarget(t.track_id, t.label, t.state, t.reason,
+                              t.box.clipped(*self._size) if self._size is not None else t.box, t.confidence, stamp,
+                              max(0.0, (stamp - t.confirmed_ns) / NS), t.position, t.shape, t.mask)
+                for t in self.tracks]
+
+
+def _box_patch(mask: Mask, box: Box) -> np.ndarray:
+    """The mask's pixels over the box's pixel grid, (h, w) bool (outside the mask's patch: False)."""
+    x0, y0 = int(box.x_min), int(box.y_min)
+    w, h = max(1, int(math.ceil(box.x_max)) - x0), max(1, int(math.ceil(box.y_max)) - y0)
+    patch = np.zeros((h, w), bool)
+    dx, dy = mask.x0 - x0, mask.y0 - y0
+    src = mask.data
+    ys, xs = slice(max(0, -dy), min(src.shape[0], h - dy)), slice(max(0, -dx), min(src.shape[1], w - dx))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        patch[ys.start + dy:ys.stop + dy, xs.start + dx:xs.stop + dx] = src[ys, xs]
+    return patch
+
+
+def _placed_mask(patch: np.ndarray | None, box: Box, width: int, height: int) -> Mask | None:
+    """`patch` scaled to `box` and clipped to the image; None when there is no patch or nothing of it is inside."""
+    if patch is None:
+        return None
+    x0, y0 = int(round(box.x_min)), int(round(box.y_min))
+    w, h = max(1, int(round(box.width))), max(1, int(round(box.height)))
+    scaled = cv2.resize(patch.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)  # (h, w)
+    cx0, cy0 = max(0, x0), max(0, y0)
+    cx1, cy1 = min(width, x0 + w), min(height, y0 + h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    return Mask(cx0, cy0, np.ascontiguousarray(scaled[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]), "tracked")
