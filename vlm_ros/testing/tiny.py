@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -12,6 +13,22 @@ WORDS = (
     "describe find locate show me point to it this that yes no one two three four five six small large "
     "object objects image picture photo , . ? : ! user assistant answer question"
 ).split()
+
+
+def save_as_released(model, processor, path: str | Path, processor_class: str = "") -> Path:
+    """save_pretrained both; with `processor_class`, the saved files name that stock processor class, as a released
+    checkpoint's do (the image-only subclass the adapter loads with is a loading detail)."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        file = path / name
+        if processor_class and file.is_file():
+            data = json.loads(file.read_text())
+            if "processor_class" in data:
+                data["processor_class"] = processor_class
+                file.write_text(json.dumps(data, indent=2) + "\n")
+    return path
 
 
 def build_tokenizer(extra_special: list[str], extra_words: list[str] = (), bos="<s>", eos="</s>", pad="<pad>"):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vlm_ros.testing.tiny import build_tokenizer, seeded
+from vlm_ros.testing.tiny import build_tokenizer, save_as_released, seeded
 
 TILE = 32  # vision tile side (real SmolVLM: 512 / 384)
 PATCH = 4  # -> 8x8 patches per tile
@@ -71,14 +70,4 @@ def build_tiny_idefics3(path: str | Path, seed: int = 0, model_type: str = "idef
     model = Model(config).eval()
     model.generation_config.eos_token_id = [eou, tokenizer.eos_token_id]  # SmolVLM ends a turn with <end_of_utterance>
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        file = path / name
-        if file.is_file():
-            data = json.loads(file.read_text())
-            if "processor_class" in data:  # name the stock class, as a released checkpoint does
-                data["processor_class"] = processor_class
-                file.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return save_as_released(model, processor, path, processor_class)

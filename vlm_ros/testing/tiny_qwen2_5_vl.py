@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vlm_ros.testing.tiny import build_tokenizer, seeded
+from vlm_ros.testing.tiny import build_tokenizer, save_as_released, seeded
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 EXTRA_WORDS = ["locate", "every", "output", "bbox", "coordinates", "json", "format", "system", "you", "helpful",
@@ -47,20 +46,10 @@ def vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
 
 def save_like_released(model, processor, ids: dict[str, int], path: str | Path, processor_class: str) -> Path:
     """Save model and processor as a released Qwen VL checkpoint is: generation stops at <|im_end|> or
-    <|endoftext|>, and the files name the stock processor class (the image-only class is a loading detail)."""
+    <|endoftext|>, and the files name the stock processor class."""
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        file = path / name
-        if file.is_file():
-            data = json.loads(file.read_text())
-            if "processor_class" in data:
-                data["processor_class"] = processor_class
-                file.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return save_as_released(model, processor, path, processor_class)
 
 
 def build_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
