@@ -379,6 +379,7 @@ class Admission:
     margin: int
     fits: bool
     suggestions: tuple[str, ...] = field(default=())
+    device: str = "cpu"  # as configured (cuda:N names the GPU whose memory counts)
 
     def message(self) -> str:
         e, a = self.estimate, self.available
@@ -415,18 +416,20 @@ def smaller_settings(model_dir: str | Path, base: MemoryEstimate, budget: int) -
     return out
 
 
-def admit(model_dir: str | Path, estimate_: MemoryEstimate, available: Available, margin_bytes: int) -> Admission:
+def admit(model_dir: str | Path, estimate_: MemoryEstimate, available: Available, margin_bytes: int,
+          device: str = "cpu") -> Admission:
     """Whether the estimate plus the margin fits what is available; with suggestions when not."""
     budget = available.bytes - margin_bytes
     fits = estimate_.total <= budget
     suggestions = () if fits else tuple(smaller_settings(model_dir, estimate_, budget))
-    return Admission(estimate_, available, margin_bytes, fits, suggestions)
+    return Admission(estimate_, available, margin_bytes, fits, suggestions, device)
 
 
 def check_fits(model_dir: str | Path, *, margin_mb: float, **settings) -> Admission:
     """Estimate, compare with what this machine has, raise MemoryAdmissionError when it does not fit."""
     est = estimate(model_dir, **settings)
-    admission = admit(model_dir, est, available_bytes(est.device), int(margin_mb * MiB))
+    device = settings.get("device", "cpu")  # the estimate keeps only cpu | cuda; the index says which GPU
+    admission = admit(model_dir, est, available_bytes(device), int(margin_mb * MiB), device)
     if not admission.fits:
         raise MemoryAdmissionError(admission.message())
     return admission
@@ -463,7 +466,7 @@ def diagnostic_values(admission: Admission | None) -> dict[str, str]:
     if admission.estimate.device == "cuda" and not is_jetson():
         import torch
 
-        actual = torch.cuda.max_memory_allocated() / MiB
+        actual = torch.cuda.max_memory_allocated(torch.device(admission.device)) / MiB
     else:
         with open("/proc/self/statm") as f:
             actual = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB

@@ -111,6 +111,23 @@ def test_available_override_is_read_and_check_fits_raises(monkeypatch):
     assert available_bytes("cpu").bytes > 0  # MemAvailable
 
 
+def test_admission_reads_the_configured_gpus_free_memory(monkeypatch):
+    """cuda:1 is GPU 1's free memory, not the current device's (the estimate itself keeps only cpu | cuda)."""
+    free = {0: 64 * 1024 * MiB, 1: 100 * MiB}  # GPU 0 has room, GPU 1 has not
+    asked = []
+
+    def mem_get_info(device):
+        asked.append(device)
+        return free[device.index if device.index is not None else 0], 80 * 1024 * MiB
+
+    monkeypatch.delenv(AVAILABLE_OVERRIDE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert check_fits("", margin_mb=0, device="cuda:0").fits
+    with pytest.raises(MemoryAdmissionError, match="available 100 MiB \\(CUDA free memory on cuda:1\\)"):
+        check_fits("", margin_mb=0, device="cuda:1")
+    assert [d.index for d in asked] == [0, 1]
+
+
 def test_int8_linear_computes_with_its_dequantized_weight():
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
