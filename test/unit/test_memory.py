@@ -131,7 +131,7 @@ def test_admission_reads_the_configured_gpus_free_memory(monkeypatch):
 def test_int8_linear_computes_with_its_dequantized_weight():
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
-    q = Int8Linear(linear)
+    q = Int8Linear.quantize(linear)
     for rows in (1, 15, 64):  # the int8 kernel (bf16 activations) below PREFILL_ROWS, the dequantised weight above
         x = torch.randn(rows, 96)
         expected = torch.nn.functional.linear(x, q.dequantized(), linear.bias)
@@ -166,7 +166,10 @@ def test_int8_embedded_model_keeps_greedy_tokens_and_halves_decoder_weights():
     assert equal >= 18, f"int8 greedy tokens equal fp32's on {equal}/20 questions"
 
 
-def test_torch_engine_on_int8_weights_equals_generate_through_the_sliced_step():
+@pytest.mark.parametrize("form", ["numpy", "sliced"])
+def test_torch_engine_on_int8_weights_equals_generate(form):
+    """The lean decoder's numpy step (the CPU default) and its sliced torch step on int8 layers give generate()'s
+    greedy tokens (generate runs the model's own forward through the same Int8Linear layers)."""
     from vlm_ros.core.types import Frame, Request, Task
     from vlm_ros.engine import TorchEngine
 
@@ -174,9 +177,9 @@ def test_torch_engine_on_int8_weights_equals_generate_through_the_sliced_step():
     quantize_decoder_int8(adapter.model)
     image = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
     inputs = adapter.prepare(Frame(image, 1), Request(Task.DESCRIBE, "", max_new_tokens=16))
-    engine = TorchEngine(adapter)
+    engine = TorchEngine(adapter, decode_form=None if form == "numpy" else form)
     result = engine.generate(inputs, 16)
-    assert engine._lean is not None and engine._lean.form == "sliced"  # the numpy step needs plain fp32 Linear
+    assert engine._lean is not None and engine._lean.form == form
     with torch.inference_mode():
         out = adapter.model.generate(**inputs.tensors, max_new_tokens=16, do_sample=False)
     expected = [t for t in out[0, inputs.prompt_length:].tolist() if t not in adapter.eos_token_ids]

@@ -144,7 +144,7 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
         int8_engine = TorchEngine(quantized)
         if enter("engine int8", _engine_runner(int8_engine, inputs), decoder_weight_bytes=int8_bytes(quantized.model),
                  decoder_weight_bytes_unquantized=int8_bytes(adapter.model)):
-            lean = int8_engine._lean  # int8 layers are not plain nn.Linear: the lean step's sliced torch form
+            lean = int8_engine._lean
             results["engine int8"]["decode_form"] = lean.form if lean is not None else "model forward"
     directory = tempfile.mkdtemp(prefix="vlm_ros_bench_onnx_") if onnx else None
     if directory is not None:  # the same model exported to ONNX, on onnxruntime (the `onnxruntime` backend)
