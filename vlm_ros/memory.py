@@ -257,15 +257,26 @@ def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: 
     return geometry.images * (per_image * dtype_bytes + pixels * (4 + dtype_bytes))
 
 
+def is_encoder_decoder(text: dict) -> bool:
+    """A BART-style text model (Florence-2): an encoder over image + prompt tokens and a decoder that attends to it."""
+    return "decoder_layers" in text and "d_model" in text
+
+
 def decoder_activation_bytes(text: dict, prompt_tokens: int, dtype_bytes: int) -> int:
-    """Peak activations of the prefill over the prompt (one layer at a time; logits of the last position only)."""
-    hidden = int(text.get("hidden_size", 768))
-    inter = int(text.get("intermediate_size", 4 * hidden))
+    """Peak activations of the prefill over the prompt (an encoder-decoder's encoder pass; one layer at a time;
+    logits of the last position only)."""
+    hidden = int(text.get("hidden_size") or text.get("d_model", 768))
+    inter = int(text.get("intermediate_size") or text.get("encoder_ffn_dim", 4 * hidden))
     return prompt_tokens * (5 * hidden + 2 * inter) * dtype_bytes + int(text.get("vocab_size", 0)) * 4
 
 
-def kv_cache_bytes(text: dict, tokens: int, dtype_bytes: int) -> int:
-    """layers x 2 (K and V) x KV heads x head dim x tokens x bytes."""
+def kv_cache_bytes(text: dict, tokens: int, dtype_bytes: int, encoder_tokens: int = 0) -> int:
+    """layers x 2 (K and V) x KV heads x head dim x tokens x bytes. An encoder-decoder's decoder layers hold this
+    for their self-attention over `tokens` and for their cross-attention over the `encoder_tokens`."""
+    if is_encoder_decoder(text):
+        heads = int(text.get("decoder_attention_heads", 1))
+        layers, head_dim = int(text["decoder_layers"]), int(text["d_model"]) // heads
+        return layers * 2 * heads * head_dim * (tokens + encoder_tokens) * dtype_bytes
     heads = int(text.get("num_attention_heads", 1))
     kv_heads = int(text.get("num_key_value_heads") or heads)
     head_dim = int(text.get("head_dim") or int(text.get("hidden_size", 0)) // heads)
@@ -301,13 +312,19 @@ def estimate(model_dir: str | Path = "", *, dtype: str = "auto", device: str = "
     text = _text_config(config)
     geometry = image_geometry(family if family != "embedded" else "llava", config, _processor_config(path),
                               *image_size)
-    buffer_tokens = kv_buffer_tokens(max_tokens)
-    prompt_tokens = min(geometry.tokens + 64, max_tokens)  # image tokens and a short instruction
-    # the prefill's own cache (prompt) exists beside the engine's buffer, which it is copied into
-    kv = kv_cache_bytes(text, buffer_tokens + prompt_tokens, size)
-    if buffer_tokens != max_tokens:
-        notes.append(f"KV cache: the torch engine's buffer is {buffer_tokens} tokens for a context of {max_tokens} "
-                     "(a power of two, at least 512), plus the prefill's cache of the prompt")
+    if is_encoder_decoder(text):  # generate() with a growing cache: the answer's tokens + the encoder's, per layer
+        prompt_tokens = geometry.tokens + 64  # image tokens and the task prompt, the encoder's input
+        kv = kv_cache_bytes(text, max_tokens, size, encoder_tokens=prompt_tokens)
+        notes.append(f"KV cache: encoder-decoder: decoder self-attention over {max_tokens} tokens and cross-attention "
+                     f"over {prompt_tokens} encoder tokens")
+    else:
+        buffer_tokens = kv_buffer_tokens(max_tokens)
+        prompt_tokens = min(geometry.tokens + 64, max_tokens)  # image tokens and a short instruction
+        # the prefill's own cache (prompt) exists beside the engine's buffer, which it is copied into
+        kv = kv_cache_bytes(text, buffer_tokens + prompt_tokens, size)
+        if buffer_tokens != max_tokens:
+            notes.append(f"KV cache: the torch engine's buffer is {buffer_tokens} tokens for a context of {max_tokens} "
+                         "(a power of two, at least 512), plus the prefill's cache of the prompt")
     return MemoryEstimate(
         model_dir=str(path), family=family, device=device, dtype=dtype, quantize=quantize, max_tokens=max_tokens,
         image_size=tuple(image_size), weights=weight_bytes(tensors, dtype, quantize), kv_cache=kv,

@@ -74,6 +74,33 @@ def test_kv_estimate_equals_the_engines_kv_buffers():
     assert kv_cache_bytes(adapter.model.config.text_config.to_dict(), tokens, 4) == decoder.k.nbytes + decoder.v.nbytes
 
 
+def test_encoder_decoder_kv_estimate_equals_generates_self_and_cross_attention_cache(tmp_path):
+    """Florence-2 (BART): the decoder's self-attention K/V over the answer and cross-attention K/V over the
+    encoder's tokens, in every decoder layer."""
+    from transformers import Florence2ForConditionalGeneration, Florence2Processor
+
+    from vlm_ros.testing.tiny_florence2 import build_tiny_florence2
+
+    path = build_tiny_florence2(tmp_path / "florence2")
+    model = Florence2ForConditionalGeneration.from_pretrained(path, local_files_only=True).eval()
+    processor = Florence2Processor.from_pretrained(path, local_files_only=True)
+    inputs = processor(images=np.zeros((32, 32, 3), np.uint8), text="<OD>", return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                             return_dict_in_generate=True)
+    cache = out.past_key_values
+    measured = {name: sum(layer.keys.nbytes + layer.values.nbytes for layer in part.layers)
+                for name, part in (("self", cache.self_attention_cache), ("cross", cache.cross_attention_cache))}
+    decoder_tokens = cache.self_attention_cache.get_seq_length()
+    encoder_tokens = cache.cross_attention_cache.get_seq_length()
+    text = json.loads((path / "config.json").read_text())["text_config"]
+    assert measured["self"] > 0 and measured["cross"] > 0 and encoder_tokens > 17  # image tokens and the prompt
+    assert kv_cache_bytes(text, decoder_tokens, 4) == measured["self"]
+    assert kv_cache_bytes(text, decoder_tokens, 4, encoder_tokens=encoder_tokens) == sum(measured.values())
+    est = estimate(path, max_tokens=256)
+    assert est.kv_cache == kv_cache_bytes(text, 256, 4, encoder_tokens=est.image.tokens + 64)
+
+
 def test_image_token_counts_match_the_released_processors_at_640x480():
     qwen = FACTS["Qwen2.5-VL-3B-Instruct"]
     geometry = image_geometry("qwen2_5_vl", {"vision_config": {"spatial_merge_size": 2}},
