@@ -241,12 +241,16 @@ def image_geometry(family: str, config: dict, processor: dict, height: int, widt
     return ImageGeometry(1, patches + (1 if vision.get("model_type", "").startswith("clip") else 0), tokens)
 
 
-def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: int) -> int:
+def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: int, family: str = "") -> int:
     """Peak activations of one vision-encoder forward (inference: one layer's tensors live at a time).
 
     Per encoder image: the residual stream, q/k/v and the attention output (5 x hidden), the MLP's intermediate
     twice (input and activation) and one head's attention scores at a time are alive together (sdpa on CPU);
-    beside them the processor's float32 pixels and their copy in the model's dtype.
+    beside them the processor's float32 pixels and their copy in the model's dtype. Idefics3 (SmolVLM) also holds
+    its int64 pixel mask and copies of the mask and of the pixels (transformers' get_image_features drops padding
+    tiles by indexing, which copies both): 16 + dtype bytes more per pixel, 13 tiles at 640x480. Florence-2's DaViT
+    works in stages of falling resolution and rising width: its peak is the largest stage's (the first: 192 x 192
+    tokens of 128 channels on a 768-px image), not the last stage's patches.
     """
     vision = _vision_config(config)
     hidden = _per_stage(vision.get("hidden_size", vision.get("embed_dim", 768)), max)
@@ -254,7 +258,13 @@ def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: 
     p = geometry.patches
     pixels = p * _per_stage(vision.get("patch_size", 14), min) ** 2 * 3 * int(vision.get("temporal_patch_size", 1))
     per_image = p * (5 * hidden + 2 * inter) + p * p
-    return geometry.images * (per_image * dtype_bytes + pixels * (4 + dtype_bytes))
+    if family == "florence2":  # per stage: tokens x (5 x width + 2 x MLP width); windowed attention scores are small
+        side, ratio, per_image = 768, float(vision.get("mlp_ratio", 4.0)), 0
+        for width, stride in zip(vision.get("embed_dim", ()), vision.get("patch_stride", ()), strict=True):
+            side //= int(stride)
+            per_image = max(per_image, side * side * (5 * int(width) + 2 * int(ratio * width)))
+    pixel_bytes = pixels * (4 + dtype_bytes) + ((pixels // 3) * 2 * 8 + pixels * dtype_bytes if family == "idefics3" else 0)
+    return geometry.images * (per_image * dtype_bytes + pixel_bytes)
 
 
 def is_encoder_decoder(text: dict) -> bool:
@@ -328,7 +338,7 @@ def estimate(model_dir: str | Path = "", *, dtype: str = "auto", device: str = "
     return MemoryEstimate(
         model_dir=str(path), family=family, device=device, dtype=dtype, quantize=quantize, max_tokens=max_tokens,
         image_size=tuple(image_size), weights=weight_bytes(tensors, dtype, quantize), kv_cache=kv,
-        vision_activations=vision_activation_bytes(config, geometry, size),
+        vision_activations=vision_activation_bytes(config, geometry, size, family),
         decoder_activations=decoder_activation_bytes(text, prompt_tokens, size),
         runtime_overhead=RUNTIME_OVERHEAD[device], image=geometry,
         loading_weights=weight_bytes(tensors, dtype) if quantize != "none" else 0, notes=tuple(notes))
