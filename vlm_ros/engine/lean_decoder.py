@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlm_ros.memory import release_free_memory
 from vlm_ros.models.base import language_model
 from vlm_ros.quantize import KERNEL_DTYPE, Int8Linear
 
@@ -70,6 +71,7 @@ class LeanDecoder:
             self._qkv.append(_fuse_rows((attn.q_proj, attn.k_proj, attn.v_proj)))
             gated = hasattr(mlp, "gate_proj") and hasattr(mlp, "act_fn")
             self._gate_up.append(_fuse_rows((mlp.gate_proj, mlp.up_proj)) if gated else None)
+        release_free_memory()  # the unfused weights' heap pages (int8 buffers are small enough to live on the heap)
         numpy_ok = not p.is_cuda and p.dtype == torch.float32 and _NumpyStep.supports(self)
         if form is None:
             form = "static" if p.is_cuda else "numpy" if numpy_ok else "sliced"
