@@ -15,8 +15,8 @@ Three forms of the step:
 - static (CUDA default): fixed shapes, the position is a device tensor and a mask hides the unused tail, so
   the whole step is captured once in a CUDA graph and replayed per token (small models are launch-bound).
 Every form runs one matrix product for q, k and v together and one for gate and up (the model's own modules,
-plain or int8, then hold row slices of the fused weights, so no memory is added), and attends with each KV head's group of
-query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
+plain or int8, then hold row slices of the fused weights, so no memory is added), and attends with each KV head's
+group of query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
 """
 
 from __future__ import annotations
@@ -264,9 +264,10 @@ class _NumpyStep:
     them: with more than one torch thread they go through torch, whose BLAS splits a product over the cores
     (numpy's OpenBLAS did not on the 2-core CPU; docs/performance.md), with one thread through numpy. More
     threads help only while their cores are free, which is why the node defaults to one (`cpu_threads`).
-    Int8 layers (vlm_ros/quantize.py) multiply with torch's int8 kernel on a bf16 copy of the vector: a quarter of
-    the bytes to read, which is what makes their step faster than float32's (the embedded model, one thread on
-    the loaded 2-core CPU: 789 vs 584 tok/s, same run), although the kernel alone, on one hot layer, is not.
+    Int8 layers (vlm_ros/quantize.py) multiply with torch's int8 kernel on a bf16 copy of the vector. Their step is
+    faster than float32's (the embedded model, one thread on the loaded 2-core CPU: 789 vs 584 tok/s, same run)
+    although the kernel alone, on one layer in a tight loop, is not: probably because it reads a quarter of the
+    bytes while all layers' weights pass through the caches.
     Run the model from one thread: torch's OpenMP keeps a thread team per calling thread, and once two threads
     have run parallel work on a small machine, every parallel region waits on sleeping threads (a 20-token
     query on the 2-core CPU: 42 ms, then 415 ms from a second thread). The node uses one worker thread.
