@@ -33,6 +33,9 @@ from vlm_ros.quantize import KERNEL_DTYPE, Int8Linear
 
 _SUPPORTED_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen2_5_VLDecoderLayer", "MistralDecoderLayer"}
 FORMS = ("numpy", "sliced", "static")
+# The numpy step's matrix-vector products of at least this many weights go through torch even with one thread:
+# numpy's was slower there (one thread, a 0.5B-class decoder's 151936 x 896 lm_head and 4864-wide MLP).
+TORCH_PRODUCT_NUMEL = 1 << 20
 
 
 class LeanDecoder:
@@ -287,7 +290,7 @@ class _NumpyStep:
                     x_in.copy_(torch.from_numpy(x))
                     return torch._weight_int8pack_mm(x_in, w, scale)[0].float().numpy()
                 return int8 if b is None else lambda x: int8(x) + b
-            if threaded:
+            if threaded or layer.weight.numel() >= TORCH_PRODUCT_NUMEL:
                 w = layer.weight.detach()
                 if b is None:
                     return lambda x: torch.mv(w, torch.from_numpy(x)).numpy()
