@@ -2,7 +2,7 @@
 
 `estimate(model_dir, ...)` reads only config.json, the processor configs and the safetensors headers (shapes
 and dtypes; no tensor is loaded): weights at the chosen dtype (decoder linear layers at one byte plus a scale
-per row with `quantize="int8"`), the KV cache for the context, the vision encoder's activations for the camera
+per row with `quantize="int8"`, half a byte plus a scale and zero per group with "int4"), the KV cache for the context, the vision encoder's activations for the camera
 frame size, the decoder's prefill activations, and the runtime's own memory (a per-backend constant, measured).
 `available_bytes(device)` is CUDA free memory on a discrete GPU, MemAvailable on Jetson (one memory for CPU and
 GPU) and on the CPU. `admit(...)` compares both and, when the model does not fit, names the settings that would.
@@ -27,8 +27,9 @@ MiB = 2**20
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-QUANTIZE_CHOICES = ("none", "int8")
+QUANTIZE_CHOICES = ("none", "int8", "int4")
 INT8_SCALE_BYTES = 2  # one bfloat16 scale per output row (vlm_ros/quantize.py)
+INT4_GROUPS = (128, 64, 32)  # int4: a bf16 scale and zero per group of this many inputs (the largest that divides)
 
 # The runtime's own memory: RSS of a process that imported torch, transformers and vlm_ros, loaded the embedded
 # model (17.6 MB of weights) and answered one query, minus those weights and its KV cache. Measured on the
@@ -100,7 +101,8 @@ class MemoryEstimate:
 
     def rows(self) -> list[tuple[str, int]]:
         """(what, bytes) for a table."""
-        return [(f"weights ({self.dtype}{', int8 decoder linears' if self.quantize == 'int8' else ''})", self.weights),
+        packed = f", {self.quantize} decoder linears" if self.quantize != "none" else ""
+        return [(f"weights ({self.dtype}{packed})", self.weights),
                 (f"KV cache ({self.max_tokens} tokens)", self.kv_cache),
                 (f"vision activations ({self.image.images} x {self.image.patches} patches, {self.image.tokens} "
                  f"image tokens, frame {self.image_size[1]}x{self.image_size[0]})", self.vision_activations),
@@ -108,7 +110,7 @@ class MemoryEstimate:
                 (f"runtime overhead ({self.device}{'' if OVERHEAD_MEASURED[self.device] else ', not measured'})",
                  self.runtime_overhead),
                 *([("running (the sum above)", self.running),
-                   (f"loading peak (weights at {self.dtype} before int8 packing + runtime)", self.loading)]
+                   (f"loading peak (weights at {self.dtype} before {self.quantize} packing + runtime)", self.loading)]
                   if self.loading_weights else []),
                 ("total (the larger of running and loading)" if self.loading_weights else "total", self.total)]
 
@@ -173,6 +175,9 @@ def weight_bytes(tensors: list[TensorInfo], dtype: str, quantize: str = "none") 
     for t in tensors:
         if quantize == "int8" and is_decoder_linear(t):
             total += t.numel + t.shape[0] * INT8_SCALE_BYTES
+        elif quantize == "int4" and is_decoder_linear(t):
+            group = next((g for g in INT4_GROUPS if t.shape[1] % g == 0), t.shape[1])
+            total += t.numel // 2 + (t.numel // group) * 2 * 2
         elif t.dtype.startswith(("F", "BF")):
             total += t.numel * DTYPE_BYTES[dtype]
         else:

@@ -24,7 +24,7 @@ from vlm_ros.memory import (
     kv_cache_bytes,
 )
 from vlm_ros.models.registry import load_adapter
-from vlm_ros.quantize import Int8Linear, decoder_weight_bytes, quantize_decoder_int8
+from vlm_ros.quantize import Int4Linear, Int8Linear, decoder_weight_bytes, quantize_decoder
 
 FACTS = json.loads((Path(__file__).parent / "released_checkpoints.json").read_text())
 
@@ -41,7 +41,8 @@ def unique_bytes(tensors) -> int:
 def persistent_bytes(model: torch.nn.Module) -> int:
     """Parameters and saved buffers (int8 weights, scales), each tensor once; not rotary tables."""
     return unique_bytes([*model.parameters(), *(b for name, b in model.named_buffers()
-                                                 if name.rsplit(".", 1)[-1] in ("weight_int8", "scale"))])
+                                                 if name.rsplit(".", 1)[-1] in ("weight_int8", "scale", "packed",
+                                                                                  "scale_zero"))])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -53,11 +54,12 @@ def test_weight_estimate_equals_the_loaded_models_parameter_bytes(tmp_path, dtyp
         assert estimate(model_dir, dtype=dtype).weights == persistent_bytes(adapter.model)
 
 
-def test_int8_weight_estimate_equals_the_quantized_models_bytes():
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_weight_estimate_equals_the_quantized_models_bytes(mode):
     adapter = load_adapter("")
-    layers = quantize_decoder_int8(adapter.model)
+    layers = quantize_decoder(adapter.model, mode)
     assert layers == 6 * 7  # q, k, v, o, gate, up, down in each of the embedded model's 6 layers
-    packed = estimate("", dtype="float32", quantize="int8")
+    packed = estimate("", dtype="float32", quantize=mode)
     assert packed.weights == persistent_bytes(adapter.model)
     # loading holds the float32 weights before they are packed: the peak is the larger of loading and running
     assert packed.loading_weights == estimate("", dtype="float32").weights
@@ -155,6 +157,22 @@ def test_admission_reads_the_configured_gpus_free_memory(monkeypatch):
     assert [d.index for d in asked] == [0, 1]
 
 
+def test_int4_linear_computes_with_its_dequantized_weight():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(192, 48)
+    q = Int4Linear.quantize(linear)
+    assert q.group == 64 and q.packed.numel() == 48 * 192 // 2  # 192 inputs: groups of 64, two weights a byte
+    x = torch.randn(5, 192)
+    expected = torch.nn.functional.linear(x, q.dequantized(), linear.bias)
+    assert q(x[None]).shape == (1, 5, 48) and q(x).dtype == torch.float32
+    assert torch.allclose(q(x), expected, atol=0.02, rtol=0.02)
+    groups = linear.weight.detach().reshape(48, 3, 64)
+    half_step = ((groups.amax(-1) - groups.amin(-1)) / 30).repeat_interleave(64, dim=1)  # (48, 192)
+    assert ((q.dequantized() - linear.weight).abs() <= half_step * 1.05 + 1e-3).all()  # bf16 scale and zero
+    with pytest.raises(ValueError, match="int4"):
+        Int4Linear.quantize(torch.nn.Linear(100, 48))  # inputs not divisible by a group size
+
+
 def test_int8_linear_computes_with_its_dequantized_weight():
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
@@ -167,7 +185,10 @@ def test_int8_linear_computes_with_its_dequantized_weight():
     assert (q.dequantized() - linear.weight).abs().max() <= linear.weight.abs().max() / 127  # half a step per row
 
 
-def test_int8_embedded_model_keeps_greedy_tokens_and_halves_decoder_weights():
+@pytest.mark.parametrize(("mode", "weight_share"), [("int8", 0.55), ("int4", 0.30)])
+def test_quantized_embedded_model_keeps_greedy_tokens_and_shrinks_decoder_weights(mode, weight_share):
+    """int8: the issue's targets (<= 55% of bf16's decoder bytes, >= 90% equal greedy answers); int4: the same
+    share of answers and its measured 29.6% of bf16's bytes."""
     from vlm_ros.embedded.model import load
     from vlm_ros.embedded.prompt import build_prompt
     from vlm_ros.embedded.scenes import render_scene
@@ -176,8 +197,8 @@ def test_int8_embedded_model_keeps_greedy_tokens_and_halves_decoder_weights():
 
     model, processor = load()
     quantized = copy.deepcopy(model)
-    quantize_decoder_int8(quantized)
-    assert decoder_weight_bytes(quantized) <= 0.55 * decoder_weight_bytes(copy.deepcopy(model).to(torch.bfloat16))
+    quantize_decoder(quantized, mode)
+    assert decoder_weight_bytes(quantized) <= weight_share * decoder_weight_bytes(copy.deepcopy(model).to(torch.bfloat16))
     rng, equal = np.random.default_rng(7), 0
     for i in range(20):  # held-out scenes, one question kind after another
         scene = render_scene(EVAL_SEED_START + 500 + i)
@@ -190,21 +211,21 @@ def test_int8_embedded_model_keeps_greedy_tokens_and_halves_decoder_weights():
             a = model.generate(**inputs, max_new_tokens=64, do_sample=False)
             b = quantized.generate(**inputs, max_new_tokens=64, do_sample=False)
         equal += a.tolist() == b.tolist()
-    assert equal >= 18, f"int8 greedy tokens equal fp32's on {equal}/20 questions"
+    assert equal >= 18, f"{mode} greedy tokens equal fp32's on {equal}/20 questions"
 
 
-@pytest.mark.parametrize("form", ["numpy", "sliced"])
-def test_torch_engine_on_int8_weights_equals_generate(form):
-    """The lean decoder's numpy step (the CPU default) and its sliced torch step on int8 layers give generate()'s
-    greedy tokens (generate runs the model's own forward through the same Int8Linear layers)."""
+@pytest.mark.parametrize(("mode", "form"), [("int8", "numpy"), ("int8", "sliced"), ("int4", "sliced")])
+def test_torch_engine_on_quantized_weights_equals_generate(mode, form):
+    """The lean decoder's numpy step (the CPU default with int8) and its sliced torch step (int8; int4's default)
+    give generate()'s greedy tokens (generate runs the model's own forward through the same quantised layers)."""
     from vlm_ros.core.types import Frame, Request, Task
     from vlm_ros.engine import TorchEngine
 
     adapter = load_adapter("")
-    quantize_decoder_int8(adapter.model)
+    quantize_decoder(adapter.model, mode)
     image = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
     inputs = adapter.prepare(Frame(image, 1), Request(Task.DESCRIBE, "", max_new_tokens=16))
-    engine = TorchEngine(adapter, decode_form=None if form == "numpy" else form)
+    engine = TorchEngine(adapter, decode_form=None if mode == "int4" or form == "numpy" else form)
     result = engine.generate(inputs, 16)
     assert engine._lean is not None and engine._lean.form == form
     with torch.inference_mode():
