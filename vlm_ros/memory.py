@@ -2,8 +2,9 @@
 
 `estimate(model_dir, ...)` reads only config.json, the processor configs and the safetensors headers (shapes
 and dtypes; no tensor is loaded): weights at the chosen dtype (decoder linear layers at one byte plus a scale
-per row with `quantize="int8"`, half a byte plus a scale and zero per group with "int4"), the KV cache for the context, the vision encoder's activations for the camera
-frame size, the decoder's prefill activations, and the runtime's own memory (a per-backend constant, measured).
+per row with `quantize="int8"`, half a byte plus a scale and zero per group with "int4"), the KV cache for the
+context, the vision encoder's activations for the camera frame size, the decoder's prefill activations, and the
+runtime's own memory (a per-backend constant, measured).
 `available_bytes(device)` is CUDA free memory on a discrete GPU, MemAvailable on Jetson (one memory for CPU and
 GPU) and on the CPU. `admit(...)` compares both and, when the model does not fit, names the settings that would.
 """
@@ -268,7 +269,9 @@ def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: 
         for width, stride in zip(vision.get("embed_dim", ()), vision.get("patch_stride", ()), strict=True):
             side //= int(stride)
             per_image = max(per_image, side * side * (5 * int(width) + 2 * int(ratio * width)))
-    pixel_bytes = pixels * (4 + dtype_bytes) + ((pixels // 3) * 2 * 8 + pixels * dtype_bytes if family == "idefics3" else 0)
+    pixel_bytes = pixels * (4 + dtype_bytes)
+    if family == "idefics3":  # the int64 pixel mask (one value per pixel, not per channel) twice, the pixels again
+        pixel_bytes += (pixels // 3) * 2 * 8 + pixels * dtype_bytes
     return geometry.images * (per_image * dtype_bytes + pixel_bytes)
 
 

@@ -198,7 +198,8 @@ def test_quantized_embedded_model_keeps_greedy_tokens_and_shrinks_decoder_weight
     model, processor = load()
     quantized = copy.deepcopy(model)
     quantize_decoder(quantized, mode)
-    assert decoder_weight_bytes(quantized) <= weight_share * decoder_weight_bytes(copy.deepcopy(model).to(torch.bfloat16))
+    bf16_bytes = decoder_weight_bytes(copy.deepcopy(model).to(torch.bfloat16))
+    assert decoder_weight_bytes(quantized) <= weight_share * bf16_bytes
     rng, equal = np.random.default_rng(7), 0
     for i in range(20):  # held-out scenes, one question kind after another
         scene = render_scene(EVAL_SEED_START + 500 + i)

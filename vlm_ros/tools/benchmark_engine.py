@@ -143,7 +143,8 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
         quantize_decoder(quantized.model, quantize)
         quantized_engine = TorchEngine(quantized)
         name = f"engine {quantize}"
-        if enter(name, _engine_runner(quantized_engine, inputs), decoder_weight_bytes=decoder_weight_bytes(quantized.model),
+        if enter(name, _engine_runner(quantized_engine, inputs),
+                 decoder_weight_bytes=decoder_weight_bytes(quantized.model),
                  decoder_weight_bytes_unquantized=decoder_weight_bytes(adapter.model)):
             lean = quantized_engine._lean
             results[name]["decode_form"] = lean.form if lean is not None else "model forward"
