@@ -46,7 +46,7 @@ class BackendSettings:
     engine_policy: str = "rebuild"  # reuse | rebuild | refuse
     precision: str = "fp16"  # TensorRT: fp16 | fp32 | int8 | fp8
     engine_max_tokens: int = 1024  # TensorRT shape profile: most prompt + generated tokens
-    quantize: str = "none"  # backend torch: none | int8 (the text decoder's linear layers hold int8 weights)
+    quantize: str = "none"  # backend torch: none | int8 | int4 (the text decoder's linear layers, int4 on CPU only)
     dla_core: int = -1  # Jetson DLA core; -1 = GPU only
     engine_image_height: int = DEFAULT_IMAGE_SIZE[0]  # idefics3 / qwen2_5_vl exports: the camera frame size
     engine_image_width: int = DEFAULT_IMAGE_SIZE[1]
@@ -108,11 +108,11 @@ def torch_pipeline(settings: BackendSettings, log: Log) -> tuple[Pipeline, str]:
     t0 = time.monotonic()
     adapter = load_adapter(settings.model, settings.family, device, getattr(torch, dtype))
     log(f"loaded {adapter.family} model in {time.monotonic() - t0:.1f} s")
-    if settings.quantize == "int8":
-        from vlm_ros.quantize import quantize_decoder_int8
+    if settings.quantize != "none":
+        from vlm_ros.quantize import quantize_decoder
 
-        log(f"int8 weights: {quantize_decoder_int8(adapter.model)} decoder linear layers")
-        return Pipeline(adapter), f"torch ({device}, {dtype}, int8 decoder weights)"
+        log(f"{settings.quantize} weights: {quantize_decoder(adapter.model, settings.quantize)} decoder linear layers")
+        return Pipeline(adapter), f"torch ({device}, {dtype}, {settings.quantize} decoder weights)"
     return Pipeline(adapter), f"torch ({device}, {dtype})"
 
 

@@ -2,8 +2,9 @@
 
 `estimate(model_dir, ...)` reads only config.json, the processor configs and the safetensors headers (shapes
 and dtypes; no tensor is loaded): weights at the chosen dtype (decoder linear layers at one byte plus a scale
-per row with `quantize="int8"`), the KV cache for the context, the vision encoder's activations for the camera
-frame size, the decoder's prefill activations, and the runtime's own memory (a per-backend constant, measured).
+per row with `quantize="int8"`, half a byte plus a scale and zero per group with "int4"), the KV cache for the
+context, the vision encoder's activations for the camera frame size, the decoder's prefill activations, and the
+runtime's own memory (a per-backend constant, measured).
 `available_bytes(device)` is CUDA free memory on a discrete GPU, MemAvailable on Jetson (one memory for CPU and
 GPU) and on the CPU. `admit(...)` compares both and, when the model does not fit, names the settings that would.
 """
@@ -27,8 +28,9 @@ MiB = 2**20
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-QUANTIZE_CHOICES = ("none", "int8")
+QUANTIZE_CHOICES = ("none", "int8", "int4")
 INT8_SCALE_BYTES = 2  # one bfloat16 scale per output row (vlm_ros/quantize.py)
+INT4_GROUPS = (128, 64, 32)  # int4: a bf16 scale and zero per group of this many inputs (the largest that divides)
 
 # The runtime's own memory: RSS of a process that imported torch, transformers and vlm_ros, loaded the embedded
 # model (17.6 MB of weights) and answered one query, minus those weights and its KV cache. Measured on the
@@ -100,7 +102,8 @@ class MemoryEstimate:
 
     def rows(self) -> list[tuple[str, int]]:
         """(what, bytes) for a table."""
-        return [(f"weights ({self.dtype}{', int8 decoder linears' if self.quantize == 'int8' else ''})", self.weights),
+        packed = f", {self.quantize} decoder linears" if self.quantize != "none" else ""
+        return [(f"weights ({self.dtype}{packed})", self.weights),
                 (f"KV cache ({self.max_tokens} tokens)", self.kv_cache),
                 (f"vision activations ({self.image.images} x {self.image.patches} patches, {self.image.tokens} "
                  f"image tokens, frame {self.image_size[1]}x{self.image_size[0]})", self.vision_activations),
@@ -108,7 +111,7 @@ class MemoryEstimate:
                 (f"runtime overhead ({self.device}{'' if OVERHEAD_MEASURED[self.device] else ', not measured'})",
                  self.runtime_overhead),
                 *([("running (the sum above)", self.running),
-                   (f"loading peak (weights at {self.dtype} before int8 packing + runtime)", self.loading)]
+                   (f"loading peak (weights at {self.dtype} before {self.quantize} packing + runtime)", self.loading)]
                   if self.loading_weights else []),
                 ("total (the larger of running and loading)" if self.loading_weights else "total", self.total)]
 
@@ -173,6 +176,9 @@ def weight_bytes(tensors: list[TensorInfo], dtype: str, quantize: str = "none") 
     for t in tensors:
         if quantize == "int8" and is_decoder_linear(t):
             total += t.numel + t.shape[0] * INT8_SCALE_BYTES
+        elif quantize == "int4" and is_decoder_linear(t):
+            group = next((g for g in INT4_GROUPS if t.shape[1] % g == 0), t.shape[1])
+            total += t.numel // 2 + (t.numel // group) * 2 * 2
         elif t.dtype.startswith(("F", "BF")):
             total += t.numel * DTYPE_BYTES[dtype]
         else:
@@ -241,12 +247,16 @@ def image_geometry(family: str, config: dict, processor: dict, height: int, widt
     return ImageGeometry(1, patches + (1 if vision.get("model_type", "").startswith("clip") else 0), tokens)
 
 
-def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: int) -> int:
+def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: int, family: str = "") -> int:
     """Peak activations of one vision-encoder forward (inference: one layer's tensors live at a time).
 
     Per encoder image: the residual stream, q/k/v and the attention output (5 x hidden), the MLP's intermediate
     twice (input and activation) and one head's attention scores at a time are alive together (sdpa on CPU);
-    beside them the processor's float32 pixels and their copy in the model's dtype.
+    beside them the processor's float32 pixels and their copy in the model's dtype. Idefics3 (SmolVLM) also holds
+    its int64 pixel mask and copies of the mask and of the pixels (transformers' get_image_features drops padding
+    tiles by indexing, which copies both): 16 + dtype bytes more per pixel, 13 tiles at 640x480. Florence-2's DaViT
+    works in stages of falling resolution and rising width: its peak is the largest stage's (the first: 192 x 192
+    tokens of 128 channels on a 768-px image), not the last stage's patches.
     """
     vision = _vision_config(config)
     hidden = _per_stage(vision.get("hidden_size", vision.get("embed_dim", 768)), max)
@@ -254,18 +264,37 @@ def vision_activation_bytes(config: dict, geometry: ImageGeometry, dtype_bytes: 
     p = geometry.patches
     pixels = p * _per_stage(vision.get("patch_size", 14), min) ** 2 * 3 * int(vision.get("temporal_patch_size", 1))
     per_image = p * (5 * hidden + 2 * inter) + p * p
-    return geometry.images * (per_image * dtype_bytes + pixels * (4 + dtype_bytes))
+    if family == "florence2":  # per stage: tokens x (5 x width + 2 x MLP width); windowed attention scores are small
+        side, ratio, per_image = 768, float(vision.get("mlp_ratio", 4.0)), 0
+        for width, stride in zip(vision.get("embed_dim", ()), vision.get("patch_stride", ()), strict=True):
+            side //= int(stride)
+            per_image = max(per_image, side * side * (5 * int(width) + 2 * int(ratio * width)))
+    pixel_bytes = pixels * (4 + dtype_bytes)
+    if family == "idefics3":  # the int64 pixel mask (one value per pixel, not per channel) twice, the pixels again
+        pixel_bytes += (pixels // 3) * 2 * 8 + pixels * dtype_bytes
+    return geometry.images * (per_image * dtype_bytes + pixel_bytes)
+
+
+def is_encoder_decoder(text: dict) -> bool:
+    """A BART-style text model (Florence-2): an encoder over image + prompt tokens and a decoder that attends to it."""
+    return "decoder_layers" in text and "d_model" in text
 
 
 def decoder_activation_bytes(text: dict, prompt_tokens: int, dtype_bytes: int) -> int:
-    """Peak activations of the prefill over the prompt (one layer at a time; logits of the last position only)."""
-    hidden = int(text.get("hidden_size", 768))
-    inter = int(text.get("intermediate_size", 4 * hidden))
+    """Peak activations of the prefill over the prompt (an encoder-decoder's encoder pass; one layer at a time;
+    logits of the last position only)."""
+    hidden = int(text.get("hidden_size") or text.get("d_model", 768))
+    inter = int(text.get("intermediate_size") or text.get("encoder_ffn_dim", 4 * hidden))
     return prompt_tokens * (5 * hidden + 2 * inter) * dtype_bytes + int(text.get("vocab_size", 0)) * 4
 
 
-def kv_cache_bytes(text: dict, tokens: int, dtype_bytes: int) -> int:
-    """layers x 2 (K and V) x KV heads x head dim x tokens x bytes."""
+def kv_cache_bytes(text: dict, tokens: int, dtype_bytes: int, encoder_tokens: int = 0) -> int:
+    """layers x 2 (K and V) x KV heads x head dim x tokens x bytes. An encoder-decoder's decoder layers hold this
+    for their self-attention over `tokens` and for their cross-attention over the `encoder_tokens`."""
+    if is_encoder_decoder(text):
+        heads = int(text.get("decoder_attention_heads", 1))
+        layers, head_dim = int(text["decoder_layers"]), int(text["d_model"]) // heads
+        return layers * 2 * heads * head_dim * (tokens + encoder_tokens) * dtype_bytes
     heads = int(text.get("num_attention_heads", 1))
     kv_heads = int(text.get("num_key_value_heads") or heads)
     head_dim = int(text.get("head_dim") or int(text.get("hidden_size", 0)) // heads)
@@ -301,17 +330,23 @@ def estimate(model_dir: str | Path = "", *, dtype: str = "auto", device: str = "
     text = _text_config(config)
     geometry = image_geometry(family if family != "embedded" else "llava", config, _processor_config(path),
                               *image_size)
-    buffer_tokens = kv_buffer_tokens(max_tokens)
-    prompt_tokens = min(geometry.tokens + 64, max_tokens)  # image tokens and a short instruction
-    # the prefill's own cache (prompt) exists beside the engine's buffer, which it is copied into
-    kv = kv_cache_bytes(text, buffer_tokens + prompt_tokens, size)
-    if buffer_tokens != max_tokens:
-        notes.append(f"KV cache: the torch engine's buffer is {buffer_tokens} tokens for a context of {max_tokens} "
-                     "(a power of two, at least 512), plus the prefill's cache of the prompt")
+    if is_encoder_decoder(text):  # generate() with a growing cache: the answer's tokens + the encoder's, per layer
+        prompt_tokens = geometry.tokens + 64  # image tokens and the task prompt, the encoder's input
+        kv = kv_cache_bytes(text, max_tokens, size, encoder_tokens=prompt_tokens)
+        notes.append(f"KV cache: encoder-decoder: decoder self-attention over {max_tokens} tokens and cross-attention "
+                     f"over {prompt_tokens} encoder tokens")
+    else:
+        buffer_tokens = kv_buffer_tokens(max_tokens)
+        prompt_tokens = min(geometry.tokens + 64, max_tokens)  # image tokens and a short instruction
+        # the prefill's own cache (prompt) exists beside the engine's buffer, which it is copied into
+        kv = kv_cache_bytes(text, buffer_tokens + prompt_tokens, size)
+        if buffer_tokens != max_tokens:
+            notes.append(f"KV cache: the torch engine's buffer is {buffer_tokens} tokens for a context of {max_tokens} "
+                         "(a power of two, at least 512), plus the prefill's cache of the prompt")
     return MemoryEstimate(
         model_dir=str(path), family=family, device=device, dtype=dtype, quantize=quantize, max_tokens=max_tokens,
         image_size=tuple(image_size), weights=weight_bytes(tensors, dtype, quantize), kv_cache=kv,
-        vision_activations=vision_activation_bytes(config, geometry, size),
+        vision_activations=vision_activation_bytes(config, geometry, size, family),
         decoder_activations=decoder_activation_bytes(text, prompt_tokens, size),
         runtime_overhead=RUNTIME_OVERHEAD[device], image=geometry,
         loading_weights=weight_bytes(tensors, dtype) if quantize != "none" else 0, notes=tuple(notes))
@@ -379,6 +414,7 @@ class Admission:
     margin: int
     fits: bool
     suggestions: tuple[str, ...] = field(default=())
+    device: str = "cpu"  # as configured (cuda:N names the GPU whose memory counts)
 
     def message(self) -> str:
         e, a = self.estimate, self.available
@@ -415,18 +451,20 @@ def smaller_settings(model_dir: str | Path, base: MemoryEstimate, budget: int) -
     return out
 
 
-def admit(model_dir: str | Path, estimate_: MemoryEstimate, available: Available, margin_bytes: int) -> Admission:
+def admit(model_dir: str | Path, estimate_: MemoryEstimate, available: Available, margin_bytes: int,
+          device: str = "cpu") -> Admission:
     """Whether the estimate plus the margin fits what is available; with suggestions when not."""
     budget = available.bytes - margin_bytes
     fits = estimate_.total <= budget
     suggestions = () if fits else tuple(smaller_settings(model_dir, estimate_, budget))
-    return Admission(estimate_, available, margin_bytes, fits, suggestions)
+    return Admission(estimate_, available, margin_bytes, fits, suggestions, device)
 
 
 def check_fits(model_dir: str | Path, *, margin_mb: float, **settings) -> Admission:
     """Estimate, compare with what this machine has, raise MemoryAdmissionError when it does not fit."""
     est = estimate(model_dir, **settings)
-    admission = admit(model_dir, est, available_bytes(est.device), int(margin_mb * MiB))
+    device = settings.get("device", "cpu")  # the estimate keeps only cpu | cuda; the index says which GPU
+    admission = admit(model_dir, est, available_bytes(device), int(margin_mb * MiB), device)
     if not admission.fits:
         raise MemoryAdmissionError(admission.message())
     return admission
@@ -463,7 +501,7 @@ def diagnostic_values(admission: Admission | None) -> dict[str, str]:
     if admission.estimate.device == "cuda" and not is_jetson():
         import torch
 
-        actual = torch.cuda.max_memory_allocated() / MiB
+        actual = torch.cuda.max_memory_allocated(torch.device(admission.device)) / MiB
     else:
         with open("/proc/self/statm") as f:
             actual = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB

@@ -77,14 +77,14 @@ def test_decode_forms_fuse_projections_into_the_models_own_weights(adapter):
     q, k, v = (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight)
     before = [w.detach().clone() for w in (q, k, v)]
     first = LeanDecoder(adapter.model, 64, form="sliced")
-    qkv, bias = first._qkv[0]
+    qkv, bias = first._qkv[0].weight, first._qkv[0].bias
     assert qkv.shape[0] == q.shape[0] + k.shape[0] + v.shape[0] and bias is None
     assert torch.equal(qkv, torch.cat(before))
     assert q.data_ptr() == qkv.data_ptr() and v.data_ptr() + v.numel() * v.element_size() == (
         qkv.data_ptr() + qkv.numel() * qkv.element_size())  # the layer's weights are row slices of the fused one
     second = LeanDecoder(adapter.model, 128, form="static")  # a larger buffer later: the same fused storage
-    assert second._qkv[0][0].data_ptr() == qkv.data_ptr() and second._gate_up[0][0].data_ptr() == (
-        first._gate_up[0][0].data_ptr())
+    assert second._qkv[0].weight.data_ptr() == qkv.data_ptr() and second._gate_up[0].weight.data_ptr() == (
+        first._gate_up[0].weight.data_ptr())
 
 
 def test_warm_up_does_the_first_use_work_and_changes_no_answer(adapter):

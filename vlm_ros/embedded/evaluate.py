@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=100, help="held-out scenes (one question of each kind per scene)")
     ap.add_argument("--seed-start", type=int, default=0, help="offset into the held-out seed range")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--quantize", default="none", choices=("none", "int8"), help="int8 decoder weights")
+    ap.add_argument("--quantize", default="none", choices=("none", "int8", "int4"), help="decoder weights")
     ap.add_argument("--show-errors", type=int, default=0, help="print this many wrong answers")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated question kinds (default: all: {KINDS})")
     ap.add_argument("--depth-noise", type=float, default=0.0, metavar="SIGMA",
@@ -207,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     model_and_processor = None
-    if args.quantize == "int8":
-        from vlm_ros.quantize import quantize_decoder_int8
+    if args.quantize != "none":
+        from vlm_ros.quantize import quantize_decoder
 
         model_and_processor = load(args.weights)
-        quantize_decoder_int8(model_and_processor[0])
+        quantize_decoder(model_and_processor[0], args.quantize)
     res = evaluate(args.weights, args.n, args.seed_start, kinds, model_and_processor=model_and_processor, progress=True,
                    depth_noise=args.depth_noise)
     res["quantize"] = args.quantize

@@ -7,16 +7,16 @@ same order) per token. The prefill still runs through the model's own forward (v
 positions); its KV cache is copied into the buffers once.
 
 Three forms of the step:
-- numpy (CPU float32 default): the sliced step written in numpy on the same weights and KV buffers (views,
-  no copies). A small decoder's step is a few hundred tiny operations, and numpy's per-call overhead is a
-  fraction of torch's; its matrix products go through torch when torch has more than one thread (see
-  `_NumpyStep`).
+- numpy (CPU float32 default, also with int8 decoder layers): the sliced step written in numpy on the same
+  weights and KV buffers (views, no copies). A small decoder's step is a few hundred tiny operations, and
+  numpy's per-call overhead is a fraction of torch's; its matrix products go through torch when torch has more
+  than one thread, and int8 layers' through torch's int8 kernel (see `_NumpyStep`).
 - sliced (CPU, other dtypes): attend to the cached positions [0, pos] only; no mask at all.
 - static (CUDA default): fixed shapes, the position is a device tensor and a mask hides the unused tail, so
   the whole step is captured once in a CUDA graph and replayed per token (small models are launch-bound).
-Every form runs one matrix product for q, k and v together and one for gate and up (the model's own modules
-then hold row slices of the fused weights, so no memory is added), and attends with each KV head's group of
-query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
+Every form runs one matrix product for q, k and v together and one for gate and up (the model's own modules,
+plain or int8, then hold row slices of the fused weights, so no memory is added), and attends with each KV head's
+group of query heads as query rows, so grouped-query attention never copies the KV buffer per query head.
 """
 
 from __future__ import annotations
@@ -27,21 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlm_ros.memory import release_free_memory
+from vlm_ros.models.base import language_model
+from vlm_ros.quantize import KERNEL_DTYPE, Int8Linear
+
 _SUPPORTED_LAYERS = {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen2_5_VLDecoderLayer", "MistralDecoderLayer"}
 FORMS = ("numpy", "sliced", "static")
-
-
-def language_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The decoder stack (a module with `layers` and `embed_tokens`) of a VLM or language model, or None."""
-    for path in ("model.language_model", "language_model", "model.text_model", "model"):
-        mod = model
-        for name in path.split("."):
-            mod = getattr(mod, name, None)
-            if mod is None:
-                break
-        if mod is not None and hasattr(mod, "layers") and hasattr(mod, "embed_tokens"):
-            return mod
-    return None
+# The numpy step's matrix-vector products of at least this many weights go through torch even with one thread:
+# numpy's was slower there (one thread, a 0.5B-class decoder's 151936 x 896 lm_head and 4864-wide MLP).
+TORCH_PRODUCT_NUMEL = 1 << 20
 
 
 class LeanDecoder:
@@ -80,12 +74,13 @@ class LeanDecoder:
             self._qkv.append(_fuse_rows((attn.q_proj, attn.k_proj, attn.v_proj)))
             gated = hasattr(mlp, "gate_proj") and hasattr(mlp, "act_fn")
             self._gate_up.append(_fuse_rows((mlp.gate_proj, mlp.up_proj)) if gated else None)
-        numpy_ok = (not p.is_cuda and p.dtype == torch.float32 and _NumpyStep.supports(self.layers)
-                    and None not in self._qkv + self._gate_up)
+        release_free_memory()  # the unfused weights' heap pages (int8 buffers are small enough to live on the heap)
+        numpy_ok = not p.is_cuda and p.dtype == torch.float32 and _NumpyStep.supports(self)
         if form is None:
             form = "static" if p.is_cuda else "numpy" if numpy_ok else "sliced"
         if form not in FORMS or (form == "numpy" and not numpy_ok):
-            raise ValueError(f"decode form {form!r}: one of {FORMS}; numpy needs a float32 CPU model with SiLU MLPs")
+            raise ValueError(f"decode form {form!r}: one of {FORMS}; numpy needs a float32 CPU model with SiLU MLPs "
+                             "and plain or int8 (kernel) linear layers")
         self.form = form
         self.static = form == "static"
         self.cuda_graph = self.static and p.is_cuda if cuda_graph is None else cuda_graph
@@ -150,7 +145,7 @@ class LeanDecoder:
         attn, mlp = layer.self_attn, layer.mlp
         h = layer.input_layernorm(x)  # (1, 1, H)
         if self._qkv[i] is not None:
-            q, k, v = F.linear(h, *self._qkv[i]).split(
+            q, k, v = self._qkv[i](h).split(
                 (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim), dim=-1)
         else:
             q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
@@ -163,7 +158,7 @@ class LeanDecoder:
         h = layer.post_attention_layernorm(x)
         if self._gate_up[i] is None:
             return x + mlp(h)
-        gate, up = F.linear(h, *self._gate_up[i]).chunk(2, dim=-1)
+        gate, up = self._gate_up[i](h).chunk(2, dim=-1)
         return x + mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _sliced_step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
@@ -216,20 +211,30 @@ class LeanDecoder:
             self._logits = self._static_fn()
 
 
-def _fuse_rows(linears: tuple[torch.nn.Module, ...]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """One weight (and bias) whose row blocks are the given linear layers', so one matrix product serves them all.
+def _fuse_rows(linears: tuple[torch.nn.Module, ...]) -> torch.nn.Linear | Int8Linear | None:
+    """One layer whose row blocks are the given layers' (plain or int8), so one matrix product serves them all.
 
     The layers are pointed at row slices of the fused tensors (made once; a later call finds them adjacent and
     returns views), so the model's own forward keeps working and no memory is added. None when they cannot be
-    fused (not plain `nn.Linear`, mixed dtypes, devices or biases).
+    fused (other layer types, mixed types, dtypes, devices or biases).
     """
-    if any(type(m) is not torch.nn.Linear for m in linears):
+    kind = type(linears[0])
+    if kind not in (torch.nn.Linear, Int8Linear) or any(type(m) is not kind for m in linears):
         return None
-    weights = [m.weight for m in linears]
+    names = ("weight",) if kind is torch.nn.Linear else ("weight_int8", "scale")
+    weights = [getattr(m, names[0]) for m in linears]
     biases = [m.bias for m in linears]
     if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1 or len({b is None for b in biases}) != 1:
         return None
-    return _adjacent_rows(weights), None if biases[0] is None else _adjacent_rows(biases)
+    fused = [_adjacent_rows([getattr(m, name) for m in linears]) for name in names]
+    bias = None if biases[0] is None else _adjacent_rows(biases)
+    if kind is Int8Linear:
+        return Int8Linear(*fused, bias)
+    layer = torch.nn.Linear(fused[0].shape[1], fused[0].shape[0], bias=bias is not None, device="meta")
+    layer.weight = torch.nn.Parameter(fused[0], requires_grad=False)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias, requires_grad=False)
+    return layer
 
 
 def _adjacent_rows(params: list[torch.Tensor]) -> torch.Tensor:
@@ -263,6 +268,10 @@ class _NumpyStep:
     them: with more than one torch thread they go through torch, whose BLAS splits a product over the cores
     (numpy's OpenBLAS did not on the 2-core CPU; docs/performance.md), with one thread through numpy. More
     threads help only while their cores are free, which is why the node defaults to one (`cpu_threads`).
+    Int8 layers (vlm_ros/quantize.py) multiply with torch's int8 kernel on a bf16 copy of the vector. Their step is
+    faster than float32's (the embedded model, one thread on the loaded 2-core CPU: 789 vs 584 tok/s, same run)
+    although the kernel alone, on one layer in a tight loop, is not: probably because it reads a quarter of the
+    bytes while all layers' weights pass through the caches.
     Run the model from one thread: torch's OpenMP keeps a thread team per calling thread, and once two threads
     have run parallel work on a small machine, every parallel region waits on sleeping threads (a 20-token
     query on the 2-core CPU: 42 ms, then 415 ms from a second thread). The node uses one worker thread.
@@ -271,15 +280,23 @@ class _NumpyStep:
     def __init__(self, decoder: LeanDecoder):
         self.threaded = threaded = torch.get_num_threads() > 1
 
-        def product(weight: torch.Tensor, bias: torch.Tensor | None):
-            """x -> weight @ x + bias on numpy vectors."""
-            b = None if bias is None else bias.detach().numpy()
-            if threaded:
-                w = weight.detach()
+        def product(layer: torch.nn.Linear | Int8Linear):
+            """x -> layer(x) on numpy vectors."""
+            b = None if layer.bias is None else layer.bias.detach().numpy()
+            if isinstance(layer, Int8Linear):  # the int8 kernel on a bf16 copy of x (its fast input), reused buffer
+                w, scale = layer.weight_int8, layer.scale
+                x_in = torch.empty((1, layer.in_features), dtype=KERNEL_DTYPE)  # (1, K)
+
+                def int8(x):
+                    x_in.copy_(torch.from_numpy(x))
+                    return torch._weight_int8pack_mm(x_in, w, scale)[0].float().numpy()
+                return int8 if b is None else lambda x: int8(x) + b
+            if threaded or layer.weight.numel() >= TORCH_PRODUCT_NUMEL:
+                w = layer.weight.detach()
                 if b is None:
                     return lambda x: torch.mv(w, torch.from_numpy(x)).numpy()
                 return lambda x: torch.mv(w, torch.from_numpy(x)).numpy() + b
-            w = weight.detach().numpy()
+            w = layer.weight.detach().numpy()
             return (lambda x: w @ x) if b is None else (lambda x: w @ x + b)
 
         def norm(mod: torch.nn.Module) -> tuple[np.ndarray, float]:
@@ -289,12 +306,11 @@ class _NumpyStep:
         for i, layer in enumerate(decoder.layers):
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append((
-                norm(layer.input_layernorm), product(*decoder._qkv[i]), product(attn.o_proj.weight, attn.o_proj.bias),
-                norm(layer.post_attention_layernorm), product(*decoder._gate_up[i]),
-                product(mlp.down_proj.weight, mlp.down_proj.bias)))
+                norm(layer.input_layernorm), product(decoder._qkv[i]), product(attn.o_proj),
+                norm(layer.post_attention_layernorm), product(decoder._gate_up[i]), product(mlp.down_proj)))
         lm = decoder.lm
         self.embed, self.norm = lm.embed_tokens.weight.detach().numpy(), norm(lm.norm)
-        self.head = product(decoder.lm_head.weight, decoder.lm_head.bias)
+        self.head = product(decoder.lm_head)
         self.k = [decoder.k[i, 0].numpy() for i in range(len(decoder.layers))]  # (KVH, T, D) views
         self.v = [decoder.v[i, 0].numpy() for i in range(len(decoder.layers))]
         self.cos, self.sin = decoder.cos.numpy(), decoder.sin.numpy()
@@ -309,8 +325,14 @@ class _NumpyStep:
         self.scale = np.float32(decoder.layers[0].self_attn.scaling)
 
     @staticmethod
-    def supports(layers) -> bool:
-        return all(type(getattr(layer.mlp, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU") for layer in layers)
+    def supports(decoder: LeanDecoder) -> bool:
+        """SiLU MLPs, fused projections, and every product a float32 nn.Linear or an Int8Linear with its kernel."""
+        products = [*decoder._qkv, *decoder._gate_up, decoder.lm_head]
+        products += [m for layer in decoder.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)]
+        return (all(type(getattr(layer.mlp, "act_fn", None)).__name__ in ("SiLUActivation", "SiLU")
+                    for layer in decoder.layers)
+                and all((type(m) is torch.nn.Linear and m.weight.dtype == torch.float32)
+                        or (type(m) is Int8Linear and m.kernel == "int8pack") for m in products))
 
     @staticmethod
     def _rms(x: np.ndarray, weight_eps: tuple[np.ndarray, float]) -> np.ndarray:

@@ -20,6 +20,19 @@ from vlm_ros.core.types import Box, Frame, Request
 from vlm_ros.models.parsing import ParseResult, PolygonResult, ResizeTransform, map_box, map_points
 
 
+def language_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The decoder stack (a module with `layers` and `embed_tokens`) of a VLM or language model, or None."""
+    for path in ("model.language_model", "language_model", "model.text_model", "model"):
+        mod = model
+        for name in path.split("."):
+            mod = getattr(mod, name, None)
+            if mod is None:
+                break
+        if mod is not None and hasattr(mod, "layers") and hasattr(mod, "embed_tokens"):
+            return mod
+    return None
+
+
 class CheckpointError(ValueError):
     """A model directory that would load wrong: weights that do not fit the config, or an unsupported layout."""
 

@@ -80,7 +80,8 @@ NODE_PARAMS = [
     _backend("engine_max_tokens", "most prompt + generated tokens: the TensorRT shape profile and the context the "
              "memory check counts the KV cache for", range=(64, 32768)),
     _backend("quantize", "backend torch: int8 = the text decoder's linear layers hold int8 weights (torch's "
-             "int8 weight-packed kernel)", choices=("none", "int8")),
+             "int8 weight-packed kernel); int4 = 4-bit weights in groups (torch's CPU int4 kernel, CPU only)",
+             choices=("none", "int8", "int4")),
     ParamSpec("memory_check", True, "at configure, refuse a model whose estimated memory (weights, KV cache for "
               "engine_max_tokens, activations, runtime) + memory_margin_mb exceeds what is available"),
     ParamSpec("memory_margin_mb", 512.0, "memory kept free beyond the estimate (MiB)", range=(0.0, 1048576.0)),

@@ -4,6 +4,8 @@
   Qwen2-0.5B-size decoder.
 - `qwen2_5_vl_3b`: the Qwen2.5-VL-3B architecture (built through the Qwen2.5-VL adapter when it is importable).
 - `smolvlm_256m`: the SmolVLM-256M-Instruct architecture (SigLIP 12x768 on 512-px tiles, Llama 30x576).
+- `florence2_base`: the Florence-2-base architecture (DaViT 1/1/9/1 blocks at 128..1024 channels on 768-px
+  images, 577 image tokens; BART 6+6 layers, d=768), sizes from the released config.json.
 - `qwen3_vl_2b`: the Qwen3-VL-2B architecture (ViT 24x1024 with DeepStack, Qwen3 28x2048); sizes from the released
   config as described in public reimplementations, not checked against the file itself.
 """
@@ -178,3 +180,40 @@ def qwen3_vl_2b(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
 
 CONFIGS["smolvlm-256m"] = smolvlm_256m
 CONFIGS["qwen3-vl-2b"] = qwen3_vl_2b
+
+
+def florence2_base(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+    """A Florence2Adapter over the Florence-2-base architecture with random weights."""
+    from transformers import (
+        BartConfig,
+        CLIPImageProcessorPil,
+        Florence2Config,
+        Florence2Processor,
+        Florence2VisionConfig,
+    )
+
+    from vlm_ros.models.florence2 import Florence2Adapter
+    from vlm_ros.testing.tiny_florence2 import MARKUP, POST_PROCESSOR_CONFIG, PROMPT_WORDS
+
+    tokenizer = build_tokenizer(["<image>", *MARKUP, *[f"<loc_{i}>" for i in range(1000)]], extra_words=PROMPT_WORDS)
+    tokenizer._set_model_specific_special_tokens(special_tokens={"image_token": "<image>"})
+    vision = Florence2VisionConfig(depths=(1, 1, 9, 1), patch_size=(7, 3, 3, 3), patch_stride=(4, 2, 2, 2),
+                                   patch_padding=(3, 1, 1, 1), patch_prenorm=(False, True, True, True),
+                                   embed_dim=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32), num_groups=(4, 8, 16, 32),
+                                   window_size=12, projection_dim=768, max_position_embeddings=50, drop_path_rate=0.0)
+    text = BartConfig(vocab_size=51289, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
+                      max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None)
+    config = Florence2Config(vision_config=vision, text_config=text,
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = _on_device(Florence2Adapter.model_class, config, device, dtype)
+    image_processor = CLIPImageProcessorPil(size={"height": 768, "width": 768}, crop_size={"height": 768, "width": 768},
+                                            do_center_crop=False, image_seq_length=577)
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                   post_processor_config=POST_PROCESSOR_CONFIG)
+    return Florence2Adapter(model, processor)
+
+
+CONFIGS["florence2-base"] = florence2_base

@@ -104,10 +104,11 @@ def _time_rounds(runners: dict[str, Callable[[int], object]], tokens: int, repea
 
 def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int, warmup: int = 2,
               static_baseline: bool = True, compile_decoder: bool = False, onnx: bool = False,
-              int8: bool = False) -> dict:
+              quantize: str = "none") -> dict:
     """{name: {ttft_s, decode_tok_s, vision_encode_s?}} for the engine and the generate() baselines.
 
-    int8: also the engine on a copy of the model with int8 decoder weights (vlm_ros/quantize.py), in the same rounds.
+    quantize int8 | int4: also the engine on a copy of the model with quantised decoder weights (vlm_ros/quantize.py),
+    in the same rounds.
     """
     device = adapter.device
     inputs = adapter.prepare(frame, Request(Task.ANSWER, instruction, max_new_tokens=tokens))
@@ -132,22 +133,23 @@ def benchmark(adapter, frame: Frame, instruction: str, tokens: int, repeats: int
         if enter("engine", _engine_runner(engine, inputs), options=engine_kwargs or "default"):
             break
         results[f"engine {engine_kwargs or 'default'}"] = results.pop("engine")
-    if int8:
+    if quantize != "none":
         import copy
 
-        from vlm_ros.quantize import decoder_layers, quantize_decoder_int8
-        from vlm_ros.quantize import decoder_weight_bytes as int8_bytes
+        from vlm_ros.quantize import decoder_layers, decoder_weight_bytes, quantize_decoder
 
         # a copy whose decoder layers are its own (then quantised) and whose other tensors are the original's
         layer_tensors = {id(t) for layer in decoder_layers(adapter.model) for t in layer.parameters()}
         shared = {id(t): t for t in adapter.model.parameters() if id(t) not in layer_tensors}
         quantized = copy.deepcopy(adapter, memo=shared)
-        quantize_decoder_int8(quantized.model)
-        int8_engine = TorchEngine(quantized)
-        if enter("engine int8", _engine_runner(int8_engine, inputs), decoder_weight_bytes=int8_bytes(quantized.model),
-                 decoder_weight_bytes_unquantized=int8_bytes(adapter.model)):
-            lean = int8_engine._lean  # int8 layers are not plain nn.Linear: the lean step's sliced torch form
-            results["engine int8"]["decode_form"] = lean.form if lean is not None else "model forward"
+        quantize_decoder(quantized.model, quantize)
+        quantized_engine = TorchEngine(quantized)
+        name = f"engine {quantize}"
+        if enter(name, _engine_runner(quantized_engine, inputs),
+                 decoder_weight_bytes=decoder_weight_bytes(quantized.model),
+                 decoder_weight_bytes_unquantized=decoder_weight_bytes(adapter.model)):
+            lean = quantized_engine._lean
+            results[name]["decode_form"] = lean.form if lean is not None else "model forward"
     directory = tempfile.mkdtemp(prefix="vlm_ros_bench_onnx_") if onnx else None
     if directory is not None:  # the same model exported to ONNX, on onnxruntime (the `onnxruntime` backend)
         from vlm_ros.engine.onnx_engine import OnnxEngine
@@ -227,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-static", action="store_true", help="skip generate() with the static cache "
                         "(on CUDA it compiles for about a minute first)")
     parser.add_argument("--onnx", action="store_true", help="also export to ONNX and time the onnxruntime engine")
-    parser.add_argument("--quantize", default="none", choices=("none", "int8"),
-                        help="int8: also time the engine with int8 decoder weights (same rounds)")
+    parser.add_argument("--quantize", default="none", choices=("none", "int8", "int4"),
+                        help="int8 | int4: also time the engine with quantised decoder weights (same rounds)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per query")
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     image = (np.random.default_rng(0).random((args.height, args.width, 3)) * 255).astype(np.uint8)
     results = benchmark(adapter, Frame(image, stamp_ns=1, camera="bench"), args.instruction, args.tokens, args.repeats,
                         static_baseline=not args.skip_static, compile_decoder=args.compile, onnx=args.onnx,
-                        int8=args.quantize == "int8")
+                        quantize=args.quantize)
     where = machine_name(adapter.device)
     prompt = adapter.prepare(Frame(image, 1), Request(Task.ANSWER, args.instruction)).prompt_length
     print(f"model {args.model} ({adapter.family}), {args.dtype}, prompt {prompt} tokens, {args.tokens} new tokens, "
@@ -262,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vision encode: eager {engine['vision_encode_eager_s'] * 1e3:.2f} ms, CUDA graph "
               f"{engine['vision_encode_s'] * 1e3:.2f} ms; peak GPU memory "
               f"{torch.cuda.max_memory_allocated(adapter.device) / 2**30:.2f} GiB")
-    if "decoder_weight_bytes" in results.get("engine int8", {}):
-        r = results["engine int8"]
-        print(f"int8 decoder weights {r['decoder_weight_bytes'] / 2**20:.2f} MiB vs "
+    if "decoder_weight_bytes" in results.get(f"engine {args.quantize}", {}):
+        r = results[f"engine {args.quantize}"]
+        print(f"{args.quantize} decoder weights {r['decoder_weight_bytes'] / 2**20:.2f} MiB vs "
               f"{r['decoder_weight_bytes_unquantized'] / 2**20:.2f} MiB at {args.dtype}; decode form "
               f"{r.get('decode_form')}")
     results["peak_rss_mb"] = peak_rss_mb()

@@ -47,7 +47,7 @@ def config_estimate(adapter, dtype: str, quantize: str, max_tokens: int):
 def main(argv: list[str] | None = None) -> int:
     from vlm_ros.core.types import Frame, Request, Task
     from vlm_ros.engine import TorchEngine
-    from vlm_ros.quantize import quantize_decoder_int8
+    from vlm_ros.quantize import quantize_decoder
     from vlm_ros.testing.sizes import CONFIGS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimate-only", action="store_true",
                         help="build on the meta device (no memory) and print the estimate for --max-tokens only")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--quantize", default="none", choices=("none", "int8"))
+    parser.add_argument("--quantize", default="none", choices=("none", "int8", "int4"))
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate_only:
         print(config_estimate(adapter, args.dtype, args.quantize, args.max_tokens).table())
         return 0
-    if args.quantize == "int8":
-        quantize_decoder_int8(adapter.model)
+    if args.quantize != "none":
+        quantize_decoder(adapter.model, args.quantize)
     est = config_estimate(adapter, args.dtype, args.quantize, args.max_tokens)
     load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     reset_peak_rss()
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prompt {inputs.prompt_length} tokens, {len(result.token_ids)} generated")
     print(f"measured peak RSS {peak / MiB:.0f} MiB; estimate {est.total / MiB:.0f} MiB "
           f"({(est.total - peak) / peak:+.1%})")
-    print(f"building the model (and int8 packing): peak {load_peak / MiB:.0f} MiB; answering: peak "
+    print(f"building the model (and packing): peak {load_peak / MiB:.0f} MiB; answering: peak "
           f"{running_peak / MiB:.0f} MiB, estimate {est.running / MiB:.0f} MiB "
           f"({(est.running - running_peak) / running_peak:+.1%})")
     if args.json:
