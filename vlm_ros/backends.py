@@ -232,8 +232,8 @@ def self_check_kind(settings: BackendSettings, engine: Any) -> str | None:
     if isinstance(engine, GraphEngine):  # TensorRT
         return {"fp32": "float32", "fp16": "float16"}.get(settings.precision, settings.precision)
     if isinstance(engine, TorchEngine):
-        if settings.quantize == "int8":
-            return "int8"
+        if settings.quantize != "none":  # int8, int4: a key of TOLERANCES each
+            return settings.quantize
         dtype = resolve_device(settings.device, settings.dtype)[1]
         return None if dtype == "float32" else dtype
     return None

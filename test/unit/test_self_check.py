@@ -91,7 +91,8 @@ def test_self_check_false_serves_the_corrupted_graph_and_says_so(tiny_dir, expor
 
 def test_torch_int8_and_bfloat16_pass_and_float32_is_the_reference():
     """The embedded model (trained weights): reduced precision stays within its kind's tolerance."""
-    for changes, kind in (({"quantize": "int8"}, "int8"), ({"dtype": "bfloat16"}, "bfloat16")):
+    for changes, kind in (({"quantize": "int8"}, "int8"), ({"quantize": "int4"}, "int4"),
+                          ({"dtype": "bfloat16"}, "bfloat16")):
         settings = BackendSettings(backend="torch", device="cpu", **changes)
         pipeline, _ = build_pipeline(settings, lambda m: None)
         result = pipeline.self_check

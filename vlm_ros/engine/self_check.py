@@ -35,13 +35,15 @@ class Tolerance:
 
 
 # By the numeric kind of the backend: float32 graphs differ from torch by rounding only (TensorRT's fp32 may use
-# TF32 matrix products); half precision keeps about 3 decimal digits (bfloat16 2), int8 / fp8 weights about 2.
+# TF32 matrix products); half precision keeps about 3 decimal digits (bfloat16 2), int8 / fp8 weights about 2,
+# int4 weights fewer.
 # A near tie may legitimately flip a later token in reduced precision, so fewer leading tokens are required there.
 TOLERANCES: dict[str, Tolerance] = {
     "float32": Tolerance(0.005, PROBE_TOKENS),
     "float16": Tolerance(0.03, 4),
     "bfloat16": Tolerance(0.06, 2),
     "int8": Tolerance(0.1, 2),
+    "int4": Tolerance(0.15, 1),
     "fp8": Tolerance(0.15, 1),
 }
 

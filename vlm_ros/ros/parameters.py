@@ -123,7 +123,7 @@ NODE_PARAMS = [
              "core. More than 1 is faster only while those cores are free: with another process on one core of two, "
              "2 threads made the first token 60x slower (docs/performance.md)", range=(0, 1024)),
     _backend("self_check", "after configure builds a backend that is not the eager float32 reference (onnxruntime, "
-             "TensorRT, torch float16/bfloat16/int8), compare its answer to a fixed probe with that reference "
+             "TensorRT, torch float16/bfloat16/int8/int4), compare its answer to a fixed probe with that reference "
              "(loaded on the CPU for the check where the backend holds no float32 copy; skipped, and said so, when "
              "that copy would not fit the host memory); beyond tolerance, configure fails"),
     ParamSpec("autostart", True, "configure and activate on start", startup=True),
