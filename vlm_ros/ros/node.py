@@ -423,7 +423,7 @@ class PerceptionNode(LifecycleNode):
 
         settings = TrackerSettings(max_targets=goal.max_targets, reground_period_s=goal.reground_period_s)
         session = TrackSession(
-            goal, settings, newest_stamp=self.buffers[camera].newest_stamp_ns,
+            goal, settings, wait_for_frame=self.buffers[camera].wait_for_image,
             snapshot=lambda: self._snapshot(camera),
             ground=lambda request, on_done: self._scheduler.enqueue_background(request, camera, on_done),
             publish=publish, camera_timeout_s=self.p("track_camera_timeout_s"),
