@@ -112,9 +112,9 @@ def test_bag_with_unusual_encodings_replays_without_node_changes(tmp_path):
 def test_the_committed_moving_scene_bag_is_tracked_through_the_harness(tmp_path):
     """The committed moving scene (test/bags/moving_small: 3 s at 30 Hz, 640x480 JPEG, 80x60 16UC1 depth) replayed
     into the node with a Track goal (`regression --track`): its feedback is scored per object against the bag's
-    per-frame truth, and the gates fail. Measured on a 2-core machine (three runs): red cube 93-96 %
+    per-frame truth, and the gates fail. Measured on a 2-core machine (two runs): red cube 93-96 %
     of frames with IoU >= 0.5, blue ball 81 %, yellow cube 83-91 %, green star 26-49 % (it leaves the view for
-    1.2 s of the squeezed script and comes back under a new ID); 0 ID switches; 3-D median 0.6-1.2 cm; 72-87
+    1.2 s of the squeezed script and comes back under a new ID); 0 ID switches; 3-D median 0.6-1.2 cm; 72-76
     tracker updates for the 91 frames."""
     code, out = run_harness(TRACK_BAG, tmp_path, "--track", "--min-hit-fraction", "0.15", "--max-id-switches", "3.5",
                             "--max-centroid-error", "0.03")
