@@ -4,11 +4,11 @@ worker. No ROS: the node passes in how to read frames, queue a grounding and pub
 The session runs in its caller's thread (the node: the action's execute callback, never a camera callback). It
 sleeps until the camera's next frame arrives (no polling), takes the newest frame only (frames that came in
 meanwhile are skipped: no backlog), at most `update_rate_hz` times a second, and moves the tracks to it.
-Groundings go through the scheduler's queue as
-background jobs, one at a time per session, behind any waiting query: queries and tracks share the one model
-worker in arrival order. Their answers come back on the worker and are merged here, in the session's thread.
-A camera that stops (no new frame for `camera_timeout_s`) makes every track lost with that reason; the session goes
-on and picks up when frames come again. `run` returns when the caller cancels or the node stops serving.
+Groundings go through the scheduler's queue as background jobs, one at a time per session, behind any waiting
+query: queries and tracks share the one model worker in arrival order. Their answers come back on the worker and
+are merged here, in the session's thread. A camera that stops (no new frame for `camera_timeout_s`) makes every
+track lost with that reason; the session goes on and picks up when frames come again. `run` returns when the
+caller cancels or the node stops serving.
 """
 
 from __future__ import annotations
