@@ -298,8 +298,8 @@ def test_read_bag_messages_filters_topics_and_time(pair):
     assert list(read_bag_messages(pair["sqlite3"], ["/not/there"])) == []
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_test_bag", BAGS_DIR / "make_test_bag.py")
+def _load_generator(name: str = "make_test_bag"):
+    spec = importlib.util.spec_from_file_location(name, BAGS_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -325,3 +325,29 @@ def test_committed_bag_is_small_and_reproduced_by_its_generator(tmp_path):
     gt = load_groundtruth(committed)
     assert len(gt.scenes) == 3 and all(len(s.frame_stamps_ns) == 4 for s in gt.scenes)
     assert len(gt.instructions) >= 9 and math.isclose(gt.fps, 2.0)
+
+
+def test_committed_tracking_bag_is_small_and_reproduced_by_its_generator(tmp_path):
+    from vlm_ros.tools.tracking_bag import TRUTH_FILE, load_tracking_truth
+
+    gen = _load_generator("make_tracking_bag")
+    committed = BAGS_DIR / gen.BAG_NAME
+    assert sum(f.stat().st_size for f in committed.iterdir()) <= 2_500_000
+    fresh = gen.make(tmp_path / gen.BAG_NAME)
+    assert json.loads((fresh / TRUTH_FILE).read_text()) == json.loads((committed / TRUTH_FILE).read_text())
+    old, new = list(read_bag_messages(committed)), list(read_bag_messages(fresh))
+    assert [(m.topic, m.timestamp_ns) for m in old] == [(m.topic, m.timestamp_ns) for m in new]
+    for a, b in zip(old, new, strict=True):
+        if a.topic == "/camera/image_raw/compressed":  # JPEG bytes may differ between OpenCV builds
+            diff = np.abs(decode_compressed(a.message.format, a.message.data).astype(int)
+                          - decode_compressed(b.message.format, b.message.data))
+            assert diff.mean() < 1.0
+        elif a.topic == "/camera/depth/image_raw":
+            assert a.message.encoding == "16UC1" and np.array_equal(a.message.data, b.message.data)
+            depth = decode_depth(a.message.encoding, a.message.width, a.message.height, a.message.step,
+                                 a.message.data)
+            assert depth.shape == (60, 80) and 0.1 < np.nanmin(depth) and np.nanmax(depth) < 10.0  # mm -> metres
+    truth = load_tracking_truth(committed)
+    assert len(truth.frames) == 91 and math.isclose(truth.fps, 30.0) and (truth.width, truth.height) == (640, 480)
+    labels = {o.label for _, objects in truth.frames for o in objects}
+    assert labels == {"red cube", "blue ball", "yellow cube", "green star"}

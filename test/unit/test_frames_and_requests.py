@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -27,6 +28,18 @@ def test_snapshot_reports_no_frame_then_the_newest_frame_only():
     frame, status, _ = buf.snapshot(now_ns=9 * S + 10, max_age_ns=S)
     assert status == Status.OK and frame.stamp_ns == 9 * S + 4 and frame.image[0, 0, 0] == 4  # no backlog
     assert frame.frame_id == "cam" and frame.camera == "front" and buf.stats.received == 5
+
+
+def test_wait_for_image_wakes_on_a_new_frame_and_times_out_without_one():
+    buf = CameraBuffer("front")
+    t0 = time.monotonic()
+    assert buf.wait_for_image(None, 0.05) is None and time.monotonic() - t0 >= 0.05  # no frame yet
+    buf.put_image(rgb(), stamp_ns=S, frame_id="cam")
+    assert buf.wait_for_image(None, 5.0) == S  # a frame newer than none: at once
+    threading.Timer(0.1, buf.put_image, (rgb(), 2 * S, "cam")).start()
+    t0 = time.monotonic()
+    assert buf.wait_for_image(S, 5.0) == 2 * S and time.monotonic() - t0 < 2.0  # woken by the frame, not the timeout
+    assert buf.wait_for_image(2 * S, 0.05) == 2 * S  # none newer: the same stamp after the timeout
 
 
 def test_stale_frame_is_refused_with_its_age():

@@ -24,7 +24,7 @@ class FakeWorld:
     def __init__(self, delay_s: float = 0.05):
         self.scene = render_scene(3, n_objects=2)
         self.index = 0
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # the camera notifies a new frame
         self.jobs: queue.Queue = queue.Queue()
         self.delay_s = delay_s
         self.grounded = 0
@@ -39,9 +39,10 @@ class FakeWorld:
         return Frame(np.roll(self.scene.image, dx, axis=1), stamp_ns=int(index * NS / 30), camera="front",
                      intrinsics=self.scene.intrinsics, depth=np.roll(self.scene.depth, dx, axis=1))
 
-    def newest_stamp(self):
+    def wait_for_frame(self, after_stamp, timeout_s):
         with self.lock:
-            return None if self.index < 0 else int(self.index * NS / 30)
+            self.lock.wait_for(lambda: int(self.index * NS / 30) != after_stamp, timeout_s)
+            return int(self.index * NS / 30)
 
     def snapshot(self):
         with self.lock:
@@ -77,9 +78,10 @@ class FakeWorld:
         self.published.append((frame.stamp_ns, tracks))
 
 
-def run_session(world: FakeWorld, frames: int, then_silent_s: float = 0.0, camera_timeout_s: float = 0.3):
-    session = TrackSession(TrackGoal("detect all objects", "front", 0.0, 0.3, 5), TrackerSettings(
-        reground_period_s=0.3), newest_stamp=world.newest_stamp, snapshot=world.snapshot, ground=world.ground,
+def run_session(world: FakeWorld, frames: int, then_silent_s: float = 0.0, camera_timeout_s: float = 0.3,
+                update_rate_hz: float = 0.0):
+    session = TrackSession(TrackGoal("detect all objects", "front", update_rate_hz, 0.3, 5), TrackerSettings(
+        reground_period_s=0.3), wait_for_frame=world.wait_for_frame, snapshot=world.snapshot, ground=world.ground,
         publish=world.publish, camera_timeout_s=camera_timeout_s)
     stop = threading.Event()
 
@@ -88,6 +90,7 @@ def run_session(world: FakeWorld, frames: int, then_silent_s: float = 0.0, camer
             time.sleep(1 / 30)
             with world.lock:
                 world.index = i
+                world.lock.notify_all()
         time.sleep(then_silent_s)
         stop.set()
 
@@ -121,6 +124,13 @@ def test_a_camera_that_stops_loses_every_track_once_with_the_reason():
     _, last = world.published[-1]
     assert last and all(t.state == TrackState.LOST and t.reason.startswith("camera stopped") for t in last)
     assert sum(bool(tracks) and all(t.state == TrackState.LOST for t in tracks) for _, tracks in world.published) == 1
+
+
+def test_a_slow_update_rate_is_not_taken_for_a_stopped_camera():
+    world = FakeWorld(delay_s=0.01)
+    session, _, _ = run_session(world, frames=40, camera_timeout_s=0.3, update_rate_hz=2.0)  # 1.3 s, a 0.5 s period
+    assert 2 <= session.updates <= 4
+    assert world.published and not any(t.reason.startswith("camera stopped") for _, ts in world.published for t in ts)
 
 
 def test_goal_checks_name_the_field():

@@ -213,6 +213,23 @@ def test_groundings_that_do_not_confirm_a_track_lose_it_and_max_targets_bounds_n
     assert tracker.drops["grounding beyond max_targets"] == 3
 
 
+def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loose_box(scene):
+    frame = shifted(scene, 0, 0.0)
+    true_box = scene.objects[0].box
+    loose = Box(true_box.x_min - 12, true_box.y_min - 12, true_box.x_max + 12, true_box.y_max + 12)  # a model's box
+    g = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=loose)
+    assert g.mask is not None
+    targets = [Target("cube", loose, position=g.position, mask=g.mask, shape=g.shape), Target("ball", Box(0, 0, 9, 9))]
+    boxes = {}
+    for box_from_mask in (True, False):
+        tracker = Tracker(TrackerSettings(box_from_mask=box_from_mask))
+        tracker.update(frame)
+        boxes[box_from_mask] = {t.label: t.box for t in tracker.apply_grounding(targets, frame)}
+    assert boxes[False]["cube"] == loose and loose.iou(true_box) < 0.7
+    assert boxes[True]["cube"].iou(true_box) >= 0.9
+    assert boxes[True]["ball"] == boxes[False]["ball"] == Box(0, 0, 9, 9)  # no mask: the model's box
+
+
 def test_needs_grounding_first_periodically_and_when_weak_but_not_too_often(scene):
     settings = TrackerSettings(reground_period_s=1.0, min_reground_interval_s=0.2)
     tracker = Tracker(settings)

@@ -56,7 +56,7 @@ class CameraBuffer:
         self.name = name
         self.depth_tolerance_ns = depth_tolerance_ns
         self.stats = CameraStats()
-        self._lock = threading.Condition()  # put_depth notifies a reader waiting for a depth image
+        self._lock = threading.Condition()  # put_image and put_depth notify a reader waiting for a frame or its depth
         self._image: _Image | None = None
         self._depths: deque[_Image] = deque(maxlen=history)
         self._intrinsics: deque[_Intrinsics] = deque(maxlen=history)
@@ -80,6 +80,7 @@ class CameraBuffer:
                                      else 0.9 * self.stats.callback_s + 0.1 * callback_s)
             self._image = _Image(image, stamp_ns, frame_id, now)
             self.stats.received += 1
+            self._lock.notify_all()
 
     def put_depth(self, depth: np.ndarray, stamp_ns: int, frame_id: str) -> None:
         with self._lock:
@@ -114,6 +115,13 @@ class CameraBuffer:
     # --- reader (query worker) ----------------------------------------------------------------------------
     def newest_stamp_ns(self) -> int | None:
         with self._lock:
+            return None if self._image is None else self._image.stamp_ns
+
+    def wait_for_image(self, after_stamp_ns: int | None, timeout_s: float) -> int | None:
+        """The newest frame's stamp as soon as it differs from `after_stamp_ns` (a new frame), or after `timeout_s`
+        whatever it is then (None = no frame yet): a reader that follows every frame without polling."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._image is not None and self._image.stamp_ns != after_stamp_ns, timeout_s)
             return None if self._image is None else self._image.stamp_ns
 
     def snapshot(self, now_ns: int, max_age_ns: int, companion_wait_s: float = 0.0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import resource
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -58,6 +59,11 @@ from vlm_ros.tracking.session import TrackGoal, TrackSession, check_goal
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared images are dropped before any allocation
 REQUEST_QOS_DEPTH = 256  # requests that may wait in DDS before the executor takes them
+# How often the node's threads hand over the GIL (Python's default: every 5 ms). A Track goal's thread makes many
+# short OpenCV calls per update, each giving up the GIL; while the model worker runs Python (generate), each one
+# waited up to the interval to get it back: a 5 ms update took 100-300 ms, and a 30 Hz replay got 46-51 tracker
+# updates for 91 frames (83-87 at 0.5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0005
 # Camera subscriptions: the sensor-data profile, except that reliability follows the publishers where rclpy
 # can (BEST_AVAILABLE, Iron and newer): reliable drivers and bag players then deliver every fragment of a large
 # image instead of losing frames; best-effort publishers still match. Humble falls back to best effort.
@@ -423,7 +429,7 @@ class PerceptionNode(LifecycleNode):
 
         settings = TrackerSettings(max_targets=goal.max_targets, reground_period_s=goal.reground_period_s)
         session = TrackSession(
-            goal, settings, newest_stamp=self.buffers[camera].newest_stamp_ns,
+            goal, settings, wait_for_frame=self.buffers[camera].wait_for_image,
             snapshot=lambda: self._snapshot(camera),
             ground=lambda request, on_done: self._scheduler.enqueue_background(request, camera, on_done),
             publish=publish, camera_timeout_s=self.p("track_camera_timeout_s"),
@@ -629,6 +635,7 @@ def spin(node: Node, executor) -> None:
 def main(args: list[str] | None = None, node_type: Callable[[], PerceptionNode] = PerceptionNode) -> None:
     """Run the node until Ctrl-C or shutdown; node_type makes it (a test entry point passes a subclass)."""
     rclpy.init(args=args)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         node = node_type()
     except ValueError as exc:

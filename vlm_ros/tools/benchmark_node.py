@@ -185,7 +185,9 @@ class Bench:
         try:
             time.sleep(1.0)
             if track:
-                goal, t_track, self.track_updates = self.start_track(), time.monotonic(), 0
+                goal = self.start_track()
+                time.sleep(1.0)  # the first grounding, and the new action client's feedback subscription matching
+                t_track, self.track_updates = time.monotonic(), 0
             for _ in range(n + 2):
                 sent_ns = self.node.get_clock().now().nanoseconds
                 t0 = time.monotonic()

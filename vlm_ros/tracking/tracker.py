@@ -60,6 +60,7 @@ class TrackerSettings:
     duplicate_iou: float = 0.5  # a grounding overlapping a better one of its label, or a track, this much: a repeat
     min_visible_fraction: float = 0.3  # less of the box inside the image: the target left it
     depth_tolerance_m: float = 0.06  # least depth gate half-width (the target's own depth spread widens it)
+    box_from_mask: bool = True  # a grounded target with a mask is followed from its mask's extent, not the model's box
     flow: FlowSettings = field(default_factory=FlowSettings)
     association: AssociationSettings = field(default_factory=AssociationSettings)
 
@@ -258,7 +259,8 @@ class Tracker:
     def apply_grounding(self, targets: Sequence[Target], frame: Frame) -> list[TrackedTarget]:
         """Merge a grounding of `frame` (which may be a few frames old): confirm, re-acquire or start tracks."""
         s = self.settings
-        targets = self._distinct(sorted((t for t in targets if t.box is not None), key=lambda t: -t.score))
+        targets = [_mask_boxed(t) if s.box_from_mask else t for t in targets if t.box is not None]
+        targets = self._distinct(sorted(targets, key=lambda t: -t.score))
         detections = [Candidate(t.label, t.box, t.position) for t in targets]
         then = [self._at(track, frame.stamp_ns) for track in self.tracks]
         found = associate([c for c, _ in then], detections, s.association)
@@ -359,6 +361,19 @@ class Tracker:
                               t.box.clipped(*self._size) if self._size is not None else t.box, t.confidence, stamp,
                               max(0.0, (stamp - t.confirmed_ns) / NS), t.position, t.shape, t.mask)
                 for t in self.tracks]
+
+
+def _mask_boxed(target: Target) -> Target:
+    """The target with its mask's extent as its box (a model's box is looser or cut short; the depth-layer mask
+    follows the object's visible surface); unchanged without a mask or with an empty one."""
+    if target.mask is None:
+        return target
+    rows, cols = np.nonzero(target.mask.data.any(axis=1))[0], np.nonzero(target.mask.data.any(axis=0))[0]
+    if rows.size == 0:
+        return target
+    m = target.mask
+    return replace(target, box=Box(float(m.x0 + cols[0]), float(m.y0 + rows[0]), float(m.x0 + cols[-1] + 1),
+                                   float(m.y0 + rows[-1] + 1)))
 
 
 def _box_patch(mask: Mask, box: Box) -> np.ndarray:
