@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -21,7 +21,10 @@ CAMERA_PUBLISHER_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABL
 class Harness:
     def __init__(self, name: str = "test_client"):
         self.node = rclpy.create_node(name)
-        self.executor = MultiThreadedExecutor(num_threads=4)
+        # One thread: rclpy's multi-threaded executor busy-loops while a callback is in flight and held the GIL
+        # from this process's camera thread for 0.5-3 s at a time (faulthandler: the spin thread in
+        # Task.done); the node then saw its camera stop. Every callback here is short (appends, futures).
+        self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()

@@ -172,12 +172,13 @@ def test_tracks_keep_their_ids_then_the_camera_stops_busy_and_invalid_goals_and_
     assert all(len(v) == 1 for v in ids.values()), ids
     assert errors and sorted(errors)[len(errors) // 2] < 0.02
     # after the camera stopped, the last feedback (one, on the stop) has every track lost; those still followed
-    # until then say the camera stopped (one lost before, e.g. when it left the image, keeps its own reason)
+    # until then say the camera stopped (one lost before, e.g. when it left the image, keeps its own reason, and
+    # a grounding merged after the last frame may have lost one as unconfirmed)
     last, before = feedback[-1], {t.id: t.state for t in feedback[-2].tracks}
     assert last.tracks and all(t.state == TrackedTarget.STATE_LOST for t in last.tracks)
-    stopped = [t for t in last.tracks if before.get(t.id) != TrackedTarget.STATE_LOST]
-    assert stopped and all(t.reason.startswith("camera stopped") for t in stopped), [
-        (before.get(t.id), t.reason) for t in last.tracks]
+    stopped = [t.reason for t in last.tracks if before.get(t.id) != TrackedTarget.STATE_LOST]
+    assert any(r.startswith("camera stopped") for r in stopped), stopped
+    assert all(r.startswith(("camera stopped", "not confirmed by")) for r in stopped), stopped
     # ~/tracks carries the same updates
     assert on_topic and {stamp_ns(m.header) for m in on_topic} <= set(camera.truth)
     assert on_topic[-1].instruction == "detect all objects"
