@@ -73,3 +73,11 @@ def test_reacquisition_after_a_hidden_stretch_is_timed_and_checks_the_id():
               (0.6, [Obj(1, "ball", BOX, 1.0), Obj(2, "star", FAR, 1.0)], [Trk(3, FAR)])]
     ball, star = score_tracking(frames).objects
     assert [r.delay_s for r in ball.reacquisitions] == [float("inf")] and star.reacquisitions == []
+
+    # a track that never overlapped the object before it was hidden: no ID to compare with (not a new ID)
+    frames = [(0.0, [Obj(1, "ball", BOX, 1.0)], [Trk(1, FAR)]),
+              *[(i / 10, [Obj(1, "ball", None, 0.0)], []) for i in range(1, 6)],
+              (0.6, [Obj(1, "ball", BOX, 1.0)], [Trk(1, BOX)])]
+    (o,) = score_tracking(frames).objects
+    assert [r.same_id for r in o.reacquisitions] == [None]
+    assert "(not paired before it was hidden)" in score_tracking(frames).lines()[1]

@@ -41,7 +41,7 @@ class MetricSettings:
 class Reacquisition:
     hidden_s: float  # how long it was hidden
     delay_s: float  # from visible again to paired again; inf = never within the sequence
-    same_id: bool  # paired with the track it had before
+    same_id: bool | None  # paired with the track it had before; None: it was never paired before it was hidden
 
 
 @dataclass
@@ -94,7 +94,7 @@ class TrackingScore:
         for o in self.objects:
             errors = f"{_cm(statistics.median(o.errors_3d))}/{_cm(percentile(o.errors_3d, 0.9))}" if o.errors_3d \
                 else "-"
-            reacq = ", ".join(f"{r.delay_s:.2f} after {r.hidden_s:.1f}{'' if r.same_id else ' (new ID)'}"
+            reacq = ", ".join(f"{r.delay_s:.2f} after {r.hidden_s:.1f}{_id_note(r.same_id)}"
                               for r in o.reacquisitions) or "-"
             out.append(f"{o.label + ' #' + str(o.object_id):22s} {o.visible_frames:7d} {o.hit_fraction:8.1%} "
                        f"{o.id_switches:5d} {errors:>15s} {reacq}")
@@ -118,6 +118,10 @@ def pair_frame(truth: Sequence[Any], tracks: Sequence[Any], iou_threshold: float
     iou = np.array([[o.box.iou(t.box) for t in live] for o in objects])  # (O, T)
     rows, cols = linear_sum_assignment(-iou)
     return {objects[r].object_id: live[c] for r, c in zip(rows, cols, strict=True) if iou[r, c] >= iou_threshold}
+
+
+def _id_note(same_id: bool | None) -> str:
+    return "" if same_id else " (new ID)" if same_id is False else " (not paired before it was hidden)"
 
 
 def score_tracking(frames: Sequence[tuple[float, Sequence[Any], Sequence[Any]]],
@@ -148,7 +152,8 @@ def score_tracking(frames: Sequence[tuple[float, Sequence[Any], Sequence[Any]]],
                 continue
             if o.object_id in pending:
                 hidden_for, back_at, before = pending.pop(o.object_id)
-                score.reacquisitions.append(Reacquisition(hidden_for, t - back_at, before == track.track_id))
+                score.reacquisitions.append(Reacquisition(hidden_for, t - back_at,
+                                                          None if before is None else before == track.track_id))
             if o.object_id in last_id and last_id[o.object_id] != track.track_id:
                 score.id_switches += 1
             if not score.track_ids or score.track_ids[-1] != track.track_id:
