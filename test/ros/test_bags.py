@@ -305,6 +305,23 @@ def _load_generator(name: str = "make_test_bag"):
     return module
 
 
+def _assert_reproduced(committed: Path, fresh: Path) -> list:
+    """The fresh bag holds the committed one's messages (JPEG images within a grey level on average: the bytes may
+    differ between OpenCV builds; depth images byte for byte); returns the committed depth images."""
+    old, new = list(read_bag_messages(committed)), list(read_bag_messages(fresh))
+    assert [(m.topic, m.timestamp_ns) for m in old] == [(m.topic, m.timestamp_ns) for m in new]
+    depths = []
+    for a, b in zip(old, new, strict=True):
+        if a.topic == "/camera/image_raw/compressed":
+            diff = np.abs(decode_compressed(a.message.format, a.message.data).astype(int)
+                          - decode_compressed(b.message.format, b.message.data))
+            assert diff.mean() < 1.0
+        elif a.topic == "/camera/depth/image_raw":
+            assert np.array_equal(a.message.data, b.message.data)
+            depths.append(a.message)
+    return depths
+
+
 def test_committed_bag_is_small_and_reproduced_by_its_generator(tmp_path):
     gen = _load_generator()
     committed = BAGS_DIR / gen.BAG_NAME
@@ -313,15 +330,7 @@ def test_committed_bag_is_small_and_reproduced_by_its_generator(tmp_path):
     fresh = gen.make(tmp_path / gen.BAG_NAME)
     assert json.loads((fresh / "groundtruth.json").read_text()) == json.loads(
         (committed / "groundtruth.json").read_text())
-    old, new = list(read_bag_messages(committed)), list(read_bag_messages(fresh))
-    assert [(m.topic, m.timestamp_ns) for m in old] == [(m.topic, m.timestamp_ns) for m in new]
-    for a, b in zip(old, new, strict=True):
-        if a.topic == "/camera/image_raw/compressed":  # JPEG bytes may differ between OpenCV builds
-            diff = np.abs(decode_compressed(a.message.format, a.message.data).astype(int)
-                          - decode_compressed(b.message.format, b.message.data))
-            assert diff.mean() < 1.0
-        elif a.topic == "/camera/depth/image_raw":
-            assert np.array_equal(a.message.data, b.message.data)
+    _assert_reproduced(committed, fresh)
     gt = load_groundtruth(committed)
     assert len(gt.scenes) == 3 and all(len(s.frame_stamps_ns) == 4 for s in gt.scenes)
     assert len(gt.instructions) >= 9 and math.isclose(gt.fps, 2.0)
@@ -335,18 +344,10 @@ def test_committed_tracking_bag_is_small_and_reproduced_by_its_generator(tmp_pat
     assert sum(f.stat().st_size for f in committed.iterdir()) <= 2_500_000
     fresh = gen.make(tmp_path / gen.BAG_NAME)
     assert json.loads((fresh / TRUTH_FILE).read_text()) == json.loads((committed / TRUTH_FILE).read_text())
-    old, new = list(read_bag_messages(committed)), list(read_bag_messages(fresh))
-    assert [(m.topic, m.timestamp_ns) for m in old] == [(m.topic, m.timestamp_ns) for m in new]
-    for a, b in zip(old, new, strict=True):
-        if a.topic == "/camera/image_raw/compressed":  # JPEG bytes may differ between OpenCV builds
-            diff = np.abs(decode_compressed(a.message.format, a.message.data).astype(int)
-                          - decode_compressed(b.message.format, b.message.data))
-            assert diff.mean() < 1.0
-        elif a.topic == "/camera/depth/image_raw":
-            assert a.message.encoding == "16UC1" and np.array_equal(a.message.data, b.message.data)
-            depth = decode_depth(a.message.encoding, a.message.width, a.message.height, a.message.step,
-                                 a.message.data)
-            assert depth.shape == (60, 80) and 0.1 < np.nanmin(depth) and np.nanmax(depth) < 10.0  # mm -> metres
+    for m in _assert_reproduced(committed, fresh):
+        assert m.encoding == "16UC1"
+        depth = decode_depth(m.encoding, m.width, m.height, m.step, m.data)
+        assert depth.shape == (60, 80) and 0.1 < np.nanmin(depth) and np.nanmax(depth) < 10.0  # mm -> metres
     truth = load_tracking_truth(committed)
     assert len(truth.frames) == 91 and math.isclose(truth.fps, 30.0) and (truth.width, truth.height) == (640, 480)
     labels = {o.label for _, objects in truth.frames for o in objects}
