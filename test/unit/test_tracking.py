@@ -208,9 +208,41 @@ def test_groundings_that_do_not_confirm_a_track_lose_it_and_max_targets_bounds_n
     assert tracker.snapshot()[0].state == TrackState.TRACKING
     tracked = tracker.apply_grounding([], frame)
     assert tracked[0].state == TrackState.LOST and tracked[0].reason == "not confirmed by 2 groundings in a row"
+    # max_targets bounds the tracks kept; a new target takes the place of the lost one (else the misnamed or departed
+    # could keep every place for ever), never of one still followed
+    lost_id = tracked[0].track_id
     extra = [Target(f"thing {i}", Box(10 * i, 0, 10 * i + 8, 8)) for i in range(5)]
-    assert len(tracker.apply_grounding(extra, frame)) == 3
+    kept = tracker.apply_grounding(extra, frame)
+    assert len(kept) == 3 and lost_id not in {t.track_id for t in kept}
+    assert all(t.state == TrackState.TRACKING for t in kept)
+    assert tracker.drops["grounding beyond max_targets"] == 2
+    assert len(tracker.apply_grounding([Target("thing 9", Box(200, 200, 208, 208))], frame)) == 3
     assert tracker.drops["grounding beyond max_targets"] == 3
+
+
+def test_a_new_target_takes_the_place_of_a_lost_track_found_once_never_of_one_found_often(scene):
+    tracker = started(scene, TrackerSettings(max_misses=1, max_targets=2), only=0)
+    frame = shifted(scene, 0, DT)
+    tracker.update(frame)
+    tracker.apply_grounding(grounding(scene, frame, only=0), frame)  # the first object, found twice
+    tracker.apply_grounding(grounding(scene, frame, only=1), frame)  # a second one, found once (the first missed:
+    tracker.apply_grounding([], frame)  # lost); then neither: both lost
+    (often, often_state), (once, once_state) = [(t.track_id, t.state) for t in tracker.snapshot()]
+    assert often_state == once_state == TrackState.LOST
+
+    def ids() -> set[int]:
+        return {t.track_id for t in tracker.snapshot()}
+
+    tracker.apply_grounding([Target("thing a", Box(0, 0, 8, 8))], frame)  # no place: the one found once goes
+    assert often in ids() and once not in ids() and len(ids()) == 2
+    tracker.apply_grounding([Target("thing b", Box(20, 0, 28, 8))], frame)  # thing a, missed, goes in its turn
+    assert often in ids() and len(ids()) == 2
+    before = tracker.drops["grounding beyond max_targets"]
+    tracker.apply_grounding([Target("thing b", Box(20, 0, 28, 8))], frame)  # thing b found twice: kept while lost
+    tracker.apply_grounding([], frame)
+    tracker.apply_grounding([Target("thing c", Box(40, 0, 48, 8))], frame)  # no place for it
+    assert often in ids() and "thing c" not in {t.label for t in tracker.snapshot()}
+    assert tracker.drops["grounding beyond max_targets"] == before + 1
 
 
 def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loose_box(scene):

@@ -99,6 +99,7 @@ class _Track:
     shape: Shape3D | None = None
     mask: Mask | None = None
     misses: int = 0
+    groundings: int = 1  # groundings that found it (the first included)
     history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
     shown: bool = True  # its state has been in an update's output
 
@@ -266,6 +267,7 @@ class Tracker:
         found = associate([c for c, _ in then], detections, s.association)
         for ti, di in found.matches:
             track, was = self.tracks[ti], self.tracks[ti].state
+            track.groundings += 1
             self._restart(track, targets[di], frame, then[ti][1])
             if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
                 continue
@@ -286,7 +288,7 @@ class Tracker:
             if any(c.box is not None and c.box.iou(target.box) >= s.duplicate_iou for c, _ in then):
                 self.drops["grounding on another track's box (label differs)"] += 1
                 continue
-            if len(self.tracks) >= s.max_targets:
+            if len(self.tracks) >= s.max_targets and not self._forget_a_lost_track():
                 self.drops["grounding beyond max_targets"] += 1
                 continue
             track = _Track(self._next_id, target.label, target.box, TrackState.TRACKING, "new grounding",
@@ -295,6 +297,17 @@ class Tracker:
             self._restart(track, target, frame, (0.0, 0.0))
             self.tracks.append(track)
         return self.snapshot()
+
+    def _forget_a_lost_track(self) -> bool:
+        """Make room for a new target by dropping a lost track that only one grounding ever found (a misdetection
+        or a misnamed object, which would otherwise hold its place among max_targets for ever), the one lost
+        longest. An object found again and again keeps its place while lost, to be re-identified when it comes
+        back. False if there is no such track."""
+        once = [t for t in self.tracks if t.state == TrackState.LOST and t.groundings == 1]
+        if not once:
+            return False
+        self.tracks.remove(min(once, key=lambda t: t.seen_ns))
+        return True
 
     def _distinct(self, targets: list[Target]) -> list[Target]:
         """The targets without repeats: one overlapping a better-scored one of its label by duplicate_iou is dropped."""
