@@ -10,7 +10,8 @@ States (every change carries a reason):
   most `predict_s`; the flow is tried again on the predicted box each frame.
 - LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row,
   a frame gap or clock jump, the camera stopped. The last box is reported; nothing moves it. A grounding with
-  the same label re-acquires the track (same ID); a lost track is forgotten after `forget_s`.
+  the same label re-acquires the track (same ID); a lost track is forgotten after `forget_s`, or earlier when
+  only one grounding ever found it and a new target needs its place (`max_targets`).
 - RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
   TRACKING from the next.
 Nothing non-finite leaves the tracker: boxes are core.types.Box (finite by construction), positions come from
@@ -300,7 +301,7 @@ class Tracker:
 
     def _forget_a_lost_track(self) -> bool:
         """Make room for a new target by dropping a lost track that only one grounding ever found (a misdetection
-        or a misnamed object, which would otherwise hold its place among max_targets for ever), the one lost
+        or a misnamed object, which would otherwise hold its place among max_targets for forget_s), the one lost
         longest. An object found again and again keeps its place while lost, to be re-identified when it comes
         back. False if there is no such track."""
         once = [t for t in self.tracks if t.state == TrackState.LOST and t.groundings == 1]
