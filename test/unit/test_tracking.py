@@ -208,8 +208,8 @@ def test_groundings_that_do_not_confirm_a_track_lose_it_and_max_targets_bounds_n
     assert tracker.snapshot()[0].state == TrackState.TRACKING
     tracked = tracker.apply_grounding([], frame)
     assert tracked[0].state == TrackState.LOST and tracked[0].reason == "not confirmed by 2 groundings in a row"
-    # max_targets bounds the tracks kept; a new target takes the place of the lost one (else the misnamed or departed
-    # could keep every place for ever), never of one still followed
+    # max_targets bounds the tracks kept; a new target takes the place of the lost one, which only one grounding
+    # found (a misnamed object would otherwise keep it for forget_s), never that of one still followed
     lost_id = tracked[0].track_id
     extra = [Target(f"thing {i}", Box(10 * i, 0, 10 * i + 8, 8)) for i in range(5)]
     kept = tracker.apply_grounding(extra, frame)
