@@ -78,6 +78,7 @@ def test_reacquisition_after_a_hidden_stretch_is_timed_and_checks_the_id():
     frames = [(0.0, [Obj(1, "ball", BOX, 1.0)], [Trk(1, FAR)]),
               *[(i / 10, [Obj(1, "ball", None, 0.0)], []) for i in range(1, 6)],
               (0.6, [Obj(1, "ball", BOX, 1.0)], [Trk(1, BOX)])]
-    (o,) = score_tracking(frames).objects
+    score = score_tracking(frames)
+    (o,) = score.objects
     assert [r.same_id for r in o.reacquisitions] == [None]
-    assert "(not paired before it was hidden)" in score_tracking(frames).lines()[1]
+    assert "(not paired before it was hidden)" in score.lines()[1]
