@@ -163,6 +163,23 @@ def test_occlusion_predicts_then_loses_then_a_grounding_reacquires_the_same_id(s
     assert after.state == TrackState.TRACKING
 
 
+def test_a_target_coming_into_view_keeps_its_box_on_the_border_it_came_from(scene):
+    box = scene.objects[0].box
+    dx0 = int(640 + 0.4 * box.width - box.x_max)  # 40 % of the object beyond the right border
+    tracker = Tracker()
+    first = shifted(scene, dx0, 0.0)
+    tracker.update(first)
+    visible = Box(box.x_min + dx0, box.y_min, 640, box.y_max)
+    g = target_geometry(first.depth, first.intrinsics, (640, 480), box=visible)
+    tracker.apply_grounding([Target("cube", visible, position=g.position, mask=g.mask, shape=g.shape)], first)
+    for i in range(1, 11):  # it moves 3 px a frame into the image; what showed of it was cut by the border
+        dx = dx0 - 3 * i
+        (t,) = tracker.update(shifted(scene, dx, i * DT))
+    truth = Box(box.x_min + dx, box.y_min, 640, box.y_max)
+    assert t.state == TrackState.TRACKING and t.box.x_max == 640
+    assert t.box.iou(truth) > 0.85 and t.box.x_min == pytest.approx(truth.x_min, abs=3)
+
+
 def test_late_frames_are_dropped_and_time_going_back_loses_every_track(scene):
     tracker = started(scene)
     tracker.update(shifted(scene, 0, 5 * DT))
@@ -243,6 +260,42 @@ def test_a_new_target_takes_the_place_of_a_lost_track_found_once_never_of_one_fo
     tracker.apply_grounding([Target("thing c", Box(40, 0, 48, 8))], frame)  # no place for it
     assert often in ids() and "thing c" not in {t.label for t in tracker.snapshot()}
     assert tracker.drops["grounding beyond max_targets"] == before + 1
+
+
+def test_a_new_target_takes_the_place_of_a_track_groundings_refuted_before_one_that_went_out_of_sight(scene):
+    tracker = started(scene, TrackerSettings(max_misses=1, max_targets=2, predict_s=0.1), only=0)
+    box = scene.objects[0].box
+    cover = Box(box.x_min - 10, box.y_min - 10, box.x_max + 10, box.y_max + 10)
+    for i in range(1, 6):  # covered: predicted, then lost for not being seen (found by one grounding)
+        (hidden,) = tracker.update(shifted(scene, 0, i * DT, cover=cover))
+    assert hidden.state == TrackState.LOST and hidden.reason.startswith("not seen for")
+    frame = shifted(scene, 0, 6 * DT)
+    tracker.update(frame)
+    tracker.apply_grounding([Target("thing a", Box(0, 0, 8, 8))], frame)
+    tracker.apply_grounding([], frame)  # thing a is not found again in view: refuted, lost (found once too)
+    assert {t.label: t.state for t in tracker.snapshot()}["thing a"] == TrackState.LOST
+    tracker.apply_grounding([Target("thing b", Box(20, 0, 28, 8))], frame)  # room for it: thing a goes, though
+    assert [t.label for t in tracker.snapshot()] == [hidden.label, "thing b"]  # lost after the hidden one
+
+
+def test_a_grounding_naming_a_followed_target_otherwise_neither_starts_a_track_nor_counts_as_a_miss(scene):
+    tracker = started(scene, TrackerSettings(max_misses=1), only=0)
+    (cube,) = tracker.snapshot()
+    frame = shifted(scene, 0, DT)
+    tracker.update(frame)
+    b, width = cube.box, cube.box.width
+    beside = Box(b.x_min + 0.4 * width, b.y_min, b.x_max + 0.4 * width, b.y_max)  # IoU 0.43 with the track's box
+    assert 0.3 < beside.iou(b) < 0.5
+    renamed = Target("cube-ish star", beside, position=cube.position)  # the same place in 3-D, another name
+    for _ in range(3):
+        (same,) = tracker.apply_grounding([renamed], frame)
+        assert same.track_id == cube.track_id and same.state == TrackState.TRACKING
+    assert tracker.drops["grounding on another track's place (label differs)"] == 3
+    x, y, z = cube.position
+    behind = Target("ball", beside, position=(x, y, z + 0.5))  # overlapping in the image, half a metre behind it
+    tracked = tracker.apply_grounding([behind], frame)
+    assert {t.label for t in tracked} == {cube.label, "ball"}
+    assert {t.label: t.state for t in tracked}[cube.label] == TrackState.LOST  # max_misses=1, nothing named it
 
 
 def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loose_box(scene):

@@ -8,10 +8,14 @@ States (every change carries a reason):
 - TRACKING: the flow step succeeded (vlm_ros.tracking.flow) or a grounding confirmed the box.
 - PREDICTED: the flow step failed (occlusion, too few features); the box moves on at its last velocity, for at
   most `predict_s`; the flow is tried again on the predicted box each frame.
-- LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row,
-  a frame gap or clock jump, the camera stopped. The last box is reported; nothing moves it. A grounding with
-  the same label re-acquires the track (same ID); a lost track is forgotten after `forget_s`, or earlier when
-  only one grounding ever found it and a new target needs its place (`max_targets`).
+- LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row
+  (a grounding that names another label at the track's place, in the image and in 3-D, is the same object named
+  otherwise: not a miss, and not a new target), a frame gap or clock jump, the camera stopped. The last box is
+  reported; nothing moves it. A grounding with the same label re-acquires the track (same ID); a lost track is
+  forgotten after `forget_s`, or earlier when only one grounding ever found it and a new target needs its place
+  (`max_targets`).
+A target whose grounded box reaches the image border is cut there: while it comes into view, its box keeps that
+side on the border (the flow sees only what was visible), until a grounding sees its whole extent.
 - RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
   TRACKING from the next.
 Nothing non-finite leaves the tracker: boxes are core.types.Box (finite by construction), positions come from
@@ -101,6 +105,8 @@ class _Track:
     mask: Mask | None = None
     misses: int = 0
     groundings: int = 1  # groundings that found it (the first included)
+    cut: tuple[bool, bool, bool, bool] = (False, False, False, False)  # sides (left, top, right, bottom) where the
+    # grounding's box reached the image border: the object went on beyond it
     history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
     shown: bool = True  # its state has been in an update's output
 
@@ -190,7 +196,8 @@ class Tracker:
             if math.isfinite(vx) and math.isfinite(vy):
                 track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
             recovered = track.state in (TrackState.PREDICTED, TrackState.LOST)
-            track.box, track.confidence, track.seen_ns = step.box, step.confidence, stamp
+            track.box, track.confidence, track.seen_ns = _to_cut_border(step.box, track.cut, width, height), \
+                step.confidence, stamp
             if recovered:
                 track.set_state(TrackState.RE_ACQUIRED, "found again by optical flow")
             elif track.state != TrackState.RE_ACQUIRED:  # one not yet shown stays so for this update
@@ -276,9 +283,14 @@ class Tracker:
                 track.set_state(TrackState.RE_ACQUIRED, f"re-acquired by grounding (was {was.value})")
             else:
                 track.set_state(TrackState.TRACKING, "confirmed by grounding")
+        # an unmatched detection on a track's place with another label: that object named otherwise (a model's answer
+        # on a partly visible object varies); neither a new target nor a miss of the track
+        renamed = [(ti, di) for di in found.unmatched_detections for ti, (c, _) in enumerate(then)
+                   if self._same_place(c, detections[di])]
+        seen, renaming = {ti for ti, _ in renamed}, {di for _, di in renamed}
         for ti in found.unmatched_tracks:
             track = self.tracks[ti]
-            if track.state == TrackState.LOST:
+            if track.state == TrackState.LOST or ti in seen:  # seen under another name: no miss
                 continue
             track.misses += 1
             if track.misses >= s.max_misses:
@@ -286,8 +298,8 @@ class Tracker:
                 track.confidence = 0.0
         for di in found.unmatched_detections:
             target = targets[di]
-            if any(c.box is not None and c.box.iou(target.box) >= s.duplicate_iou for c, _ in then):
-                self.drops["grounding on another track's box (label differs)"] += 1
+            if di in renaming:
+                self.drops["grounding on another track's place (label differs)"] += 1
                 continue
             if len(self.tracks) >= s.max_targets and not self._forget_a_lost_track():
                 self.drops["grounding beyond max_targets"] += 1
@@ -301,14 +313,25 @@ class Tracker:
 
     def _forget_a_lost_track(self) -> bool:
         """Make room for a new target by dropping a lost track that only one grounding ever found (a misdetection
-        or a misnamed object, which would otherwise hold its place among max_targets for forget_s), the one lost
-        longest. An object found again and again keeps its place while lost, to be re-identified when it comes
-        back. False if there is no such track."""
+        or a misnamed object, which would otherwise hold its place among max_targets for forget_s): first one that
+        groundings refuted in view, then one that went out of sight (it may come back); the one lost longest. An
+        object found again and again keeps its place while lost, to be re-identified when it comes back. False if
+        there is no such track."""
         once = [t for t in self.tracks if t.state == TrackState.LOST and t.groundings == 1]
         if not once:
             return False
-        self.tracks.remove(min(once, key=lambda t: t.seen_ns))
+        self.tracks.remove(min(once, key=lambda t: (t.misses < self.settings.max_misses, t.seen_ns)))
         return True
+
+    def _same_place(self, track: Candidate, detection: Candidate) -> bool:
+        """Whether a detection lies where a visible track is, whatever their labels: overlapping by duplicate_iou,
+        or by the association's iou_gate and within its distance_gate_m in 3-D."""
+        if track.box is None:
+            return False
+        iou, gate = track.box.iou(detection.box), self.settings.association
+        return iou >= self.settings.duplicate_iou or (
+            iou >= gate.iou_gate and track.position is not None and detection.position is not None
+            and math.dist(track.position, detection.position) <= gate.distance_gate_m)
 
     def _distinct(self, targets: list[Target]) -> list[Target]:
         """The targets without repeats: one overlapping a better-scored one of its label by duplicate_iou is dropped."""
@@ -338,6 +361,7 @@ class Tracker:
         newest frame: by the flow through the frames kept since (catch-up), else (its frame is no longer kept) by
         `shift`, how far the track moved since that frame."""
         track.box, track.confidence, track.misses = target.box, 1.0, 0
+        track.cut = _cut_sides(target.box, frame.width, frame.height)
         track.confirmed_ns = track.seen_ns = frame.stamp_ns
         track.velocity = track.velocity if track.state == TrackState.TRACKING else (0.0, 0.0)
         track.mask_patch = _box_patch(target.mask, target.box) if target.mask is not None else None
@@ -388,6 +412,20 @@ def _mask_boxed(target: Target) -> Target:
     m = target.mask
     return replace(target, box=Box(float(m.x0 + cols[0]), float(m.y0 + rows[0]), float(m.x0 + cols[-1] + 1),
                                    float(m.y0 + rows[-1] + 1)))
+
+
+def _cut_sides(box: Box, width: int, height: int, margin_px: float = 2.0) -> tuple[bool, bool, bool, bool]:
+    """Which sides (left, top, right, bottom) of `box` reach the image border (within margin_px)."""
+    return (box.x_min <= margin_px, box.y_min <= margin_px, box.x_max >= width - margin_px,
+            box.y_max >= height - margin_px)
+
+
+def _to_cut_border(box: Box, cut: tuple[bool, bool, bool, bool], width: int, height: int) -> Box:
+    """`box` with each cut side that moved into the image put back on the border: an object coming into view
+    still reaches the border (what it showed was cut there), until a grounding sees its whole extent."""
+    left, top, right, bottom = cut
+    return Box(min(box.x_min, 0.0) if left else box.x_min, min(box.y_min, 0.0) if top else box.y_min,
+               max(box.x_max, width) if right else box.x_max, max(box.y_max, height) if bottom else box.y_max)
 
 
 def _box_patch(mask: Mask, box: Box) -> np.ndarray:
