@@ -69,3 +69,17 @@ def test_python_process_logs_waits_and_stops_its_whole_group(tmp_path):
         failing.wait_for_log("never printed", 30)
     failing.stop()
 
+
+
+def test_the_tracking_benchmark_can_feed_frames_as_a_tracking_bag_carries_them():
+    from vlm_ros.tools.benchmark_tracking import as_recorded
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    depth = rng.uniform(0.5, 2.0, (48, 64)).astype(np.float32)
+    same_image, same_depth = as_recorded(image, depth, 0, 1)
+    assert same_image is image and same_depth is depth
+    jpeg, small = as_recorded(image, depth, 80, 4)
+    assert jpeg.shape == image.shape and jpeg.dtype == np.uint8 and not np.array_equal(jpeg, image)
+    assert small.shape == (12, 16) and np.allclose(small * 1000.0, np.round(small * 1000.0), atol=1e-3)
+    assert np.allclose(small, depth[::4, ::4], atol=5e-4)  # nearest: one of the pixels of each 4x4 block

@@ -32,6 +32,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from vlm_ros.core.geometry import target_geometry  # noqa: E402
 from vlm_ros.core.types import Frame, Request, Status, Target, Task  # noqa: E402
@@ -51,9 +52,24 @@ def truth_targets(rendered, frame: Frame) -> list[Target]:
     return out
 
 
+def as_recorded(image: np.ndarray, depth: np.ndarray, jpeg_quality: int, depth_scale: int) -> tuple:
+    """The frame as a tracking bag carries it (vlm_ros.tools.tracking_bag): JPEG at jpeg_quality (0 = raw), depth
+    at 1/depth_scale of the resolution (nearest) in whole millimetres."""
+    if jpeg_quality:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        _, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    if depth_scale > 1:
+        small = cv2.resize(depth, (depth.shape[1] // depth_scale, depth.shape[0] // depth_scale),
+                           interpolation=cv2.INTER_NEAREST)
+        depth = (np.round(small * 1000.0) / 1000.0).astype(np.float32)
+    return image, depth
+
+
 def run(seconds: float, fps: float, width: int, height: int, instruction: str, settings: TrackerSettings,
-        log=print, truth_latency_s: float | None = None) -> dict:
-    """truth_latency_s: None = ground with the embedded model; else with the true boxes, arriving this much later."""
+        log=print, truth_latency_s: float | None = None, jpeg_quality: int = 0, depth_scale: int = 1) -> dict:
+    """truth_latency_s: None = ground with the embedded model; else with the true boxes, arriving this much later.
+    jpeg_quality, depth_scale: see as_recorded."""
     import torch
 
     torch.set_num_threads(1)
@@ -73,8 +89,8 @@ def run(seconds: float, fps: float, width: int, height: int, instruction: str, s
     for i in range(n_frames):
         t = i / fps
         rendered = renderer.render(t, i)
-        frame = Frame(rendered.image, stamp_ns=int(round(t * 1e9)), camera="front", intrinsics=rendered.intrinsics,
-                      depth=rendered.depth)
+        image, depth = as_recorded(rendered.image, rendered.depth, jpeg_quality, depth_scale)
+        frame = Frame(image, stamp_ns=int(round(t * 1e9)), camera="front", intrinsics=rendered.intrinsics, depth=depth)
         if pending is not None and t >= pending[0]:
             tracker.apply_grounding(pending[1], pending[2])
             pending = None
@@ -140,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth-grounding", type=float, metavar="LATENCY_S",
                         help="ground with the true boxes arriving LATENCY_S late instead of the model: the tracker's "
                              "own share of the scores")
+    parser.add_argument("--jpeg-quality", type=int, default=0,
+                        help="frames through JPEG at this quality, as in a tracking bag (0 = raw)")
+    parser.add_argument("--depth-scale", type=int, default=1,
+                        help="depth at 1/N of the resolution in whole millimetres, as in a tracking bag (default 1)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = run(args.seconds, args.fps, args.width, args.height, args.instruction,
                  TrackerSettings(reground_period_s=args.reground_period), log=lambda m: None,
-                 truth_latency_s=args.truth_grounding)
+                 truth_latency_s=args.truth_grounding, jpeg_quality=args.jpeg_quality, depth_scale=args.depth_scale)
     for line in report(result):
         print(line)
     if args.json:
