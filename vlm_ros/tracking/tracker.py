@@ -14,10 +14,10 @@ States (every change carries a reason):
   reported; nothing moves it. A grounding with the same label re-acquires the track (same ID); a lost track is
   forgotten after `forget_s`, or earlier when only one grounding ever found it and a new target needs its place
   (`max_targets`).
-A target whose grounded box reaches the image border is cut there: while it comes into view, its box keeps that
-side on the border (the flow sees only what was visible), until a grounding sees its whole extent.
 - RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
   TRACKING from the next.
+A target whose grounded box reaches the image border is cut there: while it comes into view, its box keeps that
+side on the border (the flow sees only what was visible), until a grounding sees its whole extent.
 Nothing non-finite leaves the tracker: boxes are core.types.Box (finite by construction), positions come from
 core.geometry (finite or None), velocities are checked.
 """
