@@ -35,9 +35,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vlm_ros.core.geometry import target_geometry  # noqa: E402
+from vlm_ros.core.images import decode_compressed, decode_depth, encode_compressed, encode_depth  # noqa: E402
 from vlm_ros.core.types import Frame, Request, Status, Target, Task  # noqa: E402
 from vlm_ros.embedded.motion import MotionRenderer, default_script  # noqa: E402
 from vlm_ros.tools.stats import percentile  # noqa: E402
+from vlm_ros.tools.tracking_bag import recorded_depth  # noqa: E402
 from vlm_ros.tools.tracking_metrics import score_tracking  # noqa: E402
 from vlm_ros.tracking import Tracker, TrackerSettings  # noqa: E402
 
@@ -53,16 +55,14 @@ def truth_targets(rendered, frame: Frame) -> list[Target]:
 
 
 def as_recorded(image: np.ndarray, depth: np.ndarray, jpeg_quality: int, depth_scale: int) -> tuple:
-    """The frame as a tracking bag carries it (vlm_ros.tools.tracking_bag): JPEG at jpeg_quality (0 = raw), depth
-    at 1/depth_scale of the resolution (nearest) in whole millimetres."""
+    """The frame as the node receives it from a tracking bag (vlm_ros.tools.tracking_bag): the colour through JPEG
+    at jpeg_quality (0 = raw), the depth at 1/depth_scale of the resolution in 16UC1 millimetres (1 = as is)."""
     if jpeg_quality:
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        _, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        image = decode_compressed(*encode_compressed(image, "jpeg", "rgb8", jpeg_quality))
     if depth_scale > 1:
-        small = cv2.resize(depth, (depth.shape[1] // depth_scale, depth.shape[0] // depth_scale),
-                           interpolation=cv2.INTER_NEAREST)
-        depth = (np.round(small * 1000.0) / 1000.0).astype(np.float32)
+        small = recorded_depth(depth, depth_scale)
+        data, step = encode_depth(small, "16UC1")
+        depth = decode_depth("16UC1", small.shape[1], small.shape[0], step, data)
     return image, depth
 
 

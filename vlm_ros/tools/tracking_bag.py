@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 from rosbags.rosbag2 import Writer
 
 from vlm_ros.core.images import encode_depth
@@ -110,7 +111,7 @@ def write_tracking_bag(path: str | Path, *, seconds: float = 6.0, fps: float = 3
             put("clock", t, store.types["rosgraph_msgs/msg/Clock"](clock=_time_msg(t)))
             put("camera_info", t, _camera_info(t, color_frame, width, height, k))
             put("depth_info", t, _camera_info(t, depth_frame, dw, dh, dk))
-            depth = cv2.resize(rendered.depth, (dw, dh), interpolation=cv2.INTER_NEAREST)  # (dh, dw)
+            depth = recorded_depth(rendered.depth, depth_scale)  # (dh, dw)
             data, step = encode_depth(depth, "16UC1")
             put("depth", t, _raw_image(t, depth_frame, data, step, dw, dh, "16UC1"))
             put("compressed", t, _compressed(t, color_frame, rendered.image, "rgb8", "jpeg", jpeg_quality))
@@ -119,6 +120,12 @@ def write_tracking_bag(path: str | Path, *, seconds: float = 6.0, fps: float = 3
              "topics": roles, "frames": frames}
     (path / TRUTH_FILE).write_text(json.dumps(truth) + "\n", encoding="utf-8")
     return path
+
+
+def recorded_depth(depth: np.ndarray, depth_scale: int) -> np.ndarray:
+    """(H, W) metres -> (H / depth_scale, W / depth_scale), nearest (no depths mixed across an edge)."""
+    height, width = depth.shape
+    return cv2.resize(depth, (width // depth_scale, height // depth_scale), interpolation=cv2.INTER_NEAREST)
 
 
 def load_tracking_truth(bag: str | Path) -> TrackingTruth:

@@ -10,6 +10,8 @@ Rules, per (track, detection) pair:
   3-D position; its cost is always above any visible track's, so a visible track keeps its detection.
 The pairs are then chosen by the Hungarian method (scipy's linear_sum_assignment): the least total cost, each
 track and each detection used at most once.
+Whatever the labels, :func:`same_place` tells whether a detection lies where a visible track is (the tracker
+takes a detection of another label there for the same object named otherwise).
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ def pair_cost(track: Candidate, detection: Candidate, settings: AssociationSetti
     if iou < settings.iou_gate and not near:
         return FORBIDDEN
     return (1.0 - iou) + (0.0 if distance is None else min(distance / settings.distance_gate_m, 1.0))
+
+
+def same_place(track: Candidate, detection: Candidate, settings: AssociationSettings, overlap: float) -> bool:
+    """Whether `detection` lies where the visible `track` is, labels aside: their boxes overlap by `overlap`, or by
+    iou_gate with both within distance_gate_m in 3-D."""
+    if track.box is None or detection.box is None:
+        return False
+    iou, distance = track.box.iou(detection.box), _distance(track.position, detection.position)
+    near = distance is not None and distance <= settings.distance_gate_m
+    return iou >= overlap or (iou >= settings.iou_gate and near)
 
 
 def associate(tracks: Sequence[Candidate], detections: Sequence[Candidate],

@@ -35,7 +35,7 @@ import numpy as np
 
 from vlm_ros.core.geometry import target_geometry
 from vlm_ros.core.types import Box, Frame, Mask, Shape3D, Target
-from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label
+from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label, same_place
 from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
 
 NS = 1_000_000_000
@@ -286,7 +286,7 @@ class Tracker:
         # an unmatched detection on a track's place with another label: that object named otherwise (a model's answer
         # on a partly visible object varies); neither a new target nor a miss of the track
         renamed = [(ti, di) for di in found.unmatched_detections for ti, (c, _) in enumerate(then)
-                   if self._same_place(c, detections[di])]
+                   if same_place(c, detections[di], s.association, s.duplicate_iou)]
         seen, renaming = {ti for ti, _ in renamed}, {di for _, di in renamed}
         for ti in found.unmatched_tracks:
             track = self.tracks[ti]
@@ -322,16 +322,6 @@ class Tracker:
             return False
         self.tracks.remove(min(once, key=lambda t: (t.misses < self.settings.max_misses, t.seen_ns)))
         return True
-
-    def _same_place(self, track: Candidate, detection: Candidate) -> bool:
-        """Whether a detection lies where a visible track is, whatever their labels: overlapping by duplicate_iou,
-        or by the association's iou_gate and within its distance_gate_m in 3-D."""
-        if track.box is None:
-            return False
-        iou, gate = track.box.iou(detection.box), self.settings.association
-        return iou >= self.settings.duplicate_iou or (
-            iou >= gate.iou_gate and track.position is not None and detection.position is not None
-            and math.dist(track.position, detection.position) <= gate.distance_gate_m)
 
     def _distinct(self, targets: list[Target]) -> list[Target]:
         """The targets without repeats: one overlapping a better-scored one of its label by duplicate_iou is dropped."""
