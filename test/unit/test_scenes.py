@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlm_ros.embedded.scenes import COLORS, MIN_VISIBLE, SHAPES, SIZES, render_scene
+from vlm_ros.embedded.scenes import COLORS, MIN_VISIBLE, PARTIAL_MIN_VISIBLE, SHAPES, SIZES, render_scene
 
 SEEDS = range(12)
 
@@ -115,3 +115,20 @@ def test_other_resolution():
     s = render_scene(3, width=320, height=240)
     assert s.image.shape == (240, 320, 3)
     assert all(o.box.x_max <= 320 and o.box.y_max <= 240 for o in s.objects)
+
+
+def test_partial_scenes_cut_objects_at_the_sides_and_hide_more():
+    """Partial scenes (training for a moving camera): objects cut by the left/right border or mostly hidden,
+    still at least PARTIAL_MIN_VISIBLE visible, boxes the extent of what is visible, sizes the whole object's."""
+    cut = hidden = 0
+    for seed in range(40):
+        s = render_scene(seed, partial=True)
+        for i, o in enumerate(s.objects):
+            vs, us = np.nonzero(s.labels == i)
+            extent = (us.min(), vs.min(), us.max() + 1, vs.max() + 1)
+            assert (o.box.x_min, o.box.y_min, o.box.x_max, o.box.y_max) == extent
+            assert PARTIAL_MIN_VISIBLE <= o.visible_fraction <= 1.0
+            hidden += o.visible_fraction < MIN_VISIBLE
+            visible_width_m = o.box.width * o.object_center[2] / s.intrinsics.fx
+            cut += (o.box.x_min == 0 or o.box.x_max == s.width) and o.object_size[0] > 1.1 * visible_width_m
+    assert cut >= 5 and hidden >= 5, (cut, hidden)

@@ -47,6 +47,9 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 SIZE_PX: dict[str, tuple[float, float]] = {"small": (62.0, 78.0), "large": (112.0, 140.0)}
 
 MIN_VISIBLE = 0.65  # every object keeps at least this fraction of its own pixels visible
+# A partial scene (training for what a moving camera sees): objects may be cut by the left or right image
+# border (up to half their width) and hidden down to this fraction.
+PARTIAL_MIN_VISIBLE = 0.25
 MAX_OBJECTS = 6
 
 
@@ -243,8 +246,14 @@ def _shape_layers(shape: str, hpx: float, rng: np.random.Generator) -> tuple[np.
     return mask, shade.astype(np.float32), bulge.astype(np.float32)
 
 
-def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int | None = None) -> Scene:
-    """Render one scene; everything is a function of (seed, width, height, n_objects)."""
+def render_scene(
+    seed: int, width: int = 640, height: int = 480, n_objects: int | None = None, partial: bool = False
+) -> Scene:
+    """Render one scene; everything is a function of (seed, width, height, n_objects, partial).
+
+    partial: objects may be cut by the side borders and mostly hidden (PARTIAL_MIN_VISIBLE); the default
+    scenes keep every object inside the image and at least MIN_VISIBLE visible.
+    """
     rng = np.random.default_rng(seed)
     if n_objects is None:
         n_objects = int(rng.integers(1, MAX_OBJECTS + 1))
@@ -260,7 +269,9 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
     table_rows = np.where(table.any(axis=1))[0]
     horizon = int(table_rows[0]) if len(table_rows) else height // 2
 
-    # --- place objects (rejection sampling keeps each one mostly visible) ---
+    min_visible = PARTIAL_MIN_VISIBLE if partial else MIN_VISIBLE
+
+    # --- place objects (rejection sampling keeps each one visible enough) ---
     placed: list[dict] = []
     zbuf = np.full((height, width), np.inf, np.float32)
     ids = np.full((height, width), -1, np.int16)
@@ -274,30 +285,39 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
         ph, pw = mask.shape
         for _try in range(60):
             v_base = int(rng.integers(max(horizon + int(0.15 * ph), ph + 2), height - 4))
-            u_left = int(rng.integers(4, width - pw - 4))
-            u_base = u_left + pw // 2
-            z_base = float(plane_depth[v_base, min(u_base, width - 1)])
+            if partial:
+                u_left = int(rng.integers(-(pw // 2), width - pw // 2))
+            else:
+                u_left = int(rng.integers(4, width - pw - 4))
+            u_base = min(max(u_left + pw // 2, 0), width - 1)
+            z_base = float(plane_depth[v_base, u_base])
             half_w = pw * z_base / k.fx / 2.0  # metres
             top = v_base - ph
             obj_depth = (z_base - bulge * half_w).astype(np.float32)
+            # the part inside the image (all of it unless partial)
+            c0, c1 = max(u_left, 0), min(u_left + pw, width)
+            inside = slice(c0 - u_left, c1 - u_left)
+            sl = (slice(top, v_base), slice(c0, c1))
+            in_mask = mask[:, inside]
             # z-test against what is already placed
-            sl = (slice(top, v_base), slice(u_left, u_left + pw))
             new_ids = ids.copy()
             new_z = zbuf.copy()
-            win = mask & (obj_depth < new_z[sl])
-            new_z[sl][win] = obj_depth[win]
+            win = in_mask & (obj_depth[:, inside] < new_z[sl])
+            new_z[sl][win] = obj_depth[:, inside][win]
             new_ids[sl][win] = len(placed)
-            cand = placed + [dict(mask=mask, sl=sl)]
+            cand = placed + [dict(mask=in_mask, sl=sl, area=int(mask.sum()))]
             ok = True
             for i, p in enumerate(cand):
                 vis = int(np.count_nonzero(new_ids[p["sl"]][p["mask"]] == i))
-                if vis < MIN_VISIBLE * int(p["mask"].sum()):
+                if vis < min_visible * p["area"]:
                     ok = False
                     break
             if ok:
                 ids, zbuf = new_ids, new_z
-                placed.append(dict(shape=shape, color=color, size=size, mask=mask, shade=shade, depth=obj_depth,
-                                   sl=sl, z_base=z_base, thickness=2.0 * float(bulge.max()) * half_w))
+                placed.append(dict(shape=shape, color=color, size=size, mask=in_mask, area=int(mask.sum()),
+                                   shade=shade[:, inside], depth=obj_depth[:, inside], sl=sl,
+                                   cols=(u_left, u_left + pw), z_base=z_base,
+                                   thickness=2.0 * float(bulge.max()) * half_w))
                 break
 
     # --- paint ---
@@ -307,8 +327,8 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
     for p in placed:
         sl = p["sl"]
         v_base = sl[0].stop
-        u_c = (sl[1].start + sl[1].stop) // 2
-        ax = max(3, (sl[1].stop - sl[1].start) // 2)
+        u_c = sum(p["cols"]) // 2
+        ax = max(3, (p["cols"][1] - p["cols"][0]) // 2)
         cv2.ellipse(shadow, (u_c + int(ax * 0.15), v_base - 2), (ax, max(2, ax // 4)), 0, 0, 360, 1.0, -1)
     shadow = cv2.GaussianBlur(shadow, (0, 0), 4 * scale + 1)
     img *= (1.0 - 0.35 * shadow)[..., None]
@@ -347,10 +367,10 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
         uc, vc = box.center
         pos = ((uc - k.cx) * z / k.fx, (vc - k.cy) * z / k.fy, z)
         points = np.stack(backproject(us, vs, depth[vs, us].astype(np.float64), k))  # (3, n)
-        rows, cols = p["sl"]
+        rows, (u0, u1) = p["sl"][0], p["cols"]
         z_base = p["z_base"]
-        center = backproject((cols.start + cols.stop) / 2.0 - 0.5, (rows.start + rows.stop) / 2.0 - 0.5, z_base, k)
-        full_size = ((cols.stop - cols.start) * z_base / k.fx, (rows.stop - rows.start) * z_base / k.fy, p["thickness"])
+        center = backproject((u0 + u1) / 2.0 - 0.5, (rows.start + rows.stop) / 2.0 - 0.5, z_base, k)
+        full_size = ((u1 - u0) * z_base / k.fx, (rows.stop - rows.start) * z_base / k.fy, p["thickness"])
         objects.append(
             SceneObject(
                 shape=p["shape"],
@@ -358,7 +378,7 @@ def render_scene(seed: int, width: int = 640, height: int = 480, n_objects: int 
                 size=p["size"],
                 box=box,
                 position=pos,
-                visible_fraction=len(vs) / float(p["mask"].sum()),
+                visible_fraction=len(vs) / float(p["area"]),
                 surface_centroid=_floats(points.mean(axis=1)),
                 surface_min=_floats(points.min(axis=1)),
                 surface_max=_floats(points.max(axis=1)),
