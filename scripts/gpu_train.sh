@@ -7,7 +7,8 @@
 #   RUNS=$'seed0 --seed 0\nseed1 --seed 1' bash scripts/gpu_train.sh   # two runs sharing one pool (the shipped
 #                                                                # weights are seed0 of this command)
 # A line of RUNS is "name extra-train-args"; runs with the same --config share a pool. SECONDS_TOTAL (default 540)
-# is the whole script's budget, EVAL_S (default 75) of it kept for evaluation. Writes under $OUT:
+# is the whole script's budget, EVAL_S (default 75) of it kept for evaluation (EVAL_N=0: none, evaluate at home).
+# PARTIAL (default 0) is train's --partial: the fraction of partial scenes in the pool. Writes under $OUT:
 # eval_<name>.json and weights.tar.part-* (`cat weights.tar.part-* | tar x` gives <name>/ and <name>.train.log).
 # Copy a run's weights over vlm_ros/embedded/weights only if its evaluation beats the shipped model's.
 # Sizing, measured on the lent H200 machine (16 cores): rendering 8,000 scenes took 48 s; two runs side by side
@@ -24,7 +25,8 @@ fi
 export PYTHONPATH="/tmp/vlm_tf:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 RUNS="${RUNS:-default}"
-common=(--batch "${BATCH:-128}" --pool "$POOL" --steps "${STEPS:-40000}")
+partial=(--partial "${PARTIAL:-0}")
+common=(--batch "${BATCH:-128}" --pool "$POOL" --steps "${STEPS:-40000}" "${partial[@]}")
 
 config_of() { grep -o -- '--config [^ ]*' <<<"$1" | cut -d' ' -f2; }
 pool_of() { local c; c=$(config_of "$1"); echo "$WORK/pool_$(basename "${c:-default}" .json).pkl"; }
@@ -36,7 +38,7 @@ cores=$(nproc); pids=()
 for p in "${!pool_config[@]}"; do
   cfg=${pool_config[$p]}
   python3 -m vlm_ros.embedded.train --out "$WORK/unused" --steps 0 --pool-cache "$p" --pool "$POOL" \
-    --workers $((cores / ${#pool_config[@]})) ${cfg:+--config "$cfg"} 2>&1 | grep "rendered" &
+    --workers $((cores / ${#pool_config[@]})) "${partial[@]}" ${cfg:+--config "$cfg"} 2>&1 | grep "rendered" &
   pids+=($!)
 done
 wait "${pids[@]}"
@@ -57,6 +59,7 @@ while read -r name _; do grep -E "planning|saved" "$WORK/$name.train.log" | tail
 names=$(cut -d' ' -f1 <<<"$RUNS" | while read -r n; do [ -f "$WORK/$n/model.safetensors" ] && echo "$n"; done)
 # shellcheck disable=SC2086
 (cd "$WORK" && tar -cf - $names ./*.train.log) | split -b 15M - "$OUT/weights.tar.part-"
+[ "${EVAL_N:-100}" -gt 0 ] || exit 0
 for n in $names; do
   timeout $((SECONDS_TOTAL - SECONDS)) \
     python3 -m vlm_ros.embedded.evaluate --weights "$WORK/$n" --n "${EVAL_N:-100}" --threads $((cores > 4 ? cores / 4 : 1)) >"$OUT/eval_$n.json" 2>/dev/null &

@@ -19,6 +19,7 @@ from vlm_ros.embedded.train import (
     Objective,
     compile_layers,
     cxx_compiler,
+    is_partial,
     main,
     patch_targets,
     render_pool,
@@ -182,6 +183,22 @@ def test_short_training_run_saves_a_loadable_model(tmp_path):
     assert not any(n.startswith("head") for n in model.state_dict())  # the auxiliary head is not saved
 
 
+def test_fine_tuning_starts_from_the_given_weights_and_refuses_another_config(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TINY.to_dict()))
+    common = ["--minutes", "0", "--pool", "4", "--workers", "1", "--batch", "2", "--device", "cpu", "--compile", "off"]
+    tiny = ["--config", str(cfg), "--pool-cache", str(tmp_path / "pool.pkl"), *common]
+    assert main(["--out", str(tmp_path / "a"), "--steps", "2", "--partial", "0.5", *tiny]) == 0
+    assert main(["--out", str(tmp_path / "b"), "--steps", "1", "--partial", "0.5", "--init", str(tmp_path / "a"),
+                 "--lr", "1e-12", *tiny]) == 0
+    a, b = load(tmp_path / "a")[0].state_dict(), load(tmp_path / "b")[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # a step at lr 1e-12 from a's weights
+    with pytest.raises(SystemExit, match="another EmbeddedConfig"):  # the default config
+        main(["--out", str(tmp_path / "c"), "--steps", "1", "--init", str(tmp_path / "a"), *common])
+    with pytest.raises(SystemExit, match="--partial 0.5, not 0.0"):  # the cached pool was rendered otherwise
+        main(["--out", str(tmp_path / "d"), "--steps", "1", *tiny])
+
+
 def test_bf16_autocast_training_run(tmp_path):
     from vlm_ros.embedded.train import cpu_has_bf16_matmul
 
@@ -246,3 +263,8 @@ def test_pool_pickles_without_full_size_scene_images(pool):
     assert back.seed_start == pool.seed_start and np.array_equal(back.pixels, pool.pixels)
     assert [s.objects for s in back.scenes] == [s.objects for s in pool.scenes]
     assert back.scenes[0].image.shape == pool.scenes[0].image.shape
+
+
+def test_partial_fraction_picks_that_share_of_the_seeds():
+    assert sum(is_partial(s, 0.3) for s in range(1000)) == 300
+    assert not any(is_partial(s, 0.0) for s in range(1000))

@@ -128,6 +128,7 @@ def evaluate(
     model_and_processor=None,
     progress: bool = False,
     depth_noise: float = 0.0,
+    partial: bool = False,
 ) -> dict:
     """Accuracy per kind, describe exact-set accuracy, CPU latency (p50/p95, seconds) and the geometry of the
     grounded targets (see the module docstring) over n held-out scenes."""
@@ -145,7 +146,7 @@ def evaluate(
     with torch.inference_mode():
         for i in it:
             seed = EVAL_SEED_START + seed_start + i
-            scene = render_scene(seed)
+            scene = render_scene(seed, partial=partial)
             frame = Frame(scene.image)
             depth = noisy_depth(scene.depth, depth_noise, seed) if depth_noise > 0 else scene.depth
             for kind in kinds:
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated question kinds (default: all: {KINDS})")
     ap.add_argument("--depth-noise", type=float, default=0.0, metavar="SIGMA",
                     help="Gaussian depth noise for the geometry, SIGMA metres at 1 m growing with z^2, rounded to mm")
+    ap.add_argument("--partial", action="store_true",
+                    help="partial scenes: objects cut by the image's sides or mostly hidden (as a moving camera sees)")
     args = ap.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(KINDS)
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         model_and_processor = load(args.weights)
         quantize_decoder(model_and_processor[0], args.quantize)
     res = evaluate(args.weights, args.n, args.seed_start, kinds, model_and_processor=model_and_processor, progress=True,
-                   depth_noise=args.depth_noise)
+                   depth_noise=args.depth_noise, partial=args.partial)
     res["quantize"] = args.quantize
     queries = res.pop("_queries")
     wrong = [q for q in queries if not q.correct][: args.show_errors]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vlm_ros.embedded.build import build_model, preprocess_images, save
-from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR, EmbeddedConfig
+from vlm_ros.embedded.model import DEFAULT_WEIGHTS_DIR, EmbeddedConfig, load
 from vlm_ros.embedded.prompt import ANSWER_MARKER, IMAGE, build_prompt
 from vlm_ros.embedded.scenes import COLORS, MAX_OBJECTS, SHAPES, SIZES, Scene, render_scene
 from vlm_ros.embedded.tasks import make_example
@@ -69,9 +69,14 @@ def patch_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return classes, boxes
 
 
-def _render_chunk(args: tuple[list[int], int, int]) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
-    seeds, image_size, grid = args
-    scenes = [render_scene(s) for s in seeds]
+def is_partial(seed: int, fraction: float) -> bool:
+    """Whether the training scene of `seed` is rendered partial (objects cut by the border, mostly hidden)."""
+    return seed % 100 < round(100 * fraction)
+
+
+def _render_chunk(args: tuple[list[int], int, int, float]) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
+    seeds, image_size, grid, partial = args
+    scenes = [render_scene(s, partial=is_partial(s, partial)) for s in seeds]
     pix = preprocess_images([s.image for s in scenes], image_size).astype(np.float16)  # (n, 3, S, S)
     light = [(s.objects, s.width, s.height, s.seed, s.intrinsics) for s in scenes]
     dense = [patch_targets(s, grid) for s in scenes]
@@ -95,6 +100,7 @@ class Pool:
     scenes: list[Scene]
     patch_classes: np.ndarray  # (N, P, 3) int8, see patch_targets
     patch_boxes: np.ndarray  # (N, P, 4) float16
+    partial: float = 0.0  # the fraction of partial scenes (see is_partial)
 
     def __getstate__(self) -> dict:
         # pickled without the scenes' zero-memory images, which pickle would write out in full (2.7 MB each)
@@ -105,13 +111,14 @@ class Pool:
         self.__dict__.update(state, scenes=[_light_scene(*x) for x in state["scenes"]])
 
 
-def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: int) -> Pool:
+def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: int, partial: float = 0.0) -> Pool:
     """The scenes of seeds [seed_start, seed_start + n), rendered with `workers` processes."""
     from tqdm import tqdm
 
     chunk = 50
     jobs = [
-        (list(range(seed_start + i, seed_start + min(i + chunk, n))), image_size, grid) for i in range(0, n, chunk)
+        (list(range(seed_start + i, seed_start + min(i + chunk, n))), image_size, grid, partial)
+        for i in range(0, n, chunk)
     ]
     pool = Pool(
         seed_start=seed_start,
@@ -119,6 +126,7 @@ def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: in
         scenes=[],
         patch_classes=np.empty((n, grid * grid, 3), np.int8),
         patch_boxes=np.empty((n, grid * grid, 4), np.float16),
+        partial=partial,
     )
     bar = tqdm(total=n, desc="render", unit="scene", file=sys.stderr, mininterval=5)
     with get_context("fork").Pool(max(1, workers)) as procs:
@@ -413,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--pool", type=int, default=4000, help="number of pre-rendered training scenes")
+    ap.add_argument("--partial", type=float, default=0.0,
+                    help="fraction of the scenes rendered partial: objects cut by the image's sides or mostly hidden")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering the pool")
     ap.add_argument("--loader-workers", type=int, default=-1, help="batch-making processes (-1: 0 on CPU, 6 on CUDA)")
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
@@ -421,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="torch.compile the vision and decoder layers (auto: on a CPU with a C++ compiler)")
     ap.add_argument("--config", type=Path, default=None, help="JSON file with EmbeddedConfig fields")
+    ap.add_argument("--init", type=Path, default=None, help="fine-tune: start from the weights in this directory")
     ap.add_argument("--log", type=Path, default=None, help="log file (default: <out>.train.log beside --out)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
@@ -468,8 +479,10 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
             raise SystemExit(f"{args.pool_cache} holds {pool.pixels.shape[-1]}-px images with "
                              f"{pool.patch_classes.shape[1]} patches; "
                              f"this config needs {cfg.image_size} and {grid * grid}")
+        if pool.partial != args.partial:
+            raise SystemExit(f"{args.pool_cache} holds a pool with --partial {pool.partial}, not {args.partial}")
     else:
-        pool = render_pool(args.pool, seed_start, cfg.image_size, grid, args.workers)
+        pool = render_pool(args.pool, seed_start, cfg.image_size, grid, args.workers, args.partial)
         if args.pool_cache is not None:
             args.pool_cache.write_bytes(pickle.dumps(pool, protocol=pickle.HIGHEST_PROTOCOL))
     log.info("rendered %d scenes in %.0f s", len(pool.scenes), time.monotonic() - t0)
@@ -477,6 +490,12 @@ def _train(args: argparse.Namespace, argv: list[str] | None, t0: float) -> int:
         return 0
 
     model, processor = build_model(cfg)
+    if args.init is not None:  # fine-tune: start from a trained model of the same config
+        init_cfg = json.loads((args.init / "embedded_config.json").read_text())["config"]
+        if EmbeddedConfig.from_dict(init_cfg) != cfg:
+            raise SystemExit(f"--init {args.init} has another EmbeddedConfig than this run's")
+        model.load_state_dict(load(args.init)[0].state_dict())
+        log.info("initialised from %s", args.init)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %d parameters", n_params)
     model.to(device).train()
