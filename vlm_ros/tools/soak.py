@@ -1,16 +1,20 @@
 """Soak test of the perception node over DDS on loopback: two cameras, colour + depth, queries, for a while.
 
-    python -m vlm_ros.tools.soak --seconds 600 [--model DIR | --model tiny] [--json out.json]
+    python -m vlm_ros.tools.soak --seconds 600 [--model DIR | --model tiny] [--track] [--json out.json]
 
 The node runs in a subprocess (its own process group, stopped by PID) with two cameras, `front` and `side`.
 This process publishes 640x480 rgb8 colour, 16UC1 depth and CameraInfo for both at 30 Hz (reliable, like
 drivers and `ros2 bag play`) and sends a /vlm/query every 0.5 s, alternating cameras, without waiting for the
-previous one. Reported:
+previous one. With --track a Track goal ("detect all objects") follows the `front` camera for the whole run,
+which then shows a rendered table-top scene with its depth instead of noise; it is cancelled at the end.
+Reported:
 - RSS growth of the node after warm-up: median RSS of the last 10% of the run against the median of the
   first 10% after warm-up (warm-up = the first 25%, at most 60 s);
 - p95 query latency of the first third of the run against the last third (drift);
 - statuses of all queries (and any that never returned), frames sent vs received by the node and its dropped
-  counters, from /diagnostics.
+  counters, from /diagnostics;
+- with --track: tracker updates (feedback) and their rate, most targets in one update, the states seen, any
+  non-finite number in the feedback, and how the goal ended (CANCELED when all went well).
 `--model ''` is the embedded default model, `--model tiny` a tiny random LLaVA built on the fly (the CI test).
 The soak looks for leaks, drift and hangs, not freshness: queries get a 30 s timeout and the node
 max_frame_age_s 10 s, so that a machine starved by other work gives slow answers rather than TIMEOUT/STALE_FRAME.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -38,6 +43,7 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 
 CAMERAS = ("front", "side")
+TRACK_CAMERA = "front"
 HEIGHT, WIDTH = 480, 640
 STATUS_NAMES = {0: "OK", 1: "NOT_READY", 2: "NO_FRAME", 3: "STALE_FRAME", 4: "INVALID_ARGUMENT", 5: "BUSY",
                 6: "TIMEOUT", 7: "MODEL_ERROR"}
@@ -67,6 +73,13 @@ class SoakReport:
     dropped_per_camera: dict[str, dict[str, int]] = field(default_factory=dict)
     node_diagnostics: dict[str, str] = field(default_factory=dict)
     node_exit_code: int | None = None
+    track: bool = False
+    track_updates: int = 0
+    track_update_hz: float = float("nan")
+    track_targets_max: int = 0
+    track_states: dict[str, int] = field(default_factory=dict)  # tracks per state, over all updates
+    track_nonfinite: int = 0  # tracks with a non-finite number (must stay 0)
+    track_end: str = ""  # the goal's final state after the cancel: CANCELED, ABORTED (status), or "no result"
 
     @property
     def p95_drift(self) -> float:
@@ -82,13 +95,17 @@ class SoakReport:
                 f"{self.latency_max_s * 1e3:.0f} ms; node RSS {self.rss_after_warmup_mb:.0f} MB after warm-up -> "
                 f"{self.rss_end_mb:.0f} MB at the end ({self.rss_growth * 100:+.1f}%); colour frames received/sent "
                 f"{delivered} (publish rate {self.publish_rate_hz} Hz), depth received "
-                f"{self.depth_received_per_camera}; node dropped counters {self.dropped_per_camera} (total {drops})")
+                f"{self.depth_received_per_camera}; node dropped counters {self.dropped_per_camera} (total {drops})"
+                + (f"; track: {self.track_updates} updates ({self.track_update_hz:.1f} Hz), at most "
+                   f"{self.track_targets_max} targets, states {self.track_states}, non-finite "
+                   f"{self.track_nonfinite}, ended {self.track_end}" if self.track else ""))
 
 
 class Soak:
     def __init__(self, model: str, log_path: Path, rate_hz: float = 30.0, query_period_s: float = 0.5,
-                 query_timeout_s: float = 30.0, max_new_tokens: int = 8, max_frame_age_s: float = 10.0):
-        self.model, self.rate_hz, self.query_period_s = model, rate_hz, query_period_s
+                 query_timeout_s: float = 30.0, max_new_tokens: int = 8, max_frame_age_s: float = 10.0,
+                 track: bool = False):
+        self.model, self.rate_hz, self.query_period_s, self.track = model, rate_hz, query_period_s, track
         self.query_timeout_s, self.max_new_tokens = query_timeout_s, max_new_tokens
         params = ["device:=cpu", "cameras:=[" + ",".join(f"'{c}'" for c in CAMERAS) + "]",
                   "diagnostics_period_s:=0.5", f"max_frame_age_s:={max_frame_age_s}"]
@@ -147,12 +164,16 @@ class Soak:
         from sensor_msgs.msg import CameraInfo, Image
 
         from vlm_ros.core.images import encode_depth
+        from vlm_ros.embedded.scenes import render_scene
 
         rng = np.random.default_rng(0)
         out = {}
         for i, camera in enumerate(CAMERAS):
             rgb = (rng.random((HEIGHT, WIDTH, 3)) * 255).astype(np.uint8)
             depth_m = np.full((HEIGHT, WIDTH), 0.8 + 0.4 * i, np.float32)
+            if self.track and camera == TRACK_CAMERA:  # something to follow
+                scene = render_scene(7, WIDTH, HEIGHT)
+                rgb, depth_m = scene.image, scene.depth
             data, step = encode_depth(depth_m, "16UC1")
             info = CameraInfo(width=WIDTH, height=HEIGHT)
             info.k = [525.0, 0.0, 319.5, 0.0, 525.0, 239.5, 0.0, 0.0, 1.0]
@@ -184,6 +205,48 @@ class Soak:
                 next_tick = now + period - (now - next_tick) % period
             self._stop.wait(next_tick - now)
 
+    # --- the track ----------------------------------------------------------------------------------------
+    def _start_track(self, report: SoakReport):
+        """A Track goal on TRACK_CAMERA whose feedback fills the report; its goal handle."""
+        from rclpy.action import ActionClient
+
+        from vlm_ros.action import Track
+
+        client = ActionClient(self.node, Track, "/vlm/track")
+        if not client.wait_for_server(timeout_sec=30):
+            raise RuntimeError("no /vlm/track action server")
+
+        def on_feedback(msg) -> None:
+            tracks = msg.feedback.tracks
+            with self._lock:
+                report.track_updates += 1
+                report.track_targets_max = max(report.track_targets_max, len(tracks))
+                for t in tracks:
+                    report.track_states[t.state] = report.track_states.get(t.state, 0) + 1
+                    report.track_nonfinite += not all(math.isfinite(v) for v in _track_numbers(t))
+
+        sent = client.send_goal_async(Track.Goal(instruction="detect all objects", camera=TRACK_CAMERA),
+                                      feedback_callback=on_feedback)
+        handle = _wait(sent, 30)
+        if handle is None or not handle.accepted:
+            raise RuntimeError("the Track goal was not accepted")
+        return handle
+
+    @staticmethod
+    def _end_track(handle) -> str:
+        """Cancel the goal; its final state."""
+        from action_msgs.msg import GoalStatus
+
+        handle.cancel_goal_async()
+        result = _wait(handle.get_result_async(), 30)
+        if result is None:
+            return "no result"
+        if result.status == GoalStatus.STATUS_CANCELED:
+            return "CANCELED"
+        name = {GoalStatus.STATUS_ABORTED: "ABORTED", GoalStatus.STATUS_SUCCEEDED: "SUCCEEDED"}.get(
+            result.status, str(result.status))
+        return f"{name} ({STATUS_NAMES.get(result.result.status)}: {result.result.message})"
+
     # --- the run ----------------------------------------------------------------------------------------
     def run(self, seconds: float) -> SoakReport:
         report = SoakReport(seconds, self.model or "embedded default", f"{os.cpu_count()} CPUs {os.uname().machine}")
@@ -198,8 +261,12 @@ class Soak:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no frames reached the node: {self.diagnostics}")
                 time.sleep(0.1)
+            report.track = self.track
+            goal = self._start_track(report) if self.track else None
             sent_at_start = dict(self.sent)
             start = time.monotonic()
+            with self._lock:
+                report.track_updates = 0
             next_query, next_sample, n = start, start, 0
             while (now := time.monotonic()) < start + seconds:
                 if now >= next_sample:
@@ -219,6 +286,9 @@ class Soak:
                                        f"{self.process.log()[-3000:]}")
                 time.sleep(0.01)
             elapsed = time.monotonic() - start
+            if goal is not None:
+                report.track_update_hz = report.track_updates / elapsed
+                report.track_end = self._end_track(goal)
             sent_in_run = {c: self.sent[c] - sent_at_start[c] for c in CAMERAS}
             # the node answers within a query's timeout plus 2 s; on a starved machine the answer can arrive
             # later: only one still missing a minute after that counts as a hang
@@ -279,6 +349,21 @@ class Soak:
         return self.process.stop(20)
 
 
+def _wait(future, timeout_s: float):
+    """The future's result, or None after timeout_s (the executor thread completes it)."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    return future.result() if done.wait(timeout_s) else None
+
+
+def _track_numbers(t) -> tuple[float, ...]:
+    """Every number of a TrackedTarget a planner reads."""
+    g = t.target
+    return (t.age_s, t.confidence, g.score, g.x_min, g.y_min, g.x_max, g.y_max, g.point_x, g.point_y,
+            g.position.x, g.position.y, g.position.z, g.extent_center.x, g.extent_center.y, g.extent_center.z,
+            g.extent_size.x, g.extent_size.y, g.extent_size.z, g.valid_fraction)
+
+
 def run_soak(seconds: float, model: str, log_path: Path, **kwargs) -> SoakReport:
     """Start the node, soak it for `seconds` after warm-up frames arrive, stop it; the report."""
     soak = Soak(model, log_path, **kwargs)
@@ -297,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="model directory; '' = the embedded default; 'tiny' = a tiny "
                                                     "random LLaVA built in a temporary directory")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--track", action="store_true", help="a Track goal follows the front camera all along")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--log", default="", help="node log file (default: a temporary file)")
     args = parser.parse_args(argv)
@@ -307,11 +393,13 @@ def main(argv: list[str] | None = None) -> int:
 
             model = str(build_tiny_llava(Path(tmp) / "tiny_llava"))
         log_path = Path(args.log) if args.log else Path(tmp) / "node.log"
-        report = run_soak(args.seconds, model, log_path, max_new_tokens=args.max_new_tokens)
+        report = run_soak(args.seconds, model, log_path, max_new_tokens=args.max_new_tokens, track=args.track)
     print(report.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(report), indent=2))
-    ok = (report.unanswered == 0 and set(report.statuses) <= {"OK", "BUSY"} and report.rss_growth < 0.05)
+    ok = (report.unanswered == 0 and set(report.statuses) <= {"OK", "BUSY"} and report.rss_growth < 0.05
+          and (not args.track or (report.track_end == "CANCELED" and report.track_updates > 0
+                                  and report.track_nonfinite == 0)))
     return 0 if ok else 1
 
 
