@@ -28,6 +28,7 @@ from vlm_ros.core.images import encode_compressed
 from vlm_ros.tools.plot import bar_chart
 from vlm_ros.tools.processes import PythonProcess, cpu_seconds, node_args
 from vlm_ros.tools.stats import percentile
+from vlm_ros.tools.track_goal import start_track, wait_future
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -78,11 +79,7 @@ class Bench:
             time.sleep(0.2)
 
     def _call(self, request):
-        done = threading.Event()
-        future = self.client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        done.wait()
-        return future.result()
+        return wait_future(self.client.call_async(request))
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -144,23 +141,12 @@ class Bench:
 
     def start_track(self):
         """A Track goal ("detect all objects") on the camera; its goal handle (cancel: cancel_goal_async)."""
-        from rclpy.action import ActionClient
-
-        from vlm_ros.action import Track
-
-        client = ActionClient(self.node, Track, "/vlm/track")
-        if not client.wait_for_server(timeout_sec=30):
-            raise RuntimeError("no /vlm/track action server")
         self.track_updates = 0
 
-        def on_feedback(_msg) -> None:
+        def on_feedback(_feedback) -> None:
             self.track_updates += 1
 
-        done = threading.Event()
-        future = client.send_goal_async(Track.Goal(instruction="detect all objects"), feedback_callback=on_feedback)
-        future.add_done_callback(lambda _: done.set())
-        done.wait(30)
-        return future.result()
+        return start_track(self.node, on_feedback)
 
     def queries(self, n: int, tokens: int, track: bool = False) -> dict:
         """Sequential queries on a 30 Hz camera; with `track`, while a Track goal follows the scene."""

@@ -35,6 +35,7 @@ from vlm_ros.tools.bags import GroundTruth, InstructionTruth, load_groundtruth
 from vlm_ros.tools.geometry_metrics import GeometryScore, GeometryTruth, score_target, summarize, summary_lines
 from vlm_ros.tools.processes import PythonProcess, node_args
 from vlm_ros.tools.stats import percentile
+from vlm_ros.tools.track_goal import start_track
 from vlm_ros.tools.tracking_bag import load_tracking_truth
 from vlm_ros.tools.tracking_metrics import TrackingScore, score_tracking
 
@@ -203,10 +204,8 @@ def run_track(bag: str | Path, *, action: str = "/vlm/track", rate: float = 1.0,
     """Play a tracking bag while a Track goal runs; (its score, {"updates": tracker updates scored, "frames": the
     bag's frames})."""
     import rclpy
-    from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
 
-    from vlm_ros.action import Track
     from vlm_ros.ros.convert import track_from_msg
     from vlm_ros.tools.replay import BagPlayer
 
@@ -218,17 +217,7 @@ def run_track(bag: str | Path, *, action: str = "/vlm/track", rate: float = 1.0,
     threading.Thread(target=executor.spin, daemon=True).start()
     feedback = []
     try:
-        client = ActionClient(node, Track, action)
-        if not client.wait_for_server(timeout_sec=60.0):
-            raise RuntimeError(f"action {action} did not appear within 60 s")
-        sent = client.send_goal_async(Track.Goal(instruction=instruction),
-                                      feedback_callback=lambda m: feedback.append(m.feedback))
-        deadline = time.monotonic() + 10.0
-        while not sent.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        handle = sent.result() if sent.done() else None
-        if handle is None or not handle.accepted:
-            raise RuntimeError("the Track goal was not accepted")
+        handle = start_track(node, feedback.append, instruction=instruction, action=action, server_timeout_s=60.0)
         player = BagPlayer(player_node, bag, rate=rate, wait_for_subscribers=1, wait_timeout=60.0)
         player.start()
         player.wait(timeout=600.0)

@@ -38,6 +38,7 @@ import numpy as np
 
 from vlm_ros.tools.processes import PythonProcess, node_args, rss_mb
 from vlm_ros.tools.stats import percentile
+from vlm_ros.tools.track_goal import start_track, wait_future
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -208,16 +209,9 @@ class Soak:
     # --- the track ----------------------------------------------------------------------------------------
     def _start_track(self, report: SoakReport):
         """A Track goal on TRACK_CAMERA whose feedback fills the report; its goal handle."""
-        from rclpy.action import ActionClient
 
-        from vlm_ros.action import Track
-
-        client = ActionClient(self.node, Track, "/vlm/track")
-        if not client.wait_for_server(timeout_sec=30):
-            raise RuntimeError("no /vlm/track action server")
-
-        def on_feedback(msg) -> None:
-            tracks = msg.feedback.tracks
+        def on_feedback(feedback) -> None:
+            tracks = feedback.tracks
             with self._lock:
                 report.track_updates += 1
                 report.track_targets_max = max(report.track_targets_max, len(tracks))
@@ -225,12 +219,7 @@ class Soak:
                     report.track_states[t.state] = report.track_states.get(t.state, 0) + 1
                     report.track_nonfinite += not all(math.isfinite(v) for v in _track_numbers(t))
 
-        sent = client.send_goal_async(Track.Goal(instruction="detect all objects", camera=TRACK_CAMERA),
-                                      feedback_callback=on_feedback)
-        handle = _wait(sent, 30)
-        if handle is None or not handle.accepted:
-            raise RuntimeError("the Track goal was not accepted")
-        return handle
+        return start_track(self.node, on_feedback, camera=TRACK_CAMERA)
 
     @staticmethod
     def _end_track(handle) -> str:
@@ -238,7 +227,7 @@ class Soak:
         from action_msgs.msg import GoalStatus
 
         handle.cancel_goal_async()
-        result = _wait(handle.get_result_async(), 30)
+        result = wait_future(handle.get_result_async(), 30)
         if result is None:
             return "no result"
         if result.status == GoalStatus.STATUS_CANCELED:
@@ -347,13 +336,6 @@ class Soak:
         if self._owns_rclpy:
             rclpy.try_shutdown()
         return self.process.stop(20)
-
-
-def _wait(future, timeout_s: float):
-    """The future's result, or None after timeout_s (the executor thread completes it)."""
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    return future.result() if done.wait(timeout_s) else None
 
 
 def _track_numbers(t) -> tuple[float, ...]:

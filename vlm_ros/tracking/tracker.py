@@ -196,8 +196,8 @@ class Tracker:
             if math.isfinite(vx) and math.isfinite(vy):
                 track.velocity = (0.5 * track.velocity[0] + 0.5 * vx, 0.5 * track.velocity[1] + 0.5 * vy)
             recovered = track.state in (TrackState.PREDICTED, TrackState.LOST)
-            track.box, track.confidence, track.seen_ns = _to_cut_border(step.box, track.cut, width, height), \
-                step.confidence, stamp
+            track.box = _to_cut_border(step.box, track.cut, width, height)
+            track.confidence, track.seen_ns = step.confidence, stamp
             if recovered:
                 track.set_state(TrackState.RE_ACQUIRED, "found again by optical flow")
             elif track.state != TrackState.RE_ACQUIRED:  # one not yet shown stays so for this update
