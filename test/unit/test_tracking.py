@@ -287,15 +287,41 @@ def test_a_grounding_naming_a_followed_target_otherwise_neither_starts_a_track_n
     beside = Box(b.x_min + 0.4 * width, b.y_min, b.x_max + 0.4 * width, b.y_max)  # IoU 0.43 with the track's box
     assert 0.3 < beside.iou(b) < 0.5
     renamed = Target("cube-ish star", beside, position=cube.position)  # the same place in 3-D, another name
-    for _ in range(3):
-        (same,) = tracker.apply_grounding([renamed], frame)
-        assert same.track_id == cube.track_id and same.state == TrackState.TRACKING
-    assert tracker.drops["grounding on another track's place (label differs)"] == 3
+    (same,) = tracker.apply_grounding([renamed], frame)
+    assert same.track_id == cube.track_id and same.state == TrackState.TRACKING and same.label == cube.label
+    # named so by most of its last groundings (2 of 3): the track takes that name, and says why
+    (same,) = tracker.apply_grounding([renamed], frame)
+    assert same.track_id == cube.track_id and same.state == TrackState.TRACKING and same.label == "cube-ish star"
+    assert same.reason == f"named 'cube-ish star' by 2 of the last 3 groundings (was '{cube.label}')"
+    assert tracker.drops["grounding on another track's place (label differs)"] == 2
     x, y, z = cube.position
     behind = Target("ball", beside, position=(x, y, z + 0.5))  # overlapping in the image, half a metre behind it
     tracked = tracker.apply_grounding([behind], frame)
-    assert {t.label for t in tracked} == {cube.label, "ball"}
-    assert {t.label: t.state for t in tracked}[cube.label] == TrackState.LOST  # max_misses=1, nothing named it
+    assert {t.label for t in tracked} == {"cube-ish star", "ball"}
+    assert {t.label: t.state for t in tracked}["cube-ish star"] == TrackState.LOST  # max_misses=1, nothing named it
+
+
+def test_a_lost_track_is_re_acquired_by_a_grounding_of_another_label_where_it_was_last_seen(scene):
+    # an object coming out from behind another is often misnamed while partly visible (a ball as a "blue star"):
+    # where the lost track was last seen in 3-D (within distance_gate_m) that grounding is the same object
+    tracker = started(scene, TrackerSettings(max_misses=1), only=0)
+    (cube,) = tracker.snapshot()
+    frame = shifted(scene, 0, DT)
+    tracker.update(frame)
+    (lost,) = tracker.apply_grounding([], frame)
+    assert lost.state == TrackState.LOST
+    x, y, z = cube.position
+    elsewhere = Target("cube-ish star", Box(0, 0, 30, 30), position=(x + 0.3, y, z))  # 30 cm away: another object
+    near = Target("cube-ish star", cube.box, position=(x + 0.05, y, z))  # 5 cm away
+    tracked = tracker.apply_grounding([elsewhere, near], frame)
+    by_id = {t.track_id: t for t in tracked}
+    again = by_id[cube.track_id]
+    assert again.state == TrackState.RE_ACQUIRED and again.label == cube.label  # its name, 1 of 2 votes against 1
+    assert again.reason == "re-acquired by grounding as 'cube-ish star' (was lost)"
+    assert [t.label for t in tracked if t.track_id != cube.track_id] == ["cube-ish star"]  # the far one: new
+    # re-acquired under another name, it is not yet confirmed: a grounding is asked for at the minimum interval
+    tracker.update(shifted(scene, 0, 0.3))
+    assert tracker.needs_grounding() == f"track {cube.track_id} not yet confirmed"
 
 
 def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loose_box(scene):
@@ -313,6 +339,16 @@ def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loos
     assert boxes[False]["cube"] == loose and loose.iou(true_box) < 0.7
     assert boxes[True]["cube"].iou(true_box) >= 0.9
     assert boxes[True]["ball"] == boxes[False]["ball"] == Box(0, 0, 9, 9)  # no mask: the model's box
+    # over a depth image of 1/16 the resolution the mask is coarse (16x16-pixel blocks; the cube, 68 px wide, spans
+    # under min_mask_depth_px of them): the model's box is kept
+    depth = np.ascontiguousarray(frame.depth[::16, ::16])
+    coarse = Frame(frame.image, stamp_ns=0, intrinsics=frame.intrinsics, depth=depth)
+    g = target_geometry(coarse.depth, coarse.intrinsics, (coarse.width, coarse.height), box=loose)
+    assert g.mask is not None
+    tracker = Tracker(TrackerSettings(min_mask_depth_px=8))
+    tracker.update(coarse)
+    (cube,) = tracker.apply_grounding([Target("cube", loose, position=g.position, mask=g.mask, shape=g.shape)], coarse)
+    assert cube.box == loose
 
 
 def test_needs_grounding_first_periodically_and_when_weak_but_not_too_often(scene):
@@ -325,12 +361,17 @@ def test_needs_grounding_first_periodically_and_when_weak_but_not_too_often(scen
     tracker.apply_grounding(grounding(scene, shifted(scene, 0, 0.0), only=0), shifted(scene, 0, 0.0))
     tracker.update(shifted(scene, 0, 0.1))
     assert tracker.needs_grounding() == ""  # within the minimum interval
-    tracker.update(shifted(scene, 0, 0.5))
-    assert tracker.needs_grounding() == ""  # healthy and within the period
+    frame = shifted(scene, 0, 0.3)
+    tracker.update(frame)
+    assert tracker.needs_grounding() == "track 1 not yet confirmed"  # one grounding found it so far
+    tracker.grounding_started(frame.stamp_ns)
+    tracker.apply_grounding(grounding(scene, frame, only=0), frame)
+    tracker.update(shifted(scene, 0, 0.7))
+    assert tracker.needs_grounding() == ""  # confirmed, healthy and within the period
     tracker.update(shifted(scene, 0, 0.9))
     tracker.camera_stopped(0.4)
     assert tracker.needs_grounding() == "track 1 lost"
-    tracker.update(shifted(scene, 0, 1.0))
+    tracker.update(shifted(scene, 0, 1.3))
     assert tracker.needs_grounding() == "period"
 
 

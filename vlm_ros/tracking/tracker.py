@@ -11,11 +11,14 @@ States (every change carries a reason):
 - LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row
   (a grounding that names another label at the track's place, in the image and in 3-D, is the same object named
   otherwise: not a miss, and not a new target), a frame gap or clock jump, the camera stopped. The last box is
-  reported; nothing moves it. A grounding with the same label re-acquires the track (same ID); a lost track is
+  reported; nothing moves it. A grounding with the same label re-acquires the track (same ID), as does one with
+  another label where the track was last seen in 3-D (within the association's distance_gate_m); a lost track is
   forgotten after `forget_s`, or earlier when only one grounding ever found it and a new target needs its place
   (`max_targets`).
 - RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
   TRACKING from the next.
+A track's label is the one most of its last NAME_VOTES groundings gave it (a grounding that names it otherwise
+counts), so a target first misnamed takes its name from the groundings that follow, with that reason.
 A target whose grounded box reaches the image border is cut there: while it comes into view, its box keeps that
 side on the border (the flow sees only what was visible), until a grounding sees its whole extent.
 Nothing non-finite leaves the tracker: boxes are core.types.Box (finite by construction), positions come from
@@ -39,6 +42,7 @@ from vlm_ros.tracking.association import AssociationSettings, Candidate, associa
 from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
 
 NS = 1_000_000_000
+NAME_VOTES = 5  # a track takes the label most of its last this many groundings gave it
 
 
 class TrackState(str, enum.Enum):
@@ -66,6 +70,8 @@ class TrackerSettings:
     min_visible_fraction: float = 0.3  # less of the box inside the image: the target left it
     depth_tolerance_m: float = 0.06  # least depth gate half-width (the target's own depth spread widens it)
     box_from_mask: bool = True  # a grounded target with a mask is followed from its mask's extent, not the model's box
+    min_mask_depth_px: int = 8  # ... when the mask spans at least this many depth pixels each way (a coarser one,
+    # over a depth image of low resolution, misses the object's thin parts: the model's box is nearer the truth)
     flow: FlowSettings = field(default_factory=FlowSettings)
     association: AssociationSettings = field(default_factory=AssociationSettings)
 
@@ -105,6 +111,9 @@ class _Track:
     mask: Mask | None = None
     misses: int = 0
     groundings: int = 1  # groundings that found it (the first included)
+    names: deque = field(default_factory=lambda: deque(maxlen=NAME_VOTES))  # the labels the last groundings gave it
+    confirmed: bool = False  # a grounding found it again under its own label (a new one, or one re-acquired under
+    # another name, is not yet: the next grounding is asked for soon)
     cut: tuple[bool, bool, bool, bool] = (False, False, False, False)  # sides (left, top, right, bottom) where the
     # grounding's box reached the image border: the object went on beyond it
     history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
@@ -246,7 +255,8 @@ class Tracker:
 
     # --- groundings -------------------------------------------------------------------------------------------
     def needs_grounding(self, stamp_ns: int | None = None) -> str:
-        """Why a grounding is due now ("" = not due): none yet, the period elapsed, or a track predicted or lost."""
+        """Why a grounding is due now ("" = not due): none yet, the period elapsed, or a track predicted, lost or not
+        yet confirmed (new, or re-acquired under another name)."""
         s = self.settings
         stamp = self._last_stamp_ns if stamp_ns is None else stamp_ns
         if stamp is None:
@@ -258,8 +268,12 @@ class Tracker:
             return "first grounding" if last is None else "no target yet"
         if stamp < last or stamp - last >= s.reground_period_s * NS:
             return "period"
-        weak = [t for t in self.tracks if t.state in (TrackState.PREDICTED, TrackState.LOST)]
-        return f"track {weak[0].track_id} {weak[0].state.value}" if weak else ""
+        for t in self.tracks:
+            if t.state in (TrackState.PREDICTED, TrackState.LOST):
+                return f"track {t.track_id} {t.state.value}"
+            if not t.confirmed:
+                return f"track {t.track_id} not yet confirmed"
+        return ""
 
     def grounding_started(self, stamp_ns: int) -> None:
         """The caller asked the model for a grounding of the frame at `stamp_ns` (rate-limits needs_grounding)."""
@@ -268,29 +282,37 @@ class Tracker:
     def apply_grounding(self, targets: Sequence[Target], frame: Frame) -> list[TrackedTarget]:
         """Merge a grounding of `frame` (which may be a few frames old): confirm, re-acquire or start tracks."""
         s = self.settings
-        targets = [_mask_boxed(t) if s.box_from_mask else t for t in targets if t.box is not None]
+        if s.box_from_mask:
+            depth_px = frame.width / frame.depth.shape[1] if frame.depth is not None else 1.0  # image pixels a side
+            targets = [_mask_boxed(t, s.min_mask_depth_px * depth_px) for t in targets]
+        targets = [t for t in targets if t.box is not None]
         targets = self._distinct(sorted(targets, key=lambda t: -t.score))
         detections = [Candidate(t.label, t.box, t.position) for t in targets]
         then = [self._at(track, frame.stamp_ns) for track in self.tracks]
         found = associate([c for c, _ in then], detections, s.association)
         for ti, di in found.matches:
-            track, was = self.tracks[ti], self.tracks[ti].state
-            track.groundings += 1
-            self._restart(track, targets[di], frame, then[ti][1])
-            if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
-                continue
-            if was in (TrackState.PREDICTED, TrackState.LOST):
-                track.set_state(TrackState.RE_ACQUIRED, f"re-acquired by grounding (was {was.value})")
+            self._found(self.tracks[ti], targets[di], frame, then[ti][1])
+        # an unmatched detection with another label on a visible track's place, or (in 3-D) where a lost track was
+        # last seen: that object named otherwise (a model's answer on a partly visible object varies); neither a new
+        # target nor a miss of the track; a lost track is re-acquired by it
+        seen: set[int] = set()  # tracks named otherwise by this grounding
+        renaming: set[int] = set()  # the detections that named them
+        for di in found.unmatched_detections:
+            places = {ti for ti, (c, _) in enumerate(then) if same_place(c, detections[di], s.association,
+                                                                          s.duplicate_iou)}
+            if places:
+                for ti in places & set(found.unmatched_tracks) - seen:  # not also found under its own label
+                    self._name(self.tracks[ti], targets[di].label)
+            elif (lost := self._lost_near(detections[di], set(found.unmatched_tracks) - seen)) is not None:
+                self._found(self.tracks[lost], targets[di], frame, (0.0, 0.0))
+                places = {lost}
             else:
-                track.set_state(TrackState.TRACKING, "confirmed by grounding")
-        # an unmatched detection on a track's place with another label: that object named otherwise (a model's answer
-        # on a partly visible object varies); neither a new target nor a miss of the track
-        renamed = [(ti, di) for di in found.unmatched_detections for ti, (c, _) in enumerate(then)
-                   if same_place(c, detections[di], s.association, s.duplicate_iou)]
-        seen, renaming = {ti for ti, _ in renamed}, {di for _, di in renamed}
+                continue
+            seen |= places
+            renaming.add(di)
         for ti in found.unmatched_tracks:
             track = self.tracks[ti]
-            if track.state == TrackState.LOST or ti in seen:  # seen under another name: no miss
+            if track.state == TrackState.LOST or ti in seen:
                 continue
             track.misses += 1
             if track.misses >= s.max_misses:
@@ -307,9 +329,42 @@ class Tracker:
             track = _Track(self._next_id, target.label, target.box, TrackState.TRACKING, "new grounding",
                            confirmed_ns=frame.stamp_ns, seen_ns=frame.stamp_ns)
             self._next_id += 1
+            track.names.append(target.label)
             self._restart(track, target, frame, (0.0, 0.0))
             self.tracks.append(track)
         return self.snapshot()
+
+    def _found(self, track: _Track, target: Target, frame: Frame, shift: tuple[float, float]) -> None:
+        """A grounding found `track` as `target` (its label, or another where the track was lost): restart it there."""
+        was = track.state
+        track.groundings += 1
+        track.confirmed = same_label(target.label, track.label)
+        self._restart(track, target, frame, shift)
+        if track.state != TrackState.PREDICTED:  # (the catch-up flow may lose it again)
+            named = "" if same_label(target.label, track.label) else f" as '{target.label}'"
+            track.set_state(*((TrackState.RE_ACQUIRED, f"re-acquired by grounding{named} (was {was.value})")
+                              if was in (TrackState.PREDICTED, TrackState.LOST)
+                              else (TrackState.TRACKING, "confirmed by grounding")))
+        self._name(track, target.label)
+
+    def _name(self, track: _Track, label: str) -> None:
+        """A grounding gave `track` this label: it takes the label most of its last NAME_VOTES groundings gave it."""
+        track.names.append(label)
+        votes = Counter(track.names)
+        best, n = votes.most_common(1)[0]
+        if n > votes[track.label]:
+            track.reason = f"named '{best}' by {n} of the last {len(track.names)} groundings (was '{track.label}')"
+            track.label = best
+
+    def _lost_near(self, detection: Candidate, candidates: set[int]) -> int | None:
+        """The lost track among `candidates` last seen nearest `detection` in 3-D, within distance_gate_m (None: none,
+        or no depth)."""
+        if detection.position is None:
+            return None
+        near = [(math.dist(t.position, detection.position), ti) for ti in sorted(candidates)
+                if (t := self.tracks[ti]).state == TrackState.LOST and t.position is not None]
+        distance, ti = min(near, default=(math.inf, None))
+        return ti if distance <= self.settings.association.distance_gate_m else None
 
     def _forget_a_lost_track(self) -> bool:
         """Make room for a new target by dropping a lost track that only one grounding ever found (a misdetection
@@ -391,13 +446,14 @@ class Tracker:
                 for t in self.tracks]
 
 
-def _mask_boxed(target: Target) -> Target:
-    """The target with its mask's extent as its box (a model's box is looser or cut short; the depth-layer mask
-    follows the object's visible surface); unchanged without a mask or with an empty one."""
-    if target.mask is None:
+def _mask_boxed(target: Target, min_size_px: float) -> Target:
+    """The target with its mask's extent as its box (a model's box is looser or cuts the object short; the
+    depth-layer mask follows the object's visible surface); unchanged without a box or a mask, with an empty mask,
+    or one whose extent is under `min_size_px` either way."""
+    if target.mask is None or target.box is None:
         return target
     rows, cols = np.nonzero(target.mask.data.any(axis=1))[0], np.nonzero(target.mask.data.any(axis=0))[0]
-    if rows.size == 0:
+    if rows.size == 0 or min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) < min_size_px:
         return target
     m = target.mask
     return replace(target, box=Box(float(m.x0 + cols[0]), float(m.y0 + rows[0]), float(m.x0 + cols[-1] + 1),
