@@ -163,6 +163,19 @@ def test_occlusion_predicts_then_loses_then_a_grounding_reacquires_the_same_id(s
     assert after.state == TrackState.TRACKING
 
 
+def test_a_nearer_surface_over_part_of_the_target_does_not_move_its_3d_position(scene):
+    # a cube sliding in front covers part of the target while the flow still follows the rest: the 3-D point under
+    # the mask would be pulled towards the occluder; off the target's depth it is not taken, the last one stays
+    tracker = started(scene, only=1)
+    (first,) = tracker.snapshot()
+    box = scene.objects[1].box
+    cover = Box(box.x_min - 10, box.y_min - 10, box.x_min + 0.3 * box.width, box.y_max + 10)  # (28 cm off if taken)
+    for i in range(1, 4):
+        (t,) = tracker.update(shifted(scene, 0, i * DT, cover=cover))
+        assert t.state != TrackState.PREDICTED and t.position is not None
+        assert math.dist(t.position, first.position) < 0.02
+
+
 def test_a_target_coming_into_view_keeps_its_box_on_the_border_it_came_from(scene):
     box = scene.objects[0].box
     dx0 = int(640 + 0.4 * box.width - box.x_max)  # 40 % of the object beyond the right border
@@ -322,6 +335,22 @@ def test_a_lost_track_is_re_acquired_by_a_grounding_of_another_label_where_it_wa
     # re-acquired under another name, it is not yet confirmed: a grounding is asked for at the minimum interval
     tracker.update(shifted(scene, 0, 0.3))
     assert tracker.needs_grounding() == f"track {cube.track_id} not yet confirmed"
+
+
+def test_a_new_track_on_the_place_of_one_a_grounding_finds_under_its_own_label_is_that_object(scene):
+    # the ball comes out from behind the cube: one grounding names it "blue star" (a new track), the next "blue ball"
+    # (its lost track re-acquired); the new track, never confirmed, is the same object: lost, saying so
+    tracker = started(scene, TrackerSettings(max_misses=1), only=0)
+    (ball,) = tracker.snapshot()
+    frame = shifted(scene, 0, DT)
+    tracker.update(frame)
+    tracker.apply_grounding([], frame)
+    misnamed = Target("blue star", ball.box)  # no depth under it: nothing ties it to the lost track
+    _, star = tracker.apply_grounding([misnamed], frame)
+    assert star.label == "blue star" and star.state == TrackState.TRACKING and star.track_id != ball.track_id
+    again, star = tracker.apply_grounding(grounding(scene, frame, only=0), frame)
+    assert again.track_id == ball.track_id and again.state == TrackState.RE_ACQUIRED
+    assert star.state == TrackState.LOST and star.reason == f"the same object as track {ball.track_id} ('{ball.label}')"
 
 
 def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loose_box(scene):

@@ -10,11 +10,12 @@ States (every change carries a reason):
   most `predict_s`; the flow is tried again on the predicted box each frame.
 - LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row
   (a grounding that names another label at the track's place, in the image and in 3-D, is the same object named
-  otherwise: not a miss, and not a new target), a frame gap or clock jump, the camera stopped. The last box is
-  reported; nothing moves it. A grounding with the same label re-acquires the track (same ID), as does one with
-  another label where the track was last seen in 3-D (within the association's distance_gate_m); a lost track is
-  forgotten after `forget_s`, or earlier when only one grounding ever found it and a new target needs its place
-  (`max_targets`).
+  otherwise: not a miss, and not a new target), a frame gap or clock jump, the camera stopped; a track not yet
+  confirmed on the place of one a grounding found under its own label (the same object, first named otherwise).
+  The last box is reported; nothing moves it. A grounding with the same label re-acquires the track (same ID), as
+  does one with another label where the track was last seen in 3-D (within the association's distance_gate_m); a
+  lost track is forgotten after `forget_s`, or earlier when only one grounding ever found it and a new target needs
+  its place (`max_targets`).
 - RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
   TRACKING from the next.
 A track's label is the one most of its last NAME_VOTES groundings gave it (a grounding that names it otherwise
@@ -251,6 +252,10 @@ class Tracker:
         kwargs = ({"mask": track.mask} if track.mask is not None
                   else {"box": track.box.clipped(frame.width, frame.height)})
         geometry = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), **kwargs)
+        gate = track.gate
+        if gate is not None and geometry.position is not None \
+                and abs(geometry.position[2] - gate.depth_m) > gate.tolerance_m:
+            return  # the surface under the mask is off the target's depth (an occluder in front): the last one stays
         track.position, track.shape = geometry.position, geometry.shape
 
     # --- groundings -------------------------------------------------------------------------------------------
@@ -310,6 +315,16 @@ class Tracker:
                 continue
             seen |= places
             renaming.add(di)
+        # a track not yet confirmed on the place of one this grounding found under its own label: that object, which
+        # a grounding named otherwise when it was partly visible (one object, two tracks otherwise)
+        for ti in set(found.unmatched_tracks) - seen:
+            track = self.tracks[ti]
+            twin = next((self.tracks[tj] for tj, _ in found.matches if self.tracks[tj].state != TrackState.PREDICTED
+                         and same_place(_now(self.tracks[tj]), _now(track), s.association, s.duplicate_iou)), None)
+            if not track.confirmed and track.state != TrackState.LOST and twin is not None:
+                track.set_state(TrackState.LOST, f"the same object as track {twin.track_id} ('{twin.label}')")
+                track.confidence = 0.0
+                seen.add(ti)
         for ti in found.unmatched_tracks:
             track = self.tracks[ti]
             if track.state == TrackState.LOST or ti in seen:
@@ -444,6 +459,10 @@ class Tracker:
                               t.box.clipped(*self._size) if self._size is not None else t.box, t.confidence, stamp,
                               max(0.0, (stamp - t.confirmed_ns) / NS), t.position, t.shape, t.mask)
                 for t in self.tracks]
+
+
+def _now(track: _Track) -> Candidate:
+    return Candidate(track.label, track.box, track.position)
 
 
 def _mask_boxed(target: Target, min_size_px: float) -> Target:
