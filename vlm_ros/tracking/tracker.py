@@ -319,9 +319,11 @@ class Tracker:
         # a grounding named otherwise when it was partly visible (one object, two tracks otherwise)
         for ti in set(found.unmatched_tracks) - seen:
             track = self.tracks[ti]
+            if track.confirmed or track.state == TrackState.LOST:
+                continue
             twin = next((self.tracks[tj] for tj, _ in found.matches if self.tracks[tj].state != TrackState.PREDICTED
                          and same_place(_now(self.tracks[tj]), _now(track), s.association, s.duplicate_iou)), None)
-            if not track.confirmed and track.state != TrackState.LOST and twin is not None:
+            if twin is not None:
                 track.set_state(TrackState.LOST, f"the same object as track {twin.track_id} ('{twin.label}')")
                 track.confidence = 0.0
                 seen.add(ti)
@@ -351,12 +353,12 @@ class Tracker:
 
     def _found(self, track: _Track, target: Target, frame: Frame, shift: tuple[float, float]) -> None:
         """A grounding found `track` as `target` (its label, or another where the track was lost): restart it there."""
-        was = track.state
+        was, own_label = track.state, same_label(target.label, track.label)
         track.groundings += 1
-        track.confirmed = same_label(target.label, track.label)
+        track.confirmed = own_label
         self._restart(track, target, frame, shift)
         if track.state != TrackState.PREDICTED:  # (the catch-up flow may lose it again)
-            named = "" if same_label(target.label, track.label) else f" as '{target.label}'"
+            named = "" if own_label else f" as '{target.label}'"
             track.set_state(*((TrackState.RE_ACQUIRED, f"re-acquired by grounding{named} (was {was.value})")
                               if was in (TrackState.PREDICTED, TrackState.LOST)
                               else (TrackState.TRACKING, "confirmed by grounding")))
