@@ -57,6 +57,12 @@ def same_label(a: str, b: str) -> bool:
     return a.strip().lower() == b.strip().lower()
 
 
+def share_word(a: str, b: str) -> bool:
+    """Whether two labels have a word in common (case aside; articles ignored): "blue ball", "Blue cylinder"."""
+    words = [set(label.lower().split()) - {"a", "an", "the", "of"} for label in (a, b)]
+    return bool(words[0] & words[1])
+
+
 def _distance(a: tuple[float, float, float] | None, b: tuple[float, float, float] | None) -> float | None:
     return None if a is None or b is None else math.dist(a, b)
 

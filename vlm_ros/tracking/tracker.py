@@ -13,9 +13,9 @@ States (every change carries a reason):
   otherwise: not a miss, and not a new target), a frame gap or clock jump, the camera stopped; a track not yet
   confirmed on the place of one a grounding found under its own label (the same object, first named otherwise).
   The last box is reported; nothing moves it. A grounding with the same label re-acquires the track (same ID), as
-  does one with another label where the track was last seen in 3-D (within the association's distance_gate_m); a
-  lost track is forgotten after `forget_s`, or earlier when only one grounding ever found it and a new target needs
-  its place (`max_targets`).
+  does one with another label where the track was last seen in 3-D (within the association's distance_gate_m,
+  twice that when the labels share a word); a lost track is forgotten after `forget_s`, or earlier when only one
+  grounding ever found it and a new target needs its place (`max_targets`).
 - RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
   TRACKING from the next.
 A track's label is the one most of its last NAME_VOTES groundings gave it (a grounding that names it otherwise
@@ -39,7 +39,7 @@ import numpy as np
 
 from vlm_ros.core.geometry import target_geometry
 from vlm_ros.core.types import Box, Frame, Mask, Shape3D, Target
-from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label, same_place
+from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label, same_place, share_word
 from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
 
 NS = 1_000_000_000
@@ -374,14 +374,20 @@ class Tracker:
             track.label = best
 
     def _lost_near(self, detection: Candidate, candidates: set[int]) -> int | None:
-        """The lost track among `candidates` last seen nearest `detection` in 3-D, within distance_gate_m (None: none,
-        or no depth)."""
+        """The lost track among `candidates` last seen nearest `detection` in 3-D: within distance_gate_m, or twice
+        that when the labels share a word ("blue cylinder", "blue ball": the depth under a partly visible object's box
+        is partly its occluder's). None: none, or no depth."""
         if detection.position is None:
             return None
-        near = [(math.dist(t.position, detection.position), ti) for ti in sorted(candidates)
-                if (t := self.tracks[ti]).state == TrackState.LOST and t.position is not None]
-        distance, ti = min(near, default=(math.inf, None))
-        return ti if distance <= self.settings.association.distance_gate_m else None
+        gate = self.settings.association.distance_gate_m
+        near = []
+        for ti in sorted(candidates):
+            track = self.tracks[ti]
+            if track.state == TrackState.LOST and track.position is not None:
+                distance = math.dist(track.position, detection.position)
+                if distance <= gate * (2 if share_word(track.label, detection.label) else 1):
+                    near.append((distance, ti))
+        return min(near, default=(None, None))[1]
 
     def _forget_a_lost_track(self) -> bool:
         """Make room for a new target by dropping a lost track that only one grounding ever found (a misdetection
