@@ -300,7 +300,7 @@ class Tracker:
         # an unmatched detection with another label on a visible track's place, or (in 3-D) where a lost track was
         # last seen: that object named otherwise (a model's answer on a partly visible object varies); neither a new
         # target nor a miss of the track; a lost track is re-acquired by it
-        seen: set[int] = set()  # tracks named otherwise by this grounding
+        seen: set[int] = set()  # tracks this grounding named otherwise, or found to be another's twin: no miss
         renaming: set[int] = set()  # the detections that named them
         for di in found.unmatched_detections:
             places = {ti for ti, (c, _) in enumerate(then) if same_place(c, detections[di], s.association,
@@ -357,11 +357,13 @@ class Tracker:
         track.groundings += 1
         track.confirmed = own_label
         self._restart(track, target, frame, shift)
-        if track.state != TrackState.PREDICTED:  # (the catch-up flow may lose it again)
+        if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
+            pass
+        elif was in (TrackState.PREDICTED, TrackState.LOST):
             named = "" if own_label else f" as '{target.label}'"
-            track.set_state(*((TrackState.RE_ACQUIRED, f"re-acquired by grounding{named} (was {was.value})")
-                              if was in (TrackState.PREDICTED, TrackState.LOST)
-                              else (TrackState.TRACKING, "confirmed by grounding")))
+            track.set_state(TrackState.RE_ACQUIRED, f"re-acquired by grounding{named} (was {was.value})")
+        else:
+            track.set_state(TrackState.TRACKING, "confirmed by grounding")
         self._name(track, target.label)
 
     def _name(self, track: _Track, label: str) -> None:
