@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -112,7 +113,7 @@ class Pool:
 
 
 def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: int, partial: float = 0.0) -> Pool:
-    """The scenes of seeds [seed_start, seed_start + n), rendered with `workers` processes."""
+    """The scenes of seeds [seed_start, seed_start + n), rendered with `workers` processes (1 or less: in this one)."""
     from tqdm import tqdm
 
     chunk = 50
@@ -129,8 +130,10 @@ def render_pool(n: int, seed_start: int, image_size: int, grid: int, workers: in
         partial=partial,
     )
     bar = tqdm(total=n, desc="render", unit="scene", file=sys.stderr, mininterval=5)
-    with get_context("fork").Pool(max(1, workers)) as procs:
-        for pix, light, classes, boxes in procs.imap(_render_chunk, jobs):
+    with ExitStack() as stack:  # one worker: rendered here (forking a process that runs threads may deadlock)
+        chunks = map(_render_chunk, jobs) if workers <= 1 else \
+            stack.enter_context(get_context("fork").Pool(workers)).imap(_render_chunk, jobs)
+        for pix, light, classes, boxes in chunks:
             at = slice(len(pool.scenes), len(pool.scenes) + len(pix))
             pool.pixels[at], pool.patch_classes[at], pool.patch_boxes[at] = pix, classes, boxes
             pool.scenes += [_light_scene(*x) for x in light]
