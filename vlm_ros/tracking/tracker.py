@@ -5,10 +5,12 @@ whether to re-ground, runs the grounding wherever it likes (the model worker) an
 frame they describe to :meth:`Tracker.apply_grounding`. Each update returns one :class:`TrackedTarget` per track.
 
 States (every change carries a reason):
-- TRACKING: the flow step succeeded (vlm_ros.tracking.flow) or a grounding confirmed the box.
+- TRACKING: the flow step succeeded (vlm_ros.tracking.flow) or a grounding confirmed the box. A grounding whose
+  surface lies in front of the followed target (its box takes in an occluder) leaves the box where it is, once.
 - PREDICTED: the flow step failed (occlusion, too few features); the box moves on at its last velocity, for at
   most `predict_s`; the flow is tried again on the predicted box each frame.
-- LOST: predicted for longer than `predict_s`, left the image, not confirmed by `max_misses` groundings in a row
+- LOST: predicted for longer than `predict_s`, left the image (less than min_visible_fraction of its box inside,
+  or predicted across a border it moves towards), not confirmed by `max_misses` groundings in a row
   (a grounding that names another label at the track's place, in the image and in 3-D, is the same object named
   otherwise: not a miss, and not a new target), a frame gap or clock jump, the camera stopped; a track not yet
   confirmed on the place of one a grounding found under its own label (the same object, first named otherwise).
@@ -16,8 +18,8 @@ States (every change carries a reason):
   does one with another label where the track was last seen in 3-D (within the association's distance_gate_m,
   twice that when the labels share a word); a lost track is forgotten after `forget_s`, or earlier when only one
   grounding ever found it and a new target needs its place (`max_targets`).
-- RE_ACQUIRED: a predicted or lost track found again (by the flow or a grounding), in the output of one update;
-  TRACKING from the next.
+- RE_ACQUIRED: a predicted or lost track found again (by the flow, a grounding, or for a lost one its colours: see
+  vlm_ros.tracking.colour; such a track is not yet confirmed), in the output of one update; TRACKING from the next.
 A track's label is the one most of its last NAME_VOTES groundings gave it (a grounding that names it otherwise
 counts), so a target first misnamed takes its name from the groundings that follow, with that reason.
 A target whose grounded box reaches the image border is cut there: while it comes into view, its box keeps that
@@ -40,6 +42,7 @@ import numpy as np
 from vlm_ros.core.geometry import target_geometry
 from vlm_ros.core.types import Box, Frame, Mask, Shape3D, Target
 from vlm_ros.tracking.association import AssociationSettings, Candidate, associate, same_label, same_place, share_word
+from vlm_ros.tracking.colour import ColourImage, ColourModel, ColourSettings, colour_model, find_by_colour
 from vlm_ros.tracking.flow import DepthGate, FlowSettings, track_box
 
 NS = 1_000_000_000
@@ -75,6 +78,8 @@ class TrackerSettings:
     # over a depth image of low resolution, misses the object's thin parts: the model's box is nearer the truth)
     flow: FlowSettings = field(default_factory=FlowSettings)
     association: AssociationSettings = field(default_factory=AssociationSettings)
+    colour: ColourSettings | None = field(default_factory=ColourSettings)  # None: lost tracks are not looked for
+    # by their colours (vlm_ros.tracking.colour)
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ class _Track:
     cut: tuple[bool, bool, bool, bool] = (False, False, False, False)  # sides (left, top, right, bottom) where the
     # grounding's box reached the image border: the object went on beyond it
     history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
+    colour: ColourModel | None = None  # taken when a grounding finds it again in full view
+    found_by_colour: bool = False  # re-acquired by its colours since a grounding last found it under its label
+    box_kept: bool = False  # the last grounding that found it lay in front of it (an occluder): its box was kept
     shown: bool = True  # its state has been in an update's output
 
     def set_state(self, state: TrackState, reason: str) -> None:
@@ -145,6 +153,7 @@ class Tracker:
         s = self.settings
         stamp = frame.stamp_ns
         size = (frame.width, frame.height)
+        lost = {t.track_id for t in self.tracks if t.state == TrackState.LOST}  # before this frame (loss shown)
         if self._recent:
             prev = self._recent[-1][0]
             gap_ns = stamp - prev.stamp_ns
@@ -167,6 +176,7 @@ class Tracker:
                     self._step(track, self._recent[-1], (frame, gray))
         self._recent.append((frame, gray))
         self._last_stamp_ns, self._size = stamp, size
+        self._place_by_colour(lost, frame)
         self._forget(stamp)
         tracked = self.snapshot()
         for track in self.tracks:
@@ -225,7 +235,9 @@ class Tracker:
                 track.box = Box(track.box.x_min + shift_x, track.box.y_min + shift_y,
                                 track.box.x_max + shift_x, track.box.y_max + shift_y)
         visible = track.box.clipped(width, height)
-        if track.state != TrackState.LOST and visible.area < s.min_visible_fraction * track.box.area:
+        # predicted across a border it moves towards: leaving (the flow would find what it leaves behind there)
+        leaving = track.state == TrackState.PREDICTED and _moving_out(track.box, track.velocity, width, height)
+        if track.state != TrackState.LOST and (leaving or visible.area < s.min_visible_fraction * track.box.area):
             track.set_state(TrackState.LOST, "left the image")
             track.confidence = 0.0
         if track.state != TrackState.LOST:
@@ -257,6 +269,41 @@ class Tracker:
                 and abs(geometry.position[2] - gate.depth_m) > gate.tolerance_m:
             return  # the surface under the mask is off the target's depth (an occluder in front): the last one stays
         track.position, track.shape = geometry.position, geometry.shape
+
+    def _place_by_colour(self, lost_ids: set[int], frame: Frame) -> None:
+        """Tracks placed by their colours (vlm_ros.tracking.colour): a track lost before this frame (`lost_ids`) found
+        again is re-acquired there, not yet confirmed, so that the next grounding is asked for soon; until a grounding
+        finds it, its colours place it in each frame, near where the flow took it (what comes into view is taken
+        in). A track its colours found is not looked for again while lost until a grounding has found it."""
+        s = self.settings
+        placed = [t for t in self.tracks if t.colour is not None and t.found_by_colour and not t.confirmed
+                  and t.state != TrackState.LOST]
+        lost = [t for t in self.tracks if t.colour is not None and not t.found_by_colour
+                and t.state == TrackState.LOST and t.track_id in lost_ids]
+        if s.colour is None or not placed + lost:
+            return
+        image = ColourImage(frame.image, s.colour)
+        for track in placed + lost:
+            others = [t.box for t in self.tracks if t.state != TrackState.LOST and t is not track]
+            was_lost = track.state == TrackState.LOST
+            mask = find_by_colour(image, track.colour, others, near=None if was_lost else track.box)
+            if mask is None:
+                continue
+            box = Box(mask.x0, mask.y0, mask.x0 + mask.data.shape[1], mask.y0 + mask.data.shape[0])
+            # its 3-D geometry from the depth layer of the region's box: the colour mask's thin parts (a star's arms)
+            # fall on the background behind in a coarser depth image
+            geometry = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=box)
+            if track.position is not None and geometry.position is not None \
+                    and math.dist(track.position, geometry.position) > s.association.lost_distance_gate_m:
+                continue
+            before = track.state, track.reason, track.shown, track.confirmed_ns
+            self._restart(track, Target(track.label, box, position=geometry.position, mask=mask, shape=geometry.shape),
+                          frame, (0.0, 0.0))
+            track.confirmed, track.found_by_colour, track.confirmed_ns = False, True, before[3]
+            if was_lost:
+                track.set_state(TrackState.RE_ACQUIRED, "found again by its colours (not yet confirmed by a grounding)")
+            else:
+                track.state, track.reason, track.shown = before[:3]
 
     # --- groundings -------------------------------------------------------------------------------------------
     def needs_grounding(self, stamp_ns: int | None = None) -> str:
@@ -355,8 +402,25 @@ class Tracker:
         """A grounding found `track` as `target` (its label, or another where the track was lost): restart it there."""
         was, own_label = track.state, same_label(target.label, track.label)
         track.groundings += 1
+        track.found_by_colour = track.found_by_colour and not own_label
+        gate, box_kept = track.gate, track.box_kept
+        track.box_kept = False
+        if was in (TrackState.TRACKING, TrackState.RE_ACQUIRED) and gate is not None and target.position is not None \
+                and target.position[2] < gate.depth_m - gate.tolerance_m and not box_kept:
+            # the surface under the grounding's box is in front of the target: an occluder the box takes in (a model's
+            # box on a partly hidden object); the track is kept where it is, not moved onto the occluder, and not
+            # counted as confirmed (one not yet confirmed asks for the next grounding soon); the next grounding in
+            # front of it moves it (its own depth may have been wrong)
+            track.misses, track.confirmed_ns, track.box_kept = 0, frame.stamp_ns, True
+            if track.state == TrackState.TRACKING:
+                track.set_state(TrackState.TRACKING, "confirmed by grounding; its box kept (the grounding's surface is "
+                                f"{gate.depth_m - target.position[2]:.2f} m in front of the target: an occluder)")
+            self._name(track, target.label)
+            return
         track.confirmed = own_label
         self._restart(track, target, frame, shift)
+        if own_label and was != TrackState.LOST:
+            self._take_colours(track, target, frame)
         if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
             pass
         elif was in (TrackState.PREDICTED, TrackState.LOST):
@@ -365,6 +429,14 @@ class Tracker:
         else:
             track.set_state(TrackState.TRACKING, "confirmed by grounding")
         self._name(track, target.label)
+
+    def _take_colours(self, track: _Track, target: Target, frame: Frame) -> None:
+        """Keep the colour model of a target a grounding found again under its label where the track was (not a new
+        one, maybe misnamed; not one re-acquired from lost: the model's box may be elsewhere), in full view (not cut
+        by the border)."""
+        if self.settings.colour is not None and not any(track.cut):
+            image = ColourImage(frame.image, self.settings.colour)
+            track.colour = colour_model(image, target.box, target.mask) or track.colour
 
     def _name(self, track: _Track, label: str) -> None:
         """A grounding gave `track` this label: it takes the label most of its last NAME_VOTES groundings gave it."""
@@ -487,6 +559,13 @@ def _mask_boxed(target: Target, min_size_px: float) -> Target:
     m = target.mask
     return replace(target, box=Box(float(m.x0 + cols[0]), float(m.y0 + rows[0]), float(m.x0 + cols[-1] + 1),
                                    float(m.y0 + rows[-1] + 1)))
+
+
+def _moving_out(box: Box, velocity: tuple[float, float], width: int, height: int) -> bool:
+    """Whether `box` reaches past a border of the image and `velocity` (pixels per second) points across it."""
+    vx, vy = velocity
+    return (box.x_min < 0 and vx < 0) or (box.x_max > width and vx > 0) or (box.y_min < 0 and vy < 0) \
+        or (box.y_max > height and vy > 0)
 
 
 def _cut_sides(box: Box, width: int, height: int, margin_px: float = 2.0) -> tuple[bool, bool, bool, bool]:
