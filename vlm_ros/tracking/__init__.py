@@ -1,7 +1,7 @@
 """Tracking: grounded targets followed between VLM calls with stable IDs (ROS-free).
 
 flow: frame-to-frame box propagation (Lucas-Kanade with a depth gate); association: groundings to tracks;
-tracker: the multi-target state machine the Track action runs.
+colour: a lost target found again by its colours; tracker: the multi-target state machine the Track action runs.
 """
 
 from vlm_ros.tracking.association import Association, AssociationSettings, Candidate, associate
