@@ -38,7 +38,7 @@ class ColourSettings:
 
 @dataclass(frozen=True)
 class ColourModel:
-    histogram: np.ndarray  # (30, 32) float32, peak 255
+    histogram: np.ndarray  # BINS float32, peak 255
     pixels: int  # the target's pixels of likely colour in full view (reduced image)
 
 
@@ -51,16 +51,17 @@ class ColourImage:
         small = cv2.resize(image, (max(1, width // SCALE), max(1, height // SCALE)), interpolation=cv2.INTER_AREA)
         self.image, self.settings = image, settings
         self.hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)  # (h, w, 3) uint8
-        self.coloured = self._coloured(self.hsv)  # (h, w) bool
+        self.coloured = self.has_hue(self.hsv)  # (h, w) bool
 
-    def _coloured(self, hsv: np.ndarray) -> np.ndarray:
+    def has_hue(self, hsv: np.ndarray) -> np.ndarray:
+        """(h, w) bool: the pixels of `hsv` saturated and bright enough to have a hue."""
         return (hsv[..., 1] >= self.settings.min_saturation) & (hsv[..., 2] >= self.settings.min_value)
 
     def likely(self, model: ColourModel, hsv: np.ndarray | None = None) -> np.ndarray:
         """(h, w) bool: the pixels of the reduced image (or of `hsv`) whose colours the model makes likely."""
         hsv = self.hsv if hsv is None else hsv
         back = cv2.calcBackProject([hsv], [0, 1], model.histogram, RANGES, 1)
-        return (back >= self.settings.likely * 255) & self._coloured(hsv)
+        return (back >= self.settings.likely * 255) & self.has_hue(hsv)
 
     def likely_near(self, model: ColourModel, x: int, y: int, w: int, h: int) -> Mask | None:
         """The likely pixels, at full resolution, of the reduced image's region (x, y, w, h) grown by a pixel."""
@@ -103,7 +104,7 @@ def colour_model(image: ColourImage, box: Box, mask: Mask | None) -> ColourModel
     if x1 <= x0 or y1 <= y0:
         return None
     hsv = cv2.cvtColor(image.image[y0:y1, x0:x1], cv2.COLOR_RGB2HSV)
-    coloured = image._coloured(hsv)
+    coloured = image.has_hue(hsv)
     inside = _rect(coloured.shape, box, x0, y0)
     if mask is not None:
         target = mask.full(width, height)[y0:y1, x0:x1] & inside
@@ -137,9 +138,9 @@ def find_by_colour(image: ColourImage, model: ColourModel, visible: list[Box], n
     taken = np.zeros_like(likely)
     for box in visible:
         taken[_reduced(box, likely.shape)] = True
-    allowed = np.ones_like(likely)
+    allowed = None
     if near is not None:
-        allowed[:] = False
+        allowed = np.zeros_like(likely)
         allowed[_reduced(near, likely.shape)] = True
     region = _best_region(likely, model, taken, image.settings, allowed)
     return None if region is None else image.likely_near(model, *region)
