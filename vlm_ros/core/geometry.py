@@ -374,12 +374,7 @@ def _colour_mask(grid: _Grid, mask: np.ndarray, sx: float, sy: float, image_size
     ri = (np.floor((np.arange(y0, y1) + 0.5) * sy).astype(np.int64) - top) // s  # (h,)
     ci = np.clip(ci, 0, mask.shape[1] - 1)
     ri = np.clip(ri, 0, mask.shape[0] - 1)
-    data = mask[np.ix_(ri, ci)]
-    if not data.any():
-        return None
-    rr, cc = np.nonzero(data.any(axis=1))[0], np.nonzero(data.any(axis=0))[0]
-    data = data[rr[0]:rr[-1] + 1, cc[0]:cc[-1] + 1]
-    return Mask(x0=int(x0 + cc[0]), y0=int(y0 + rr[0]), data=np.ascontiguousarray(data), source=source)
+    return Mask(x0=int(x0), y0=int(y0), data=mask[np.ix_(ri, ci)], source=source).cropped()
 
 
 def depth_layer_mask(

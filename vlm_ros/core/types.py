@@ -169,6 +169,23 @@ class Mask:
         out[self.y0:self.y0 + h, self.x0:self.x0 + w] = self.data[:h, :w]
         return out
 
+    def extent(self) -> Box | None:
+        """The box of its True pixels (source-image edge coordinates); None when it has none."""
+        rows, cols = np.nonzero(self.data.any(axis=1))[0], np.nonzero(self.data.any(axis=0))[0]
+        if rows.size == 0:
+            return None
+        return Box(float(self.x0 + cols[0]), float(self.y0 + rows[0]), float(self.x0 + cols[-1] + 1),
+                   float(self.y0 + rows[-1] + 1))
+
+    def cropped(self) -> Mask | None:
+        """The same pixels with the patch cropped to them; None when it has none."""
+        box = self.extent()
+        if box is None:
+            return None
+        x0, y0, x1, y1 = (int(v) for v in (box.x_min, box.y_min, box.x_max, box.y_max))
+        data = self.data[y0 - self.y0:y1 - self.y0, x0 - self.x0:x1 - self.x0]
+        return Mask(x0, y0, np.ascontiguousarray(data), self.source)
+
 
 class GeometryMethod(str, enum.Enum):
     """How a target's 3-D geometry was computed (GroundedTarget.msg carries the value)."""

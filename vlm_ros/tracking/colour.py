@@ -69,11 +69,7 @@ class ColourImage:
         x0, y0 = max(0, (x - 1) * SCALE), max(0, (y - 1) * SCALE)
         x1, y1 = min(width, (x + w + 1) * SCALE), min(height, (y + h + 1) * SCALE)
         likely = self.likely(model, cv2.cvtColor(self.image[y0:y1, x0:x1], cv2.COLOR_RGB2HSV))
-        rows, cols = np.nonzero(likely.any(axis=1))[0], np.nonzero(likely.any(axis=0))[0]
-        if rows.size == 0:
-            return None
-        patch = likely[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        return Mask(x0 + int(cols[0]), y0 + int(rows[0]), np.ascontiguousarray(patch), "colour")
+        return Mask(x0, y0, likely, "colour").cropped()
 
 
 def _reduced(box: Box, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -143,6 +143,7 @@ class Tracker:
         # the last frames with their grey images: [-1] is the previous frame of the next update; the older ones let
         # a late grounding catch up with the present (flow from its frame to the newest)
         self._recent: deque[tuple[Frame, np.ndarray]] = deque(maxlen=max(1, settings.catch_up_frames))
+        self._colours: tuple[Frame, ColourImage] | None = None  # the last frame's colour image
         self._last_grounding_ns: int | None = None  # stamp of the frame of the last grounding asked for
         self._last_stamp_ns: int | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the last frame: output boxes are clipped to it
@@ -282,14 +283,14 @@ class Tracker:
                 and t.state == TrackState.LOST and t.track_id in lost_ids]
         if s.colour is None or not placed + lost:
             return
-        image = ColourImage(frame.image, s.colour)
+        image = self._colour_image(frame)
         for track in placed + lost:
             others = [t.box for t in self.tracks if t.state != TrackState.LOST and t is not track]
             was_lost = track.state == TrackState.LOST
             mask = find_by_colour(image, track.colour, others, near=None if was_lost else track.box)
             if mask is None:
                 continue
-            box = Box(mask.x0, mask.y0, mask.x0 + mask.data.shape[1], mask.y0 + mask.data.shape[0])
+            box = mask.extent()  # the mask is cropped to its pixels: its patch
             # its 3-D geometry from the depth layer of the region's box: the colour mask's thin parts (a star's arms)
             # fall on the background behind in a coarser depth image
             geometry = target_geometry(frame.depth, frame.intrinsics, (frame.width, frame.height), box=box)
@@ -435,8 +436,13 @@ class Tracker:
         one, maybe misnamed; not one re-acquired from lost: the model's box may be elsewhere), in full view (not cut
         by the border)."""
         if self.settings.colour is not None and not any(track.cut):
-            image = ColourImage(frame.image, self.settings.colour)
-            track.colour = colour_model(image, target.box, target.mask) or track.colour
+            track.colour = colour_model(self._colour_image(frame), target.box, target.mask) or track.colour
+
+    def _colour_image(self, frame: Frame) -> ColourImage:
+        """The frame's reduced HSV image, made once per frame (for every track a grounding or an update looks at)."""
+        if self._colours is None or self._colours[0] is not frame:
+            self._colours = (frame, ColourImage(frame.image, self.settings.colour))
+        return self._colours[1]
 
     def _name(self, track: _Track, label: str) -> None:
         """A grounding gave `track` this label: it takes the label most of its last NAME_VOTES groundings gave it."""
@@ -551,14 +557,10 @@ def _mask_boxed(target: Target, min_size_px: float) -> Target:
     """The target with its mask's extent as its box (a model's box is looser or cuts the object short; the
     depth-layer mask follows the object's visible surface); unchanged without a box or a mask, with an empty mask,
     or one whose extent is under `min_size_px` either way."""
-    if target.mask is None or target.box is None:
+    extent = target.mask.extent() if target.mask is not None and target.box is not None else None
+    if extent is None or min(extent.width, extent.height) < min_size_px:
         return target
-    rows, cols = np.nonzero(target.mask.data.any(axis=1))[0], np.nonzero(target.mask.data.any(axis=0))[0]
-    if rows.size == 0 or min(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) < min_size_px:
-        return target
-    m = target.mask
-    return replace(target, box=Box(float(m.x0 + cols[0]), float(m.y0 + rows[0]), float(m.x0 + cols[-1] + 1),
-                                   float(m.y0 + rows[-1] + 1)))
+    return replace(target, box=extent)
 
 
 def _moving_out(box: Box, velocity: tuple[float, float], width: int, height: int) -> bool:
