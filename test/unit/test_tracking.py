@@ -178,18 +178,15 @@ def test_a_nearer_surface_over_part_of_the_target_does_not_move_its_3d_position(
 
 
 def test_a_lost_target_is_found_again_by_its_colours_once_until_a_grounding_confirms_it(scene):
-    # the orange cylinder, confirmed by a grounding in full view, is hidden until lost; in the first frame it shows
-    # again its colours find it (same ID), before any grounding; off (colour=None), it stays lost
+    # the orange cylinder, grounded once in full view, is hidden until lost; in the first frame it shows again its
+    # colours find it (same ID), before any grounding; off (colour=None), it stays lost
     box = scene.objects[2].box
     cover = Box(box.x_min - 10, box.y_min - 10, box.x_max + 10, box.y_max + 10)
     for colour in (True, False):
         settings = TrackerSettings(predict_s=0.3) if colour else TrackerSettings(predict_s=0.3, colour=None)
         tracker = started(scene, settings, only=2)
         (first,) = tracker.snapshot()
-        frame = shifted(scene, 0, DT)
-        tracker.update(frame)
-        tracker.apply_grounding(grounding(scene, frame, only=2), frame)
-        for i in range(2, 20):
+        for i in range(1, 20):
             (hidden,) = tracker.update(shifted(scene, 0, i * DT, cover=cover))
         assert hidden.state == TrackState.LOST
         (back,) = tracker.update(shifted(scene, 0, 20 * DT))
@@ -199,7 +196,7 @@ def test_a_lost_target_is_found_again_by_its_colours_once_until_a_grounding_conf
         assert back.track_id == first.track_id and back.state == TrackState.RE_ACQUIRED
         assert back.reason == "found again by its colours (not yet confirmed by a grounding)"
         assert back.box.iou(box) > 0.8 and math.dist(back.position, first.position) < 0.02
-        assert back.age_s == pytest.approx(19 * DT)  # since the last grounding that confirmed it, not the colours
+        assert back.age_s == pytest.approx(20 * DT)  # since the last grounding that confirmed it, not the colours
         assert tracker.needs_grounding() == f"track {first.track_id} not yet confirmed"
         # groundings that do not find it lose it again; its colours do not bring it back before a grounding does
         frame = shifted(scene, 0, 21 * DT)
@@ -208,6 +205,25 @@ def test_a_lost_target_is_found_again_by_its_colours_once_until_a_grounding_conf
         tracker.apply_grounding([], frame)
         (refuted,) = tracker.update(shifted(scene, 0, 22 * DT))
         assert refuted.state == TrackState.LOST and refuted.reason == "not confirmed by 2 groundings in a row"
+
+
+def test_a_late_grounding_of_a_frame_before_the_colours_found_a_target_again_is_that_track(scene):
+    # the scene pans 15 px a frame; the target is hidden from frame 4 (lost), found again by its colours in frame 9;
+    # then the grounding of frame 3 arrives: it is compared with where the track was in frame 3 (not a new target),
+    # and the catch-up flow through the hidden frames loses it again (not kept on frame 3's box as if followed)
+    v, box = 15, scene.objects[2].box
+    tracker = started(scene, TrackerSettings(predict_s=0.1), only=2)
+    (first,) = tracker.snapshot()
+    cover = Box(box.x_min + 3 * v - 20, box.y_min - 10, box.x_max + 9 * v + 20, box.y_max + 10)
+    frames = [shifted(scene, v * i, i * DT, cover=cover if 4 <= i <= 8 else None) for i in range(11)]
+    for frame in frames[1:10]:
+        (t,) = tracker.update(frame)
+    assert t.reason == "found again by its colours (not yet confirmed by a grounding)"
+    (t,) = tracker.apply_grounding(grounding(scene, frames[3], dx=3 * v, only=2), frames[3])
+    assert t.track_id == first.track_id and t.state == TrackState.LOST and t.reason.startswith("not seen for")
+    (t,) = tracker.update(frames[10])
+    assert t.track_id == first.track_id and t.state == TrackState.RE_ACQUIRED
+    assert t.box.iou(Box(box.x_min + 10 * v, box.y_min, box.x_max + 10 * v, box.y_max)) > 0.8
 
 
 def test_until_a_grounding_confirms_it_a_target_found_by_its_colours_is_placed_by_them_as_it_comes_out(scene):
@@ -235,6 +251,23 @@ def test_until_a_grounding_confirms_it_a_target_found_by_its_colours_is_placed_b
     assert states[found - 1][1] == TrackState.LOST and 0.35 <= states[found][0] <= 0.6, states
     assert states[found][2] == "found again by its colours (not yet confirmed by a grounding)"
     assert t.box.iou(box) > 0.85, (t.box, box)
+
+
+def test_a_grounding_whose_box_is_cut_short_confirms_the_track_where_it_is(scene):
+    # the model boxes the lower third of a followed target (a box cut short, at the target's own depth): the track
+    # keeps its box once; a second such grounding in a row moves it there
+    tracker = started(scene, TrackerSettings(box_from_mask=False), only=2)
+    (first,) = tracker.snapshot()
+    frame = shifted(scene, 0, DT)
+    (followed,) = tracker.update(frame)
+    b = scene.objects[2].box
+    short = Target(first.label, Box(b.x_min, b.y_max - b.height / 3, b.x_max, b.y_max), position=first.position)
+    (kept,) = tracker.apply_grounding([short], frame)
+    assert kept.track_id == first.track_id and kept.box.iou(followed.box) > 0.99
+    assert kept.reason == "confirmed by grounding; its box kept (the grounding's box covers 33% of the followed one: " \
+                          "a part of it)"
+    (moved,) = tracker.apply_grounding([short], frame)
+    assert moved.track_id == first.track_id and moved.box == short.box and moved.reason == "confirmed by grounding"
 
 
 def test_a_grounding_whose_box_takes_in_an_occluder_confirms_the_track_where_it_is(scene):

@@ -71,6 +71,11 @@ class Box:
         union = self.area + other.area - inter
         return inter / union if union > 0 else 0.0
 
+    def grown(self, fraction: float) -> Box:
+        """This box grown on each side by `fraction` of its width (left, right) and height (top, bottom)."""
+        dx, dy = fraction * self.width, fraction * self.height
+        return Box(self.x_min - dx, self.y_min - dy, self.x_max + dx, self.y_max + dy)
+
     def clipped(self, width: int, height: int) -> Box:
         """This box clipped to an image of the given size."""
         return Box(

@@ -95,8 +95,9 @@ def colour_model(image: ColourImage, box: Box, mask: Mask | None) -> ColourModel
     its box) shows more than twice as often as the ring around its box does: the table or wall its mask or box takes
     in are not its colours."""
     height, width = image.image.shape[:2]
-    x0, y0 = max(0, int(box.x_min - box.width / 2)), max(0, int(box.y_min - box.height / 2))
-    x1, y1 = min(width, int(box.x_max + box.width / 2) + 1), min(height, int(box.y_max + box.height / 2) + 1)
+    window = box.grown(0.5)
+    x0, y0 = max(0, int(window.x_min)), max(0, int(window.y_min))
+    x1, y1 = min(width, int(window.x_max) + 1), min(height, int(window.y_max) + 1)
     if x1 <= x0 or y1 <= y0:
         return None
     hsv = cv2.cvtColor(image.image[y0:y1, x0:x1], cv2.COLOR_RGB2HSV)

@@ -6,7 +6,8 @@ frame they describe to :meth:`Tracker.apply_grounding`. Each update returns one 
 
 States (every change carries a reason):
 - TRACKING: the flow step succeeded (vlm_ros.tracking.flow) or a grounding confirmed the box. A grounding whose
-  surface lies in front of the followed target (its box takes in an occluder) leaves the box where it is, once.
+  surface lies in front of the followed target (its box takes in an occluder), or whose box covers under
+  `min_box_share` of the followed one (a box cut short on a part of it), leaves the box where it is, once in a row.
 - PREDICTED: the flow step failed (occlusion, too few features); the box moves on at its last velocity, for at
   most `predict_s`; the flow is tried again on the predicted box each frame.
 - LOST: predicted for longer than `predict_s`, left the image (less than min_visible_fraction of its box inside,
@@ -72,6 +73,7 @@ class TrackerSettings:
     reorder_window_s: float = 0.5
     duplicate_iou: float = 0.5  # a grounding overlapping a better one of its label, or a track, this much: a repeat
     min_visible_fraction: float = 0.3  # less of the box inside the image: the target left it
+    min_box_share: float = 0.5  # a grounding's box under this share of a followed one's area is on a part of it
     depth_tolerance_m: float = 0.06  # least depth gate half-width (the target's own depth spread widens it)
     box_from_mask: bool = True  # a grounded target with a mask is followed from its mask's extent, not the model's box
     min_mask_depth_px: int = 8  # ... when the mask spans at least this many depth pixels each way (a coarser one,
@@ -122,10 +124,11 @@ class _Track:
     # another name, is not yet: the next grounding is asked for soon)
     cut: tuple[bool, bool, bool, bool] = (False, False, False, False)  # sides (left, top, right, bottom) where the
     # grounding's box reached the image border: the object went on beyond it
-    history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position)
-    colour: ColourModel | None = None  # taken when a grounding finds it again in full view
+    history: deque = field(default_factory=lambda: deque(maxlen=120))  # (stamp_ns, box, position) from that frame on;
+    # box None: lost
+    colour: ColourModel | None = None  # taken when a grounding starts it or finds it again, in full view
     found_by_colour: bool = False  # re-acquired by its colours since a grounding last found it under its label
-    box_kept: bool = False  # the last grounding that found it lay in front of it (an occluder): its box was kept
+    box_kept: bool = False  # the last grounding that found it was doubted (Tracker._box_doubt): its box was kept
     shown: bool = True  # its state has been in an update's output
 
     def set_state(self, state: TrackState, reason: str) -> None:
@@ -287,7 +290,7 @@ class Tracker:
         for track in placed + lost:
             others = [t.box for t in self.tracks if t.state != TrackState.LOST and t is not track]
             was_lost = track.state == TrackState.LOST
-            mask = find_by_colour(image, track.colour, others, near=None if was_lost else track.box)
+            mask = find_by_colour(image, track.colour, others, near=None if was_lost else track.box.grown(0.5))
             if mask is None:
                 continue
             box = mask.extent()  # the mask is cropped to its pixels: its patch
@@ -396,6 +399,7 @@ class Tracker:
             self._next_id += 1
             track.names.append(target.label)
             self._restart(track, target, frame, (0.0, 0.0))
+            self._take_colours(track, target, frame)
             self.tracks.append(track)
         return self.snapshot()
 
@@ -404,25 +408,21 @@ class Tracker:
         was, own_label = track.state, same_label(target.label, track.label)
         track.groundings += 1
         track.found_by_colour = track.found_by_colour and not own_label
-        gate, box_kept = track.gate, track.box_kept
-        track.box_kept = False
-        if was in (TrackState.TRACKING, TrackState.RE_ACQUIRED) and gate is not None and target.position is not None \
-                and target.position[2] < gate.depth_m - gate.tolerance_m and not box_kept:
-            # the surface under the grounding's box is in front of the target: an occluder the box takes in (a model's
-            # box on a partly hidden object); the track is kept where it is, not moved onto the occluder, and not
-            # counted as confirmed (one not yet confirmed asks for the next grounding soon); the next grounding in
-            # front of it moves it (its own depth may have been wrong)
-            track.misses, track.confirmed_ns, track.box_kept = 0, frame.stamp_ns, True
+        doubt = self._box_doubt(track, target, frame)
+        track.box_kept = bool(doubt)
+        if doubt:
+            # the track is kept where it is, and not counted as confirmed (one not yet confirmed asks for the next
+            # grounding soon); the next such grounding moves it (the track's own depth or box may be the wrong one)
+            track.misses, track.confirmed_ns = 0, frame.stamp_ns
             if track.state == TrackState.TRACKING:
-                track.set_state(TrackState.TRACKING, "confirmed by grounding; its box kept (the grounding's surface is "
-                                f"{gate.depth_m - target.position[2]:.2f} m in front of the target: an occluder)")
+                track.set_state(TrackState.TRACKING, f"confirmed by grounding; its box kept ({doubt})")
             self._name(track, target.label)
             return
         track.confirmed = own_label
         self._restart(track, target, frame, shift)
         if own_label and was != TrackState.LOST:
             self._take_colours(track, target, frame)
-        if track.state == TrackState.PREDICTED:  # the catch-up flow lost it again
+        if track.state in (TrackState.PREDICTED, TrackState.LOST):  # the catch-up flow lost it again
             pass
         elif was in (TrackState.PREDICTED, TrackState.LOST):
             named = "" if own_label else f" as '{target.label}'"
@@ -431,10 +431,23 @@ class Tracker:
             track.set_state(TrackState.TRACKING, "confirmed by grounding")
         self._name(track, target.label)
 
+    def _box_doubt(self, track: _Track, target: Target, frame: Frame) -> str:
+        """Why a grounding that found a followed track should leave its box where it is, once in a row ('' = none):
+        the surface under the grounding's box lies in front of the target (an occluder the model's box takes in, on a
+        partly hidden object), or the box covers under min_box_share of the followed one (a model's box cut short)."""
+        if track.state not in (TrackState.TRACKING, TrackState.RE_ACQUIRED) or track.box_kept:
+            return ""
+        gate, followed = track.gate, self._at(track, frame.stamp_ns)[0].box
+        if gate is not None and target.position is not None and target.position[2] < gate.depth_m - gate.tolerance_m:
+            return f"the grounding's surface is {gate.depth_m - target.position[2]:.2f} m in front of the target: an " \
+                   "occluder"
+        if target.box.area < self.settings.min_box_share * followed.area:
+            return f"the grounding's box covers {target.box.area / followed.area:.0%} of the followed one: a part of it"
+        return ""
+
     def _take_colours(self, track: _Track, target: Target, frame: Frame) -> None:
-        """Keep the colour model of a target a grounding found again under its label where the track was (not a new
-        one, maybe misnamed; not one re-acquired from lost: the model's box may be elsewhere), in full view (not cut
-        by the border)."""
+        """Keep the colour model of a target a grounding started, or found again under its label where the track was
+        (not one re-acquired from lost: the model's box may be elsewhere), in full view (not cut by the border)."""
         if self.settings.colour is not None and not any(track.cut):
             track.colour = colour_model(self._colour_image(frame), target.box, target.mask) or track.colour
 
@@ -499,7 +512,8 @@ class Tracker:
         box, position = track.box, track.position
         for stamp, old_box, old_position in reversed(track.history):
             if stamp <= stamp_ns:
-                box, position = old_box, old_position
+                if old_box is not None:  # None: it was lost then, its place unknown (compared where it is now)
+                    box, position = old_box, old_position
                 break
         shift = (track.box.center[0] - box.center[0], track.box.center[1] - box.center[1])
         return Candidate(track.label, box, position), shift
@@ -508,6 +522,10 @@ class Tracker:
         """Take the grounding's box, mask, depth gate and 3-D position, as of its frame, then bring the track to the
         newest frame: by the flow through the frames kept since (catch-up), else (its frame is no longer kept) by
         `shift`, how far the track moved since that frame."""
+        while track.history and track.history[-1][0] >= frame.stamp_ns:  # its past before the frame stays: a later
+            track.history.pop()  # grounding of an earlier frame is compared with it
+        if track.state == TrackState.LOST and track.seen_ns + 1 < frame.stamp_ns:  # unknown from the frame after it
+            track.history.append((track.seen_ns + 1, None, None))  # was last seen
         track.box, track.confidence, track.misses = target.box, 1.0, 0
         track.cut = _cut_sides(target.box, frame.width, frame.height)
         track.confirmed_ns = track.seen_ns = frame.stamp_ns
@@ -517,7 +535,6 @@ class Tracker:
         track.position, track.shape = target.position, target.shape
         track.mask = _placed_mask(track.mask_patch, target.box, frame.width, frame.height)
         track.set_state(TrackState.TRACKING, "")
-        track.history.clear()
         track.history.append((frame.stamp_ns, target.box, track.position))
         stamps = [f.stamp_ns for f, _ in self._recent]
         if frame.stamp_ns in stamps:
