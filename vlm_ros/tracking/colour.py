@@ -59,9 +59,9 @@ class ColourImage:
 
     def likely(self, model: ColourModel, hsv: np.ndarray | None = None) -> np.ndarray:
         """(h, w) bool: the pixels of the reduced image (or of `hsv`) whose colours the model makes likely."""
-        hsv = self.hsv if hsv is None else hsv
-        back = cv2.calcBackProject([hsv], [0, 1], model.histogram, RANGES, 1)
-        return (back >= self.settings.likely * 255) & self.has_hue(hsv)
+        coloured = self.coloured if hsv is None else self.has_hue(hsv)
+        back = cv2.calcBackProject([self.hsv if hsv is None else hsv], [0, 1], model.histogram, RANGES, 1)
+        return (back >= self.settings.likely * 255) & coloured
 
     def likely_near(self, model: ColourModel, x: int, y: int, w: int, h: int) -> Mask | None:
         """The likely pixels, at full resolution, of the reduced image's region (x, y, w, h) grown by a pixel."""
@@ -106,9 +106,7 @@ def colour_model(image: ColourImage, box: Box, mask: Mask | None) -> ColourModel
     if mask is not None:
         target = mask.full(width, height)[y0:y1, x0:x1] & inside
     else:
-        cx, cy = box.center
-        half = Box(cx - box.width / 4, cy - box.height / 4, cx + box.width / 4, cy + box.height / 4)
-        target = _rect(coloured.shape, half, x0, y0)
+        target = _rect(coloured.shape, box.grown(-0.25), x0, y0)  # its central half
     shown = int((target & coloured).sum())
     if shown < MIN_SAMPLE or shown < image.settings.min_coloured * target.sum():
         return None
