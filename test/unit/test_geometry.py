@@ -218,6 +218,7 @@ def test_surface_depth_subsamples_large_regions() -> None:
 
 from vlm_ros.core.geometry import (  # noqa: E402
     MAX_REGION_PIXELS,
+    LayerSettings,
     depth_layer_mask,
     target_geometry,
 )
@@ -287,6 +288,35 @@ def test_a_box_that_cuts_the_object_still_gets_the_whole_object() -> None:
     geometry = target_geometry(depth, K, (W, H), box=Box(255, 146, 343, 224))
     assert np.array_equal(geometry.mask.full(W, H), rect(250, 150, 350, 230))
     assert_plate(geometry, 250, 150, 350, 230, 1.2)
+
+
+def test_a_box_cut_short_on_a_larger_object_is_followed_to_the_object_s_edges() -> None:
+    # the model boxes the top-left part of a large face (the embedded model does so on the large cube)
+    depth = tilted_wall()
+    depth[150:320, 250:420] = 1.2  # 170 x 170 px
+    box = Box(250, 150, 370, 262)
+    geometry = target_geometry(depth, K, (W, H), box=box)
+    assert np.array_equal(geometry.mask.full(W, H), rect(250, 150, 420, 320))
+    np.testing.assert_allclose(geometry.position, plate_truth(250, 150, 420, 320, 1.2)[0], atol=1e-4)
+    grown = Box(250, 150, 370 + 18, 262 + 18)  # the box grown by 0.15 of its larger side (120 px)
+    assert depth_layer_mask(depth, box, settings=LayerSettings(extend=0.0)).extent() == grown
+    # a face running on past half the box's larger side beyond it is more than what the box shows: the grown box
+    depth[150:400, 250:500] = 1.2
+    assert depth_layer_mask(depth, box).extent() == grown
+
+
+def test_a_layer_that_runs_on_beyond_the_searched_box_is_not_followed() -> None:
+    # a wavy table that no plane explains: the object's depth layer runs on over it, beyond the extension: what
+    # lies beyond the grown box is not the object
+    rows, cols = np.mgrid[0:H, 0:W]
+    depth = (table() * (1.0 + 0.03 * np.sin(cols / 20.0) * np.sin(rows / 15.0))).astype(np.float32)
+    r0, r1, c0, c1 = 200, 300, 280, 360
+    depth[r0:r1, c0:c1] = float(depth[r1, c0])
+    mask = depth_layer_mask(depth, Box(c0, r0, c1, r1))
+    grown = Box(c0 - 15, r0 - 15, c1 + 15, r1 + 15)  # 0.15 of the larger side each way
+    extent = mask.extent()
+    assert grown.x_min <= extent.x_min and extent.x_max <= grown.x_max
+    assert grown.y_min <= extent.y_min and extent.y_max <= grown.y_max
 
 
 def test_object_standing_on_a_table_leaves_the_table_out() -> None:

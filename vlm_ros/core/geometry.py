@@ -37,7 +37,8 @@ __all__ = [
     "target_geometry",
 ]
 
-MAX_REGION_PIXELS = 50_000  # depth pixels read per target; a larger region is read at a stride (bounded work)
+MAX_REGION_PIXELS = 50_000  # depth pixels of a target's grown box read (its extension, read only for a box cut
+# short, up to 3.7 times as many at the same stride); a larger box is read at a stride (bounded work)
 MAX_POINTS = 20_000  # depth points behind one centroid and extent; more are subsampled at a regular stride
 
 
@@ -251,6 +252,8 @@ class LayerSettings:
     """Tuning of :func:`depth_layer_mask` (relative values are fractions of the depth)."""
 
     grow: float = 0.15  # the box is searched grown by this fraction of its larger side (at least 2 depth pixels)
+    extend: float = 0.75  # a part of the object that runs on past the grown box is followed up to this far beyond
+    # the box (fraction of its larger side): a box cut short on a larger object
     plane_tolerance: float = 0.005  # a background plane's inliers lie within this relative depth of it
     background_margin: float = 0.01  # object pixels lie at least this much (relative) in front of the background
     layer_tolerance: float = 0.25  # the layer spans the object's depth +- this (relative)
@@ -261,20 +264,35 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
            settings: LayerSettings) -> tuple[_Grid, np.ndarray] | None:
     """The depth-layer mask of a colour-image box: the grid of depth pixels read and its (h, w) bool mask, or None.
 
-    See :func:`depth_layer_mask` for the method.
+    See :func:`depth_layer_mask` for the method. The grown box is read first; only where a kept part runs on past
+    it is the extension read (a larger region: the cost of a box cut short).
     """
+    found = _layer_over(depth, box, sx, sy, settings, settings.grow)
+    if found is not None and found[2] and settings.extend > settings.grow:
+        found = _layer_over(depth, box, sx, sy, settings, settings.extend) or found
+    return None if found is None else found[:2]
+
+
+def _layer_over(depth: np.ndarray, box: Box, sx: float, sy: float, settings: LayerSettings,
+                reach: float) -> tuple[_Grid, np.ndarray, bool] | None:
+    """_layer over the box grown by `reach` of its larger side (at least the grown box): (grid, mask, whether a kept
+    part runs on to the region's edge inside the image), or None."""
     hd, wd = depth.shape
     bx0, by0, bx1, by1 = box.x_min * sx, box.y_min * sy, box.x_max * sx, box.y_max * sy  # depth edge coordinates
     g = max(2.0, settings.grow * max(bx1 - bx0, by1 - by0))
+    e = max(g, reach * max(bx1 - bx0, by1 - by0))
     gx0, gx1 = _pixel_range(bx0 - g, bx1 + g, wd)
     gy0, gy1 = _pixel_range(by0 - g, by1 + g, hd)
     if gx1 <= gx0 or gy1 <= gy0:
         return None
-    grid = _Grid.over(gx0, gy0, gx1, gy1)
+    ex0, ex1 = _pixel_range(bx0 - e, bx1 + e, wd)
+    ey0, ey1 = _pixel_range(by0 - e, by1 + e, hd)
+    grid = _Grid(ex0, ey0, ex1, ey1, _Grid.over(gx0, gy0, gx1, gy1).stride)  # at the grown box's stride
     z = grid.read(depth)  # (h, w)
     valid = (z > 0) & (z < np.inf)  # False for NaN too
     in_cols, in_rows = _inside(grid.cols, bx0, bx1), _inside(grid.rows, by0, by1)
     inbox = in_rows[:, None] & in_cols[None, :]  # (h, w)
+    grown = _inside(grid.rows, gy0, gy1)[:, None] & _inside(grid.cols, gx0, gx1)[None, :]  # (h, w)
     if not (inbox & valid).any():
         return None
 
@@ -287,7 +305,7 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
 
     # 1. the background: planes through the valid depths around the box (the ring between box and grown box),
     #    those the object stands in front of
-    ring_r, ring_c = np.nonzero(valid & ~inbox)
+    ring_r, ring_c = np.nonzero(valid & grown & ~inbox)
     keep = np.linspace(0, ring_r.size - 1, min(ring_r.size, 400)).astype(int)  # (n,) regular subsample
     ring_r, ring_c = ring_r[keep], ring_c[keep]
     planes = _fit_planes(grid.cols[ring_c].astype(np.float64), grid.rows[ring_r].astype(np.float64),
@@ -330,19 +348,26 @@ def _layer(depth: np.ndarray, box: Box, sx: float, sy: float,
     cut[1:, :] |= jy
     cut[:-1, :] |= jy
     n, labels, stats, _ = cv2.connectedComponentsWithStats((layer & ~cut).astype(np.uint8), connectivity=4)
-    total = stats[:, cv2.CC_STAT_AREA]
     rows, cols = np.nonzero(in_rows)[0], np.nonzero(in_cols)[0]  # the box: a rectangle of the grid
     in_box = np.bincount(labels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].ravel(), minlength=n)
-    total[0] = in_box[0] = 0  # label 0 = not in the layer
+    in_grown = np.bincount(labels[grown], minlength=n)
+    in_grown[0] = in_box[0] = 0  # label 0 = not in the layer
     if in_box.max() == 0:
         return None
-    kept = (in_box >= 0.5 * total) & (in_box > 0)
-    mask = kept[labels]
+    kept = (in_box >= 0.5 * in_grown) & (in_box > 0)
+    # a kept part is followed past the grown box where it ends within the region read (one that runs on to its edge,
+    # where that is not the image's edge, is more than the object: the layer goes on over another surface)
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    h, w = labels.shape
+    runs_on = ((left == 0) & (ex0 > 0)) | ((top == 0) & (ey0 > 0)) | ((right == w) & (ex1 < wd)) \
+        | ((bottom == h) & (ey1 < hd))
+    mask = (kept & ~runs_on)[labels] | (kept[labels] & grown)
     near = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     mask |= near & cut & layer
     if not mask.any():
         return None
-    return grid, _fill_holes(mask, valid)
+    return grid, _fill_holes(mask, valid), bool((kept & runs_on).any())
 
 
 def _fill_holes(mask: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -399,8 +424,11 @@ def depth_layer_mask(
     2. Layer: the object's depth is the nearer surface of the central half of the box (:func:`surface_depth`, as
        :func:`target_position`); the layer is what is left within ``layer_tolerance`` (relative) of it.
     3. Parts: the layer is cut where neighbouring depths jump by more than ``jump`` (relative): another object
-       touching this one in the image. Parts with at least half their pixels inside the box are kept (the box
-       may cut the object: what it cut off comes back), as are the pixels along their cuts.
+       touching this one in the image. Parts with at least half their pixels of the grown box inside the box are
+       kept (the box may cut the object: what it cut off comes back), as are the pixels along their cuts. A kept
+       part that goes on past the grown box is followed where it ends within ``settings.extend`` of the box's
+       larger side beyond the box (a box cut short on a large object); one that runs on further (a large surface,
+       or the layer going on over a surface no plane explained) ends at the grown box.
     Holes of missing depth that the mask surrounds are filled. The mask is computed on depth pixels (at a stride
     for boxes over MAX_REGION_PIXELS) and given in colour-image pixels, cropped to its extent. None when the box
     has no valid depth.
