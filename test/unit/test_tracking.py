@@ -207,6 +207,27 @@ def test_a_lost_target_is_found_again_by_its_colours_once_until_a_grounding_conf
         assert refuted.state == TrackState.LOST and refuted.reason == "not confirmed by 2 groundings in a row"
 
 
+def test_a_target_its_colours_found_that_leaves_the_image_is_found_by_them_when_it_comes_back(scene):
+    # the orange cylinder, found again by its colours after being hidden, moves out of the image on the right and
+    # back in, with no grounding in between: its colours, not refuted, find it again as it comes back
+    box = scene.objects[2].box
+    tracker = started(scene, TrackerSettings(predict_s=0.3), only=2)
+    cover = Box(box.x_min - 10, box.y_min - 10, box.x_max + 10, box.y_max + 10)
+    for i in range(1, 20):
+        tracker.update(shifted(scene, 0, i * DT, cover=cover))
+    (back,) = tracker.update(shifted(scene, 0, 20 * DT))
+    assert back.reason == "found again by its colours (not yet confirmed by a grounding)"
+    states = []
+    for i, dx in enumerate([*range(17, 470, 17), *range(470, 380, -17)], start=21):  # out by 20 px, then back
+        (t,) = tracker.update(shifted(scene, dx, i * DT))
+        states.append((dx, t.state, t.reason))
+    left = next(k for k, (_, state, _) in enumerate(states) if state == TrackState.LOST)
+    assert states[left][2] == "left the image", states
+    again = next(k for k, (_, state, _) in enumerate(states) if k > left and state != TrackState.LOST)
+    assert states[again][1:] == (TrackState.RE_ACQUIRED, back.reason), states
+    assert t.track_id == back.track_id and t.box.iou(Box(box.x_min + 385, box.y_min, box.x_max + 385, box.y_max)) > 0.8
+
+
 def test_a_late_grounding_of_a_frame_before_the_colours_found_a_target_again_is_that_track(scene):
     # the scene pans 15 px a frame; the target is hidden from frame 4 (lost), found again by its colours in frame 9;
     # then the grounding of frame 3 arrives: it is compared with where the track was in frame 3 (not a new target),
@@ -500,6 +521,23 @@ def test_a_new_track_on_the_place_of_one_a_grounding_finds_under_its_own_label_i
     again, star = tracker.apply_grounding(grounding(scene, frame, only=0), frame)
     assert again.track_id == ball.track_id and again.state == TrackState.RE_ACQUIRED
     assert star.state == TrackState.LOST and star.reason == f"the same object as track {ball.track_id} ('{ball.label}')"
+
+
+def test_one_box_named_twice_in_a_grounding_is_one_target_under_its_first_name(scene):
+    # the model, unsure of a partly visible object, gives nearly the same box as "yellow cylinder" and "yellow cone":
+    # one track (two would hold two of max_targets' places); boxes of two labels that merely overlap are two targets
+    tracker = Tracker(TrackerSettings())
+    frame = shifted(scene, 0, 0.0)
+    tracker.update(frame)
+    box = scene.objects[1].box
+    again = Box(box.x_min + 1, box.y_min + 2, box.x_max, box.y_max + 1)
+    assert box.iou(again) >= 0.8
+    tracked = tracker.apply_grounding([Target("yellow cylinder", box), Target("yellow cone", again)], frame)
+    assert [t.label for t in tracked] == ["yellow cylinder"] and tracker.drops["repeated grounding"] == 1
+    half = Box(box.x_min + box.width / 2, box.y_min, box.x_max + box.width / 2, box.y_max)
+    assert box.iou(half) < 0.5
+    tracked = tracker.apply_grounding([Target("yellow cylinder", box), Target("red cube", half)], frame)
+    assert sorted(t.label for t in tracked) == ["red cube", "yellow cylinder"]
 
 
 def test_a_grounded_target_is_followed_from_its_masks_extent_not_the_models_loose_box(scene):

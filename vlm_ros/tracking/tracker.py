@@ -72,6 +72,7 @@ class TrackerSettings:
     # a frame at most this much older than the last is late (dropped); more: time went back
     reorder_window_s: float = 0.5
     duplicate_iou: float = 0.5  # a grounding overlapping a better one of its label, or a track, this much: a repeat
+    renamed_iou: float = 0.8  # ... a better one of another label this much: one object named twice (its first name)
     min_visible_fraction: float = 0.3  # less of the box inside the image: the target left it
     min_box_share: float = 0.5  # a grounding's box under this share of a followed one's area is on a part of it
     depth_tolerance_m: float = 0.06  # least depth gate half-width (the target's own depth spread widens it)
@@ -244,6 +245,7 @@ class Tracker:
         if track.state != TrackState.LOST and (leaving or visible.area < s.min_visible_fraction * track.box.area):
             track.set_state(TrackState.LOST, "left the image")
             track.confidence = 0.0
+            track.found_by_colour = False  # its colours, if they found it, were not refuted: they may find it again
         if track.state != TrackState.LOST:
             # a predicted target is not seen: its box region shows an occluder, so its 3-D position stays the last seen
             self._locate(track, frame, measure=track.state != TrackState.PREDICTED)
@@ -278,7 +280,8 @@ class Tracker:
         """Tracks placed by their colours (vlm_ros.tracking.colour): a track lost before this frame (`lost_ids`) found
         again is re-acquired there, not yet confirmed, so that the next grounding is asked for soon; until a grounding
         finds it, its colours place it in each frame, near where the flow took it (what comes into view is taken
-        in). A track its colours found is not looked for again while lost until a grounding has found it."""
+        in). A track its colours found is not looked for again while lost until a grounding has found it, or it has
+        left the image (its colours were not refuted)."""
         s = self.settings
         placed = [t for t in self.tracks if t.colour is not None and t.found_by_colour and not t.confirmed
                   and t.state != TrackState.LOST]
@@ -497,10 +500,12 @@ class Tracker:
         return True
 
     def _distinct(self, targets: list[Target]) -> list[Target]:
-        """The targets without repeats: one overlapping a better-scored one of its label by duplicate_iou is dropped."""
+        """The targets without repeats: one overlapping a better-scored one of its label by duplicate_iou, or of
+        another label by renamed_iou (a model unsure of an object's name may give its box twice), is dropped."""
+        s = self.settings
         kept: list[Target] = []
         for target in targets:
-            if any(same_label(k.label, target.label) and k.box.iou(target.box) >= self.settings.duplicate_iou
+            if any(k.box.iou(target.box) >= (s.duplicate_iou if same_label(k.label, target.label) else s.renamed_iou)
                    for k in kept):
                 self.drops["repeated grounding"] += 1
             else:
