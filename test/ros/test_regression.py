@@ -112,11 +112,13 @@ def test_bag_with_unusual_encodings_replays_without_node_changes(tmp_path):
 def test_the_committed_moving_scene_bag_is_tracked_through_the_harness(tmp_path):
     """The committed moving scene (test/bags/moving_small: 3 s at 30 Hz, 640x480 JPEG, 80x60 16UC1 depth) replayed
     into the node with a Track goal (`regression --track`): its feedback is scored per object against the bag's
-    per-frame truth, and the gates fail. Measured on a 2-core machine (12 runs, 2026-12-05): red cube 93.7-96.3 %
-    of frames with IoU >= 0.5, blue ball 91.8-95.3 %, yellow cube 84.1-94.0 %, green star 81.2-94.3 %, no ID switch,
-    75-87 tracker updates for the 91 frames (before the colour rules: ball 81-88 %, star 69-89 %; in an older version
-    the yellow cube once 0 %, never tracked). The gates sit under that (README, Tracking)."""
-    code, out = run_harness(TRACK_BAG, tmp_path, "--track",
+    per-frame truth, and the gates fail. The bag plays the issue's 6 s scene twice as fast, so the node re-grounds
+    every 0.5 s (the scene's 1 s). Measured on a 2-core machine (12 runs, 2026-12-05): red cube 92.3-96.3 %
+    of frames with IoU >= 0.5, blue ball 90.6-95.3 %, yellow cube 86.2-98.5 %, green star 80.0-94.3 %, no ID switch,
+    77-90 tracker updates for the 91 frames; with the 1 s period the yellow cube, entering the view between two
+    groundings, fell to 63.5 % in one run of 12 (in an older version it was once 0 %, never tracked). The gates sit
+    under that (README, Tracking)."""
+    code, out = run_harness(TRACK_BAG, tmp_path, "--track", "--node-param", "track_reground_period_s:=0.5",
                             # per 300 tracker updates: one switch when there are at least 46 (the floor below)
                             "--max-id-switches", "6.6",
                             "--max-centroid-error", "0.03")
@@ -124,7 +126,7 @@ def test_the_committed_moving_scene_bag_is_tracked_through_the_harness(tmp_path)
     rows = {m.group(1): float(m.group(2)) for m in re.finditer(
         r"^(red cube|blue ball|yellow cube|green star) #\d+\s+\d+\s+([\d.]+)%", out, re.M)}
     assert rows.keys() == {"red cube", "blue ball", "yellow cube", "green star"}, out
-    gates = {"red cube": 80, "blue ball": 80, "green star": 70, "yellow cube": 60}
+    gates = {"red cube": 80, "blue ball": 80, "green star": 70, "yellow cube": 70}
     assert all(rows[name] >= gate for name, gate in gates.items()), out
     updates = re.search(r"^(\d+) tracker updates for (\d+) bag frames", out, re.M)
     assert updates and int(updates.group(2)) == 91 and int(updates.group(1)) >= 0.5 * 91, out
