@@ -300,12 +300,12 @@ def test_a_box_cut_short_on_a_larger_object_is_followed_to_the_object_s_edges() 
     np.testing.assert_allclose(geometry.position, plate_truth(250, 150, 420, 320, 1.2)[0], atol=1e-4)
     grown = Box(250, 150, 370 + 18, 262 + 18)  # the box grown by 0.15 of its larger side (120 px)
     assert depth_layer_mask(depth, box, settings=LayerSettings(extend=0.0)).extent() == grown
-    # a face running on past half the box's larger side beyond it is more than what the box shows: the grown box
+    # a face running on further than three quarters of the box's larger side beyond it is more than the box shows
     depth[150:400, 250:500] = 1.2
     assert depth_layer_mask(depth, box).extent() == grown
 
 
-def test_a_layer_that_runs_on_beyond_the_searched_box_is_not_followed() -> None:
+def test_a_layer_that_runs_on_beyond_the_extension_ends_at_the_grown_box() -> None:
     # a wavy table that no plane explains: the object's depth layer runs on over it, beyond the extension: what
     # lies beyond the grown box is not the object
     rows, cols = np.mgrid[0:H, 0:W]
