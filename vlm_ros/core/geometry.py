@@ -93,6 +93,11 @@ def _valid_depths(patch: np.ndarray) -> np.ndarray:
         return patch[np.isfinite(patch) & (patch > 0)]
 
 
+def _stride(x0: int, y0: int, x1: int, y1: int) -> int:
+    """The stride at which a region of depth pixels is read: at most about MAX_REGION_PIXELS of them."""
+    return max(1, math.ceil(math.sqrt((x1 - x0) * (y1 - y0) / MAX_REGION_PIXELS)))
+
+
 def _box_median(depth: np.ndarray, box: Box, intrinsics: CameraIntrinsics, inner_fraction: float, min_valid: int,
                 sx: float, sy: float) -> tuple[tuple[float, float, float], int, int] | None:
     """(point, valid depths used, pixels read) of :func:`target_position`, or None."""
@@ -110,7 +115,7 @@ def _box_median(depth: np.ndarray, box: Box, intrinsics: CameraIntrinsics, inner
         if not (0 <= xi < wd and 0 <= yi < hd):
             return None
         x0, x1, y0, y1 = xi, xi + 1, yi, yi + 1
-    stride = max(1, math.ceil(math.sqrt((x1 - x0) * (y1 - y0) / MAX_REGION_PIXELS)))
+    stride = _stride(x0, y0, x1, y1)
     patch = depth[y0:y1:stride, x0:x1:stride]  # (h, w)
     valid = _valid_depths(patch)  # (n_valid,)
     if valid.size == 0 or valid.size < min(max(min_valid, 1), patch.size):
@@ -200,7 +205,7 @@ class _Grid:
 
     @classmethod
     def over(cls, x0: int, y0: int, x1: int, y1: int) -> _Grid:
-        return cls(x0, y0, x1, y1, max(1, math.ceil(math.sqrt((x1 - x0) * (y1 - y0) / MAX_REGION_PIXELS))))
+        return cls(x0, y0, x1, y1, _stride(x0, y0, x1, y1))
 
     def read(self, depth: np.ndarray) -> np.ndarray:
         """(h, w) float32 depths at the grid's pixels."""
@@ -287,7 +292,7 @@ def _layer_over(depth: np.ndarray, box: Box, sx: float, sy: float, settings: Lay
         return None
     ex0, ex1 = _pixel_range(bx0 - e, bx1 + e, wd)
     ey0, ey1 = _pixel_range(by0 - e, by1 + e, hd)
-    grid = _Grid(ex0, ey0, ex1, ey1, _Grid.over(gx0, gy0, gx1, gy1).stride)  # at the grown box's stride
+    grid = _Grid(ex0, ey0, ex1, ey1, _stride(gx0, gy0, gx1, gy1))  # at the grown box's stride
     z = grid.read(depth)  # (h, w)
     valid = (z > 0) & (z < np.inf)  # False for NaN too
     in_cols, in_rows = _inside(grid.cols, bx0, bx1), _inside(grid.rows, by0, by1)

@@ -350,7 +350,7 @@ class Tracker:
         then = [self._at(track, frame.stamp_ns) for track in self.tracks]
         found = associate([c for c, _ in then], detections, s.association)
         for ti, di in found.matches:
-            self._found(self.tracks[ti], targets[di], frame, then[ti][1])
+            self._found(self.tracks[ti], targets[di], frame, then[ti])
         # an unmatched detection with another label on a visible track's place, or (in 3-D) where a lost track was
         # last seen: that object named otherwise (a model's answer on a partly visible object varies); neither a new
         # target nor a miss of the track; a lost track is re-acquired by it
@@ -363,7 +363,7 @@ class Tracker:
                 for ti in places & set(found.unmatched_tracks) - seen:  # not also found under its own label
                     self._name(self.tracks[ti], targets[di].label)
             elif (lost := self._lost_near(detections[di], set(found.unmatched_tracks) - seen)) is not None:
-                self._found(self.tracks[lost], targets[di], frame, (0.0, 0.0))
+                self._found(self.tracks[lost], targets[di], frame, then[lost])
                 places = {lost}
             else:
                 continue
@@ -406,12 +406,14 @@ class Tracker:
             self.tracks.append(track)
         return self.snapshot()
 
-    def _found(self, track: _Track, target: Target, frame: Frame, shift: tuple[float, float]) -> None:
-        """A grounding found `track` as `target` (its label, or another where the track was lost): restart it there."""
+    def _found(self, track: _Track, target: Target, frame: Frame,
+               then: tuple[Candidate, tuple[float, float]]) -> None:
+        """A grounding found `track` as `target` (its label, or another where the track was lost): restart it there.
+        `then`: the track as of the grounding's frame and its shift since (Tracker._at)."""
         was, own_label = track.state, same_label(target.label, track.label)
         track.groundings += 1
         track.found_by_colour = track.found_by_colour and not own_label
-        doubt = self._box_doubt(track, target, frame)
+        doubt = self._box_doubt(track, target, then[0].box)
         track.box_kept = bool(doubt)
         if doubt:
             # the track is kept where it is, its confirmation unchanged (one not yet confirmed still asks for the next
@@ -424,7 +426,7 @@ class Tracker:
             self._name(track, target.label)
             return
         track.confirmed = own_label
-        self._restart(track, target, frame, shift)
+        self._restart(track, target, frame, then[1])
         if own_label and was != TrackState.LOST:
             self._take_colours(track, target, frame)
         if track.state in (TrackState.PREDICTED, TrackState.LOST):  # the catch-up flow lost it again
@@ -436,13 +438,14 @@ class Tracker:
             track.set_state(TrackState.TRACKING, "confirmed by grounding")
         self._name(track, target.label)
 
-    def _box_doubt(self, track: _Track, target: Target, frame: Frame) -> str:
+    def _box_doubt(self, track: _Track, target: Target, followed: Box | None) -> str:
         """Why a grounding that found a followed track should leave its box where it is, once in a row ('' = none):
         the surface under the grounding's box lies in front of the target (an occluder the model's box takes in, on a
-        partly hidden object), or the box covers under min_box_share of the followed one (a model's box cut short)."""
-        if track.state not in (TrackState.TRACKING, TrackState.RE_ACQUIRED) or track.box_kept:
+        partly hidden object), or the box covers under min_box_share of `followed`, the track's box as of the
+        grounding's frame (a model's box cut short)."""
+        if track.state not in (TrackState.TRACKING, TrackState.RE_ACQUIRED) or track.box_kept or followed is None:
             return ""
-        gate, followed = track.gate, self._at(track, frame.stamp_ns)[0].box
+        gate = track.gate
         if gate is not None and target.position is not None and target.position[2] < gate.depth_m - gate.tolerance_m:
             return f"the grounding's surface is {gate.depth_m - target.position[2]:.2f} m in front of the target: an " \
                    "occluder"
